@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs ropekit with every extra the tests and the CLI use.
+# torch==2.13.0 (CPU) is installed first where torch is missing: an open-ended torch requirement
+# on a machine without torch would pull the multi-GB CUDA build instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[hf,triton,plot,test]"

@@ -1,0 +1,14 @@
+"""`ropekit convert` (not implemented yet)."""
+
+from __future__ import annotations
+
+from ..errors import RopeError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("convert", help="(not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    raise RopeError("'ropekit convert' is not implemented yet")
