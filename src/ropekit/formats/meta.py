@@ -1,0 +1,218 @@
+"""Meta Llama directories: ``params.json`` + ``consolidated.NN.pth`` (one per model-parallel rank).
+
+Meta's reference code rotates q/k as complex numbers, i.e. in the interleaved layout, so a Meta
+directory is interleaved by definition.  ``.pth`` files are opened with ``weights_only=True`` (no
+code runs while unpickling) and memory-mapped.  Model-parallel shards are merged on read: column-
+parallel weights (wq, wk, wv, w1, w3, output) along dim 0, row-parallel ones (wo, w2) along dim 1,
+the embedding along whichever dim its shard shape says (Llama 2 split the model dim, Llama 3 the
+vocabulary), norms replicated.  Writing produces a single ``consolidated.00.pth``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import RopeCheckpointError
+from .base import Checkpoint, Geometry, list_aux
+
+__all__ = ["MetaCheckpoint", "is_meta_dir", "hf_to_meta_name", "meta_to_hf_name", "params_from_hf", "hf_config_from_meta"]
+
+_SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
+#: Meta name pattern <-> transformers (Llama) name pattern; {i} is the layer
+_NAMES = [
+    ("tok_embeddings.weight", "model.embed_tokens.weight"),
+    ("norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+    ("layers.{i}.attention.wq.{p}", "model.layers.{i}.self_attn.q_proj.{p}"),
+    ("layers.{i}.attention.wk.{p}", "model.layers.{i}.self_attn.k_proj.{p}"),
+    ("layers.{i}.attention.wv.{p}", "model.layers.{i}.self_attn.v_proj.{p}"),
+    ("layers.{i}.attention.wo.{p}", "model.layers.{i}.self_attn.o_proj.{p}"),
+    ("layers.{i}.feed_forward.w1.{p}", "model.layers.{i}.mlp.gate_proj.{p}"),
+    ("layers.{i}.feed_forward.w2.{p}", "model.layers.{i}.mlp.down_proj.{p}"),
+    ("layers.{i}.feed_forward.w3.{p}", "model.layers.{i}.mlp.up_proj.{p}"),
+    ("layers.{i}.attention_norm.weight", "model.layers.{i}.input_layernorm.weight"),
+    ("layers.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+]
+
+
+def _compile(pattern: str) -> re.Pattern:
+    rx = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    return re.compile("^" + rx + "$")
+
+
+_META_TO_HF = [(_compile(m), h) for m, h in _NAMES]
+_HF_TO_META = [(_compile(h), m) for m, h in _NAMES]
+
+
+def _rename(name: str, table, what: str) -> str:
+    for rx, target in table:
+        m = rx.match(name)
+        if m:
+            return target.format(**m.groupdict())
+    raise RopeCheckpointError(f"tensor {name} has no {what} equivalent (only Llama-architecture tensors convert)")
+
+
+def meta_to_hf_name(name: str) -> str:
+    """>>> meta_to_hf_name("layers.7.attention.wk.weight")
+    'model.layers.7.self_attn.k_proj.weight'
+    """
+    return _rename(name, _META_TO_HF, "transformers")
+
+
+def hf_to_meta_name(name: str) -> str:
+    """>>> hf_to_meta_name("model.layers.7.mlp.gate_proj.weight")
+    'layers.7.feed_forward.w1.weight'
+    """
+    return _rename(name, _HF_TO_META, "Meta")
+
+
+def is_meta_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "params.json").is_file() and any(_SHARD.match(p.name) for p in path.iterdir())
+
+
+def _geometry(params: dict, source: str) -> Geometry:
+    for key in ("dim", "n_heads", "n_layers"):
+        if not isinstance(params.get(key), int) or params[key] < 1:
+            raise RopeCheckpointError(f"{source}: {key}={params.get(key)!r} must be a positive integer")
+    n_heads = params["n_heads"]
+    n_kv = params.get("n_kv_heads") or n_heads
+    if params["dim"] % n_heads:
+        raise RopeCheckpointError(f"{source}: dim={params['dim']} is not divisible by n_heads={n_heads}")
+    head_dim = params["dim"] // n_heads
+    try:
+        return Geometry(n_heads, n_kv, head_dim, head_dim, params["n_layers"], "llama")
+    except RopeCheckpointError as exc:
+        raise RopeCheckpointError(f"{source}: {exc}") from None
+
+
+class MetaCheckpoint(Checkpoint):
+    fmt = "meta"
+
+    def __init__(self, path: Path):
+        from .hf import read_json
+
+        self.path = Path(path)
+        self.config = read_json(self.path / "params.json")
+        self.geometry = _geometry(self.config, str(self.path / "params.json"))
+        self.layout = "interleaved"
+        files = sorted((p.name for p in self.path.iterdir() if _SHARD.match(p.name)), key=lambda n: int(_SHARD.match(n).group(1)))
+        self.parts = []
+        for f in files:
+            try:
+                sd = torch.load(self.path / f, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as exc:  # a pickle that is not plain tensors, or a truncated zip
+                raise RopeCheckpointError(f"{self.path / f} is not a weights-only PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+            if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+                raise RopeCheckpointError(f"{self.path / f} does not hold a flat dict of tensors")
+            self.parts.append(sd)
+        names = list(self.parts[0])
+        for f, part in zip(files[1:], self.parts[1:]):
+            if list(part) != names:
+                raise RopeCheckpointError(f"model-parallel shard {f} holds different tensors than {files[0]}")
+        n = len(self.parts)
+        if n > 1 and self.geometry.n_kv_heads % n:
+            raise RopeCheckpointError(
+                f"n_kv_heads={self.geometry.n_kv_heads} does not divide across {n} model-parallel shards"
+            )
+        # one logical checkpoint; it is written back as a single file
+        self.shards = [("consolidated.00.pth", names)]
+        self.shard_files = files
+        self.aux_files = list_aux(self.path, set(files) | {"params.json"})
+
+    def _concat_dim(self, name: str) -> int | None:
+        if len(self.parts) == 1 or self.parts[0][name].dim() == 0:
+            return None
+        leaf = name.rsplit(".", 2)
+        if name == "tok_embeddings.weight":
+            return 1 if self.parts[0][name].shape[1] != self.config["dim"] else 0
+        if name == "output.weight" or (len(leaf) == 3 and leaf[1] in ("wq", "wk", "wv", "w1", "w3")):
+            return 0
+        if len(leaf) == 3 and leaf[1] in ("wo", "w2") and leaf[2] == "weight":
+            return 1
+        return None  # norms, rope.freqs, biases of row-parallel layers: replicated
+
+    def info(self, name):
+        t = self.parts[0][name]
+        dim = self._concat_dim(name)
+        shape = list(t.shape)
+        if dim is not None:
+            shape[dim] = sum(p[name].shape[dim] for p in self.parts)
+        return t.dtype, tuple(shape)
+
+    def tensor(self, name):
+        dim = self._concat_dim(name)
+        if dim is None:
+            return self.parts[0][name]
+        return torch.cat([p[name] for p in self.parts], dim=dim)
+
+
+def params_from_hf(cfg: dict, geometry: Geometry, intermediate_size: int) -> dict:
+    """A Meta params.json for a transformers Llama config (Meta derives the FFN width from
+    ``multiple_of`` and ``ffn_dim_multiplier``; we choose them so that it comes out exact)."""
+    hidden = cfg["hidden_size"]
+    if geometry.head_dim * geometry.n_heads != hidden:
+        raise RopeCheckpointError(
+            f"config.json: head_dim={geometry.head_dim} x num_attention_heads={geometry.n_heads} != "
+            f"hidden_size={hidden}; Meta's params.json cannot express that"
+        )
+    if geometry.rotary_dim != geometry.head_dim:
+        raise RopeCheckpointError(f"config.json: partial rotary (rotary_dim={geometry.rotary_dim}) has no Meta params.json form")
+    params = {
+        "dim": hidden,
+        "n_layers": cfg["num_hidden_layers"],
+        "n_heads": geometry.n_heads,
+        "n_kv_heads": geometry.n_kv_heads,
+        "vocab_size": cfg["vocab_size"],
+        "multiple_of": intermediate_size,
+        "norm_eps": cfg.get("rms_norm_eps", 1e-5),
+    }
+    base_hidden = int(2 * (4 * hidden) / 3)
+    if base_hidden > intermediate_size:
+        # Meta: int(multiplier * base_hidden) rounded up to multiple_of; land in (0, intermediate_size]
+        params["ffn_dim_multiplier"] = intermediate_size / base_hidden
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    params["rope_theta"] = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "llama3":
+        params["use_scaled_rope"] = True
+        if rope.get("factor", 8.0) != 8.0:
+            params["rope_scaling_factor"] = rope["factor"]
+    elif kind not in ("default", None):
+        raise RopeCheckpointError(f"config.json: rope_type={kind!r} has no Meta params.json form")
+    return params
+
+
+def hf_config_from_meta(params: dict, geometry: Geometry, shapes: dict, dtype: torch.dtype) -> dict:
+    """A transformers LlamaConfig dict for a Meta checkpoint (sizes read from the tensors)."""
+    rope: dict = {"rope_theta": float(params.get("rope_theta", 10000.0)), "rope_type": "default"}
+    if params.get("use_scaled_rope"):
+        rope.update(rope_type="llama3", factor=float(params.get("rope_scaling_factor", 8.0)), low_freq_factor=1.0,
+                    high_freq_factor=4.0, original_max_position_embeddings=8192)  # fmt: skip
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": params["dim"],
+        "intermediate_size": shapes["layers.0.feed_forward.w1.weight"][0],
+        "num_hidden_layers": params["n_layers"],
+        "num_attention_heads": geometry.n_heads,
+        "num_key_value_heads": geometry.n_kv_heads,
+        "head_dim": geometry.head_dim,
+        "vocab_size": shapes["tok_embeddings.weight"][0],
+        "rms_norm_eps": params.get("norm_eps", 1e-5),
+        "max_position_embeddings": params.get("max_seq_len", 131072 if params.get("use_scaled_rope") else 4096),
+        "rope_parameters": rope,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+        "attention_bias": "layers.0.attention.wq.bias" in shapes,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def write_params(path: Path, params: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(params, f, indent=2)
+        f.write("\n")

@@ -1,0 +1,194 @@
+"""Streaming safetensors: read a file's header and tensors without loading the file, write a file
+one tensor at a time.
+
+The format is an 8-byte little-endian header length, a JSON header ``{name: {dtype, shape,
+data_offsets}}`` (plus optional ``__metadata__``), then the raw bytes.  Reading the header
+ourselves lets us (a) validate it and name what is wrong, (b) copy untouched tensors byte for byte
+with ``os.copy_file_range`` (kernel-side, like ``cp``), and (c) lay out the output header before
+any data exists, so the writer never holds more than one tensor.
+
+>>> import os, tempfile, torch
+>>> from ropekit.formats.safetensors_io import SafetensorsFile, SafetensorsWriter
+>>> d = tempfile.mkdtemp(); path = os.path.join(d, "a.safetensors")
+>>> w = SafetensorsWriter(path, [("x", torch.float32, (2, 3))])
+>>> w.write_tensor("x", torch.arange(6.0).view(2, 3)); w.close()
+>>> SafetensorsFile(path).tensor("x").tolist()
+[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import RopeCheckpointError
+
+__all__ = ["DTYPES", "DTYPE_NAMES", "TensorInfo", "SafetensorsFile", "SafetensorsWriter", "tensor_bytes"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+}  # fmt: skip
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+#: a header larger than this is not a safetensors header (the reference reader refuses > 100 MB)
+MAX_HEADER = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a tensor (no copy when it is already contiguous)."""
+    flat = t.detach().contiguous().reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.view(torch.uint8)
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+class SafetensorsFile:
+    """One ``.safetensors`` file: validated header, zero-copy tensors, raw byte ranges."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        size = os.path.getsize(self.path)
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise self._corrupt(f"file is {size} bytes, too short for a header")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or 8 + n > size:
+                raise self._corrupt(f"header length {n} does not fit in the file ({size} bytes)")
+            raw = f.read(n)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._corrupt(f"header is not JSON ({exc})") from None
+        if not isinstance(header, dict):
+            raise self._corrupt("header is not a JSON object")
+        self.metadata = header.pop("__metadata__", None)
+        self.data_start = 8 + n
+        infos = []
+        for name, entry in header.items():
+            try:
+                dtype = DTYPES[entry["dtype"]]
+                shape = tuple(int(s) for s in entry["shape"])
+                begin, end = (int(o) for o in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise self._corrupt(f"entry {name!r} is malformed ({exc!r})") from None
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            if end - begin != math.prod(shape) * itemsize or begin < 0:
+                raise self._corrupt(f"tensor {name!r} shape {list(shape)} {entry['dtype']} needs "
+                                    f"{math.prod(shape) * itemsize} bytes but data_offsets are [{begin}, {end}]")
+            if self.data_start + end > size:
+                raise self._corrupt(f"tensor {name!r} ends at byte {self.data_start + end} past the end of the file ({size})")
+            infos.append(TensorInfo(name, dtype, shape, self.data_start + begin, self.data_start + end))
+        infos.sort(key=lambda i: i.start)  # data order: reading in it is sequential
+        self.infos = {i.name: i for i in infos}
+        self._map = None
+
+    def _corrupt(self, why: str) -> RopeCheckpointError:
+        return RopeCheckpointError(f"corrupt safetensors header in {self.path}: {why}")
+
+    def names(self) -> list[str]:
+        return list(self.infos)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The tensor, backed by the memory-mapped file (copy-on-write: writes never reach the file)."""
+        info = self.infos[name]
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=info.dtype)
+        if self._map is None:
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        itemsize = torch.empty((), dtype=info.dtype).element_size()
+        if info.start % itemsize:  # misaligned (not written by the safetensors library): copy
+            raw = bytearray(self._map[info.start : info.end])
+            return torch.frombuffer(raw, dtype=torch.uint8).view(info.dtype).view(info.shape)
+        flat = torch.frombuffer(self._map, dtype=torch.uint8, count=info.nbytes, offset=info.start)
+        return flat.view(info.dtype).view(info.shape)
+
+
+class SafetensorsWriter:
+    """Writes one safetensors file tensor by tensor, in the order ``entries`` gives.
+
+    The header (names, dtypes, shapes, offsets) is written first, so each tensor's bytes go
+    straight to disk and nothing accumulates in memory.
+    """
+
+    def __init__(self, path, entries, metadata: dict | None = None):
+        self.path = os.fspath(path)
+        header: dict = {}
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        offset = 0
+        self._order: list[tuple[str, int]] = []
+        for name, dtype, shape in entries:
+            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._order.append((name, nbytes))
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)  # data starts 8-aligned, as the reference writer does
+        # unbuffered: our writes and copy_file_range share the descriptor's file position
+        self._f = open(self.path, "wb", buffering=0)
+        self._write_all(memoryview(struct.pack("<Q", len(raw)) + raw))
+        self._next = 0
+        self.total_size = offset
+
+    def _expect(self, name: str, nbytes: int) -> None:
+        if self._next >= len(self._order) or self._order[self._next][0] != name:
+            want = self._order[self._next][0] if self._next < len(self._order) else "nothing"
+            raise RuntimeError(f"safetensors writer expected {want!r} next, got {name!r}")  # a bug, not bad input
+        if self._order[self._next][1] != nbytes:
+            raise RuntimeError(f"tensor {name!r} has {nbytes} bytes, header says {self._order[self._next][1]}")
+        self._next += 1
+
+    def write_tensor(self, name: str, t: torch.Tensor) -> None:
+        data = tensor_bytes(t)
+        self._expect(name, data.nbytes)
+        self._write_all(data)
+
+    def _write_all(self, data: memoryview) -> None:
+        while data.nbytes:
+            n = self._f.write(data)
+            data = data[n:]
+
+    def copy_range(self, name: str, src_path: str, start: int, end: int) -> None:
+        """Copy bytes [start, end) of another file in the kernel (no trip through Python)."""
+        self._expect(name, end - start)
+        with open(src_path, "rb") as src:
+            left, pos = end - start, start
+            while left:
+                n = os.copy_file_range(src.fileno(), self._f.fileno(), left, pos)
+                if n == 0:
+                    raise RopeCheckpointError(f"{src_path} ended while copying tensor {name!r}")
+                left -= n
+                pos += n
+
+    def close(self) -> None:
+        if self._next != len(self._order):
+            missing = [n for n, _ in self._order[self._next :]]
+            self._f.close()
+            raise RuntimeError(f"safetensors writer closed before writing {missing[:3]}")
+        self._f.close()
+
+    def abort(self) -> None:
+        self._f.close()
