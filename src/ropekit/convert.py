@@ -497,12 +497,12 @@ def convert(
         raise FileNotFoundError(f"SRC {src} does not exist")
     _check_paths(src, dst, force)
     ckpt = open_checkpoint(src, config=config, layout=src_layout)
-    if getattr(ckpt, "layout_guessed", False):
-        log(f"source layout: {ckpt.layout} (from the tensor names; pass --src-layout to say otherwise)")
     dst_fmt, dst_layout = _target(ckpt, layout, to)
     need_spec = inv_freq in ("add", "verify")
     the_spec = _spec_for(ckpt, spec, f"--inv-freq {inv_freq}") if need_spec else None
     shards, dropped = plan(ckpt, dst_fmt, dst_layout, inv_freq, the_spec)
+    if getattr(ckpt, "layout_guessed", False) and dst_layout != ckpt.layout:
+        log(f"source layout: {ckpt.layout} (from the tensor names; pass --src-layout to say otherwise)")
     report = ConvertReport(str(src), str(dst), ckpt.fmt, dst_fmt, ckpt.layout, dst_layout)
     report.dropped = len(dropped)
 

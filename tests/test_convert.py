@@ -1,0 +1,465 @@
+"""ropekit convert: formats, inv_freq policies, atomicity under interruption, and one-line errors.
+
+Checkpoints here are written with the safetensors library and torch.save directly (not with
+ropekit), so the reader is tested against files it did not produce."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import ropekit as rk
+from ropekit.cli import main
+from ropekit.convert import convert
+
+H, KV, D, HIDDEN, LAYERS, FFN, VOCAB = 4, 2, 8, 32, 2, 48, 50
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hf_tensors(dtype=torch.bfloat16, seed=0, bias=False):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    t = {"model.embed_tokens.weight": r(VOCAB, HIDDEN), "model.norm.weight": r(HIDDEN), "lm_head.weight": r(VOCAB, HIDDEN)}
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        t[p + "self_attn.q_proj.weight"] = r(H * D, HIDDEN)
+        t[p + "self_attn.k_proj.weight"] = r(KV * D, HIDDEN)
+        t[p + "self_attn.v_proj.weight"] = r(KV * D, HIDDEN)
+        t[p + "self_attn.o_proj.weight"] = r(HIDDEN, H * D)
+        if bias:
+            t[p + "self_attn.q_proj.bias"] = r(H * D)
+            t[p + "self_attn.k_proj.bias"] = r(KV * D)
+        t[p + "mlp.gate_proj.weight"] = r(FFN, HIDDEN)
+        t[p + "mlp.up_proj.weight"] = r(FFN, HIDDEN)
+        t[p + "mlp.down_proj.weight"] = r(HIDDEN, FFN)
+        t[p + "input_layernorm.weight"] = r(HIDDEN)
+        t[p + "post_attention_layernorm.weight"] = r(HIDDEN)
+    return t
+
+
+def hf_config(**over):
+    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": HIDDEN, "intermediate_size": FFN,
+           "num_attention_heads": H, "num_key_value_heads": KV, "num_hidden_layers": LAYERS, "vocab_size": VOCAB,
+           "rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "tie_word_embeddings": False}  # fmt: skip
+    cfg.update(over)
+    return cfg
+
+
+def make_hf_dir(path: Path, tensors=None, n_shards=3, **config_over) -> Path:
+    tensors = tensors if tensors is not None else hf_tensors()
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(hf_config(**config_over), indent=2))
+    (path / "tokenizer.json").write_text('{"fake": "tokenizer"}')
+    names = list(tensors)
+    chunks = [names[i::n_shards] for i in range(n_shards)]
+    weight_map = {}
+    for j, chunk in enumerate(chunks):
+        f = f"model-{j + 1:05d}-of-{n_shards:05d}.safetensors"
+        save_file({n: tensors[n] for n in chunk}, path / f, metadata={"format": "pt"})
+        weight_map.update({n: f for n in chunk})
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return path
+
+
+def read_all(path: Path) -> dict:
+    """Every tensor of a transformers dir or a safetensors file, read with the safetensors library."""
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    out = {}
+    for f in files:
+        with safe_open(f, "pt") as sf:
+            for n in sf.keys():
+                out[n] = sf.get_tensor(n)
+    return out
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and bytes(a.contiguous().view(-1).view(torch.uint8).numpy()) == bytes(
+        b.contiguous().view(-1).view(torch.uint8).numpy()
+    )
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if p.is_file():
+            h.update(str(p.relative_to(path.parent)).encode())
+            h.update(p.read_bytes())
+            h.update(str(p.stat().st_mtime_ns).encode())
+    return h.hexdigest()
+
+
+def quiet(**kw):
+    return dict(progress=False, log=lambda s: None, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and streaming writing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_safetensors_reader_agrees_with_safetensors_library(tmp_path):
+    from ropekit.formats.safetensors_io import SafetensorsFile, SafetensorsWriter
+
+    tensors = {
+        "a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16), "c": torch.arange(6, dtype=torch.int64).view(2, 3),
+        "d": torch.tensor([True, False, True]), "e": torch.randn(4).to(torch.float8_e4m3fn), "f": torch.zeros(0, 3),
+        "g": torch.randn(2, 2).half(),
+    }  # fmt: skip
+    save_file(tensors, tmp_path / "x.safetensors", metadata={"format": "pt", "k": "v"})
+    f = SafetensorsFile(tmp_path / "x.safetensors")
+    assert sorted(f.names()) == sorted(tensors) and f.metadata == {"format": "pt", "k": "v"}
+    for n, t in tensors.items():
+        assert same_bytes(f.tensor(n), t), n
+    # and what our streaming writer produces, the library reads back
+    w = SafetensorsWriter(tmp_path / "y.safetensors", [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()], {"format": "pt"})
+    for n, t in tensors.items():
+        w.write_tensor(n, t)
+    w.close()
+    back = read_all(tmp_path / "y.safetensors")
+    assert all(same_bytes(back[n], t) for n, t in tensors.items())
+
+
+def test_layout_round_trip_is_byte_identical_and_only_qk_change(tmp_path):
+    src = make_hf_dir(tmp_path / "src", tensors=hf_tensors(bias=True))
+    before = tree_digest(src)
+    rep = convert(src, tmp_path / "inter", layout="interleaved", **quiet())
+    assert (rep.permuted, rep.copied) == (4 * LAYERS, len(hf_tensors(bias=True)) - 4 * LAYERS)
+    convert(tmp_path / "inter", tmp_path / "back", layout="half", **quiet())
+    a, mid, b = read_all(src), read_all(tmp_path / "inter"), read_all(tmp_path / "back")
+    assert sorted(a) == sorted(mid) == sorted(b)
+    for n in a:
+        assert same_bytes(a[n], b[n]), n
+        if "q_proj" in n or "k_proj" in n:
+            heads = H if "q_proj" in n else KV
+            assert torch.equal(mid[n], rk.permute_qk(a[n], heads, D, src="half", dst="interleaved")), n
+            assert not torch.equal(mid[n], a[n])
+        else:
+            assert same_bytes(mid[n], a[n]), n  # byte-identical pass-through
+    assert json.loads((tmp_path / "inter" / "config.json").read_text())["ropekit_layout"] == "interleaved"
+    assert "ropekit_layout" not in json.loads((tmp_path / "back" / "config.json").read_text())
+    index = json.loads((tmp_path / "back" / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+    assert (tmp_path / "back" / "tokenizer.json").read_text() == (src / "tokenizer.json").read_text()
+    assert tree_digest(src) == before
+    assert not list(tmp_path.glob(".*ropekit*"))  # no temporary left behind
+
+
+def test_dry_run_lists_changes_and_writes_nothing(tmp_path, capsys):
+    src = make_hf_dir(tmp_path / "src")
+    assert main(["convert", str(src), str(tmp_path / "dst"), "--layout", "interleaved", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "permute  model.layers.1.self_attn.k_proj.weight" in err and "mlp" not in err
+    assert not (tmp_path / "dst").exists() and not list(tmp_path.glob(".dst*"))
+
+
+def test_meta_model_parallel_shards_merge(tmp_path):
+    """Two Meta model-parallel shards (split here by Meta's rules) convert like the merged single file."""
+    single = make_hf_dir(tmp_path / "hf")
+    convert(single, tmp_path / "meta1", to="meta", **quiet())
+    sd = torch.load(tmp_path / "meta1" / "consolidated.00.pth", weights_only=True)
+    parts = [{}, {}]
+    for n, t in sd.items():
+        leaf = n.split(".")[-2] if n.count(".") >= 2 else n
+        if leaf in ("wq", "wk", "wv", "w1", "w3") or n == "output.weight":
+            chunks = t.chunk(2, dim=0)
+        elif leaf in ("wo", "w2") or n == "tok_embeddings.weight":
+            chunks = t.chunk(2, dim=1)  # Llama 2 splits the embedding along the model dim
+        else:
+            chunks = (t, t)
+        for p, c in zip(parts, chunks):
+            p[n] = c.clone()
+    (tmp_path / "meta2").mkdir()
+    for i, p in enumerate(parts):
+        torch.save(p, tmp_path / "meta2" / f"consolidated.{i:02d}.pth")
+    (tmp_path / "meta2" / "params.json").write_bytes((tmp_path / "meta1" / "params.json").read_bytes())
+    convert(tmp_path / "meta2", tmp_path / "hf2", to="hf", **quiet())
+    a, b = read_all(single), read_all(tmp_path / "hf2")
+    assert sorted(a) == sorted(b) and all(same_bytes(a[n], b[n]) for n in a)
+
+
+def test_state_dict_pt_with_config(tmp_path):
+    """A plain .pt state dict with Meta names (interleaved) -> half, head counts from params.json."""
+    meta_sd = {"layers.0.attention.wq.weight": torch.randn(H * D, HIDDEN), "layers.0.attention.wk.weight": torch.randn(KV * D, HIDDEN),
+               "layers.0.attention.wv.weight": torch.randn(KV * D, HIDDEN)}  # fmt: skip
+    torch.save(meta_sd, tmp_path / "sd.pt")
+    (tmp_path / "params.json").write_text(json.dumps({"dim": HIDDEN, "n_heads": H, "n_kv_heads": KV, "n_layers": 1}))
+    log = []
+    convert(tmp_path / "sd.pt", tmp_path / "half.pt", layout="half", config=tmp_path / "params.json", progress=False, log=log.append)
+    assert any("source layout: interleaved" in line for line in log)  # the guess is said out loud
+    out = torch.load(tmp_path / "half.pt", weights_only=True)
+    assert torch.equal(out["layers.0.attention.wk.weight"], rk.permute_qk(meta_sd["layers.0.attention.wk.weight"], KV, D))
+    assert torch.equal(out["layers.0.attention.wv.weight"], meta_sd["layers.0.attention.wv.weight"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the seed case: persistent rotary_emb.inv_freq
+# ---------------------------------------------------------------------------------------------
+
+
+def _v4_state_dict(path: Path, base: float) -> dict:
+    """A transformers-v4-era checkpoint: every layer stores rotary_emb.inv_freq, computed in float32
+    the way transformers did (1 / base ** (arange(0, d, 2) / d))."""
+    t = hf_tensors(torch.float32)
+    inv = 1.0 / (base ** (torch.arange(0, D, 2).float() / D))
+    for i in range(LAYERS):
+        t[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv.clone()
+    save_file(t, path)
+    return t
+
+
+def test_inv_freq_drop_then_add_round_trip(tmp_path, capsys):
+    src = tmp_path / "v4.safetensors"
+    orig = _v4_state_dict(src, 10000.0)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(rk.RopeSpec(head_dim=D, base=10000.0).to_json())
+
+    assert main(["convert", str(src), str(tmp_path / "v5.safetensors"), "--inv-freq", "drop", "--no-progress"]) == 0
+    v5 = read_all(tmp_path / "v5.safetensors")
+    assert not [n for n in v5 if "inv_freq" in n]
+    assert sorted(v5) == sorted(n for n in orig if "inv_freq" not in n)
+    assert all(same_bytes(v5[n], orig[n]) for n in v5)
+
+    assert main(["convert", str(tmp_path / "v5.safetensors"), str(tmp_path / "v4b.safetensors"), "--inv-freq", "add",
+                 "--spec", str(spec_path), "--no-progress"]) == 0  # fmt: skip
+    v4b = read_all(tmp_path / "v4b.safetensors")
+    assert sorted(v4b) == sorted(orig)
+    exact = 10000.0 ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    for n in orig:
+        if "inv_freq" in n:
+            assert v4b[n].dtype == torch.float32
+            assert torch.equal(v4b[n], exact.float())  # exact frequencies, rounded once
+            torch.testing.assert_close(v4b[n], orig[n], rtol=4e-7, atol=0)  # transformers' fp32 values, to an ulp
+        else:
+            assert same_bytes(v4b[n], orig[n]), n
+    # and the added ones verify
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "v4b.safetensors"), str(tmp_path / "chk.safetensors"), "--inv-freq", "verify",
+                 "--spec", str(spec_path), "--dry-run"]) == 0  # fmt: skip
+    assert "2 stored tensor(s) match the spec, max |diff|" in capsys.readouterr().err
+
+
+def test_inv_freq_verify_catches_a_wrong_base(tmp_path, capsys):
+    src = tmp_path / "v4.safetensors"
+    _v4_state_dict(src, 10000.0)
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(rk.RopeSpec(head_dim=D, base=10000.0).to_json())
+    bad.write_text(rk.RopeSpec(head_dim=D, base=500000.0).to_json())
+    assert main(["convert", str(src), str(tmp_path / "o1.safetensors"), "--inv-freq", "verify", "--spec", str(good), "--no-progress"]) == 0
+    assert "match the spec, max |diff|" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path / "o2.safetensors"), "--inv-freq", "verify", "--spec", str(bad), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "model.layers.0.self_attn.rotary_emb.inv_freq disagrees with the spec (base=500000" in err
+    assert not (tmp_path / "o2.safetensors").exists()
+    # even a base off by 0.1% is caught: the fp32 values are far more precise than that
+    _v4_state_dict(tmp_path / "close.safetensors", 10010.0)
+    assert main(["convert", str(tmp_path / "close.safetensors"), str(tmp_path / "o3.safetensors"), "--inv-freq", "verify",
+                 "--spec", str(good), "--no-progress"]) == 2  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# atomicity: interrupted runs leave no DST and an untouched SRC
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
+def test_injected_failure_leaves_no_dst(tmp_path, exc):
+    src = make_hf_dir(tmp_path / "src")
+    before = tree_digest(src)
+    seen = []
+
+    def boom(step):
+        seen.append(step)
+        if len(seen) == 5:
+            raise exc
+
+    with pytest.raises(type(exc)):
+        convert(src, tmp_path / "dst", layout="interleaved", after_tensor=boom, progress=False, log=lambda s: None)
+    assert len(seen) == 5
+    assert not (tmp_path / "dst").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # the partial sibling is gone too
+    assert tree_digest(src) == before
+
+
+def test_failed_force_keeps_the_old_dst(tmp_path):
+    src = make_hf_dir(tmp_path / "src")
+    convert(src, tmp_path / "dst", layout="interleaved", **quiet())
+    old = tree_digest(tmp_path / "dst")
+
+    def boom(step):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        convert(src, tmp_path / "dst", layout="interleaved", force=True, after_tensor=boom, progress=False, log=lambda s: None)
+    assert tree_digest(tmp_path / "dst") == old
+    convert(src, tmp_path / "dst", force=True, **quiet())  # --force replaces it
+    assert "ropekit_layout" not in json.loads((tmp_path / "dst" / "config.json").read_text())
+
+
+_SLOW_CLI = """
+import sys, time
+from ropekit.formats import safetensors_io
+from ropekit.cli import main
+orig = safetensors_io.SafetensorsWriter.copy_range
+def slow(self, *a):
+    time.sleep(0.05)
+    return orig(self, *a)
+safetensors_io.SafetensorsWriter.copy_range = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_process_leaves_no_dst(tmp_path, sig):
+    src = make_hf_dir(tmp_path / "src")
+    before = tree_digest(src)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, "convert", str(src), str(tmp_path / "dst"), "--layout", "interleaved",
+                             "--no-progress"], env=env, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 30
+    while not any(p.glob("*.safetensors") for p in tmp_path.glob(".dst.ropekit-partial-*")):
+        assert proc.poll() is None and time.time() < deadline, "conversion ended before it could be interrupted"
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    rc = proc.wait(30)
+    assert not (tmp_path / "dst").exists()
+    assert tree_digest(src) == before
+    if sig == signal.SIGTERM:
+        assert rc == 130 and proc.stderr.read().decode().strip().endswith("interrupted")
+        assert not list(tmp_path.glob(".dst*"))  # cleaned up on the way out
+    else:
+        assert rc == -signal.SIGKILL
+        assert list(tmp_path.glob(".dst.ropekit-partial-*"))  # SIGKILL cannot clean up ...
+        convert(src, tmp_path / "dst", layout="interleaved", **quiet())  # ... the next run does
+        assert not list(tmp_path.glob(".dst*")) and (tmp_path / "dst").is_dir()
+    proc.stderr.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# --verify
+# ---------------------------------------------------------------------------------------------
+
+
+def test_verify_detects_a_layout_mismatch(tmp_path):
+    from ropekit.convert_verify import compare_scores
+    from ropekit.formats import open_checkpoint
+
+    src = make_hf_dir(tmp_path / "src", tensors=hf_tensors(torch.float32))
+    convert(src, tmp_path / "inter", layout="interleaved", **quiet())
+    spec = rk.RopeSpec(head_dim=D)
+    ok = compare_scores(open_checkpoint(src), open_checkpoint(tmp_path / "inter"), spec)
+    assert ok[1] < 1e-12
+    # the same rows, but a config that claims "half": the scores no longer agree
+    cfg = json.loads((tmp_path / "inter" / "config.json").read_text())
+    del cfg["ropekit_layout"]
+    (tmp_path / "inter" / "config.json").write_text(json.dumps(cfg))
+    bad = compare_scores(open_checkpoint(src), open_checkpoint(tmp_path / "inter"), spec)
+    assert bad[1] > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# errors: exit code 2, one line, naming the tensor / file and the numbers
+# ---------------------------------------------------------------------------------------------
+
+
+def _cli_error(capsys, *argv) -> str:
+    capsys.readouterr()
+    assert main(["convert", *map(str, argv), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ropekit: error: "), err
+    return err
+
+
+def test_error_missing_shard(tmp_path, capsys):
+    src = make_hf_dir(tmp_path / "src")
+    (src / "model-00002-of-00003.safetensors").unlink()
+    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    assert "shard model-00002-of-00003.safetensors named in model.safetensors.index.json" in err and "missing" in err
+    assert "for tensor model." in err
+
+
+def test_error_qk_rows_do_not_match_heads(tmp_path, capsys):
+    src = make_hf_dir(tmp_path / "src", num_key_value_heads=1)  # the k_proj tensors hold 2 kv heads
+    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    assert "model.layers.0.self_attn.k_proj.weight has shape [16, 32]" in err and "needs 8 rows" in err
+
+
+@pytest.mark.parametrize("over,needle", [
+    ({"num_key_value_heads": 3}, "num_attention_heads=4 is not a multiple of num_key_value_heads=3"),
+    ({"hidden_size": 30}, "hidden_size=30 is not divisible by num_attention_heads=4"),
+])  # fmt: skip
+def test_error_head_counts_do_not_divide(tmp_path, capsys, over, needle):
+    src = make_hf_dir(tmp_path / "src", **over)
+    assert needle in _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+
+
+def test_error_unknown_format(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "weights.npz").write_bytes(b"x")
+    assert "unknown checkpoint format at" in _cli_error(capsys, tmp_path / "src", tmp_path / "dst")
+
+
+@pytest.mark.parametrize("garbage,needle", [
+    (b"\xff" * 8, "does not fit in the file"),
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}\x00\x00\x00\x00\x00\x00", "header is not JSON"),
+])  # fmt: skip
+def test_error_corrupt_safetensors_header(tmp_path, capsys, garbage, needle):
+    src = make_hf_dir(tmp_path / "src")
+    shard = src / "model-00003-of-00003.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[: len(garbage)] = garbage
+    shard.write_bytes(bytes(data))
+    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    assert f"corrupt safetensors header in {shard}" in err and needle in err
+
+
+def test_error_truncated_safetensors(tmp_path, capsys):
+    src = make_hf_dir(tmp_path / "src")
+    shard = src / "model-00001-of-00003.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    assert "past the end of the file" in _cli_error(capsys, src, tmp_path / "dst")
+
+
+def test_error_dst_inside_src_and_existing_dst(tmp_path, capsys):
+    src = make_hf_dir(tmp_path / "src")
+    assert "is inside SRC" in _cli_error(capsys, src, src / "sub", "--layout", "interleaved")
+    assert "is inside SRC" in _cli_error(capsys, src, src, "--layout", "interleaved")
+    assert "is inside DST" in _cli_error(capsys, src, tmp_path, "--layout", "interleaved", "--force")
+    (tmp_path / "dst").mkdir()
+    assert "exists; pass --force" in _cli_error(capsys, src, tmp_path / "dst")
+    assert not (src / "sub").exists()
+
+
+def test_error_meta_needs_interleaved_and_llama(tmp_path, capsys):
+    src = make_hf_dir(tmp_path / "src")
+    assert "interleaved by definition" in _cli_error(capsys, src, tmp_path / "m", "--to", "meta", "--layout", "half")
+    qwen = make_hf_dir(tmp_path / "qwen", model_type="qwen2")
+    assert "model_type='qwen2' has no Meta checkpoint form" in _cli_error(capsys, qwen, tmp_path / "m", "--to", "meta")
+
+
+def test_error_state_dict_without_head_counts(tmp_path, capsys):
+    save_file({"model.layers.0.self_attn.q_proj.weight": torch.randn(H * D, HIDDEN)}, tmp_path / "sd.safetensors")
+    assert "needs its head counts: pass --config" in _cli_error(capsys, tmp_path / "sd.safetensors", tmp_path / "o.safetensors", "--layout", "interleaved")
+    assert "needs the model's RoPE spec" in _cli_error(capsys, tmp_path / "sd.safetensors", tmp_path / "o.safetensors", "--inv-freq", "add")
+
+
+def test_error_pickle_with_code_is_refused(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"w": torch.zeros(1), "x": Evil()}, tmp_path / "evil.pt")
+    assert "is not a weights-only PyTorch state dict" in _cli_error(capsys, tmp_path / "evil.pt", tmp_path / "o.pt")
+    assert not (tmp_path / "pwned").exists()
