@@ -463,3 +463,21 @@ def test_error_pickle_with_code_is_refused(tmp_path, capsys):
     torch.save({"w": torch.zeros(1), "x": Evil()}, tmp_path / "evil.pt")
     assert "is not a weights-only PyTorch state dict" in _cli_error(capsys, tmp_path / "evil.pt", tmp_path / "o.pt")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_tied_embeddings_to_meta_store_output(tmp_path):
+    t = hf_tensors()
+    del t["lm_head.weight"]
+    src = make_hf_dir(tmp_path / "src", tensors=t, tie_word_embeddings=True)
+    convert(src, tmp_path / "meta", to="meta", **quiet())
+    meta = torch.load(tmp_path / "meta" / "consolidated.00.pth", weights_only=True, mmap=True)
+    assert same_bytes(meta["output.weight"], t["model.embed_tokens.weight"])
+    assert same_bytes(meta["tok_embeddings.weight"], t["model.embed_tokens.weight"])
+    params = json.loads((tmp_path / "meta" / "params.json").read_text())
+    assert params["n_kv_heads"] == KV and params["rope_theta"] == 10000.0
+    # Meta's FeedForward sizing rule, as in Meta's reference model code, gives back the FFN width
+    ffn = int(2 * (4 * params["dim"]) / 3)
+    if params.get("ffn_dim_multiplier") is not None:
+        ffn = int(params["ffn_dim_multiplier"] * ffn)
+    ffn = params["multiple_of"] * ((ffn + params["multiple_of"] - 1) // params["multiple_of"])
+    assert ffn == FFN

@@ -4,9 +4,9 @@
    ``inv_freq`` tensors to add — from names and the attention geometry only, no data read.
 2. **stream**: one tensor at a time.  Untouched tensors of a safetensors source are copied byte for
    byte in the kernel (``copy_file_range``); q/k tensors are read from the memory-mapped file,
-   their rows reordered (exact, any dtype) and written.  Peak memory is a few tensors, not the
-   checkpoint (writing a Meta ``.pth`` is the exception: ``torch.save`` wants the whole dict; its
-   untouched tensors stay memory-mapped views of the source).
+   their rows reordered (exact, any dtype) and written.  The output header (safetensors) or zip
+   layout (``.pth``, see ``formats.meta.PthWriter``) is laid out first, so peak memory is a few
+   tensors, not the checkpoint.
 3. **atomic**: everything goes to a hidden sibling ``.DST.ropekit-partial-PID`` that is renamed to
    DST at the end; any failure (or Ctrl-C / SIGTERM from the CLI) removes it.  SRC is only read.
 
@@ -228,6 +228,12 @@ def plan(ckpt: Checkpoint, dst_fmt: str, dst_layout: str, inv_freq: str = "keep"
             steps.append(Step("copy", name, dst, role, dtype, shape))
             add_inv_freq_after(name, steps)
         shards.append((file, steps))
+    if dst_fmt == "meta" and rename is not None:
+        dsts = {s.dst for _, steps in shards for s in steps}
+        if "output.weight" not in dsts and "tok_embeddings.weight" in dsts:
+            # transformers ties lm_head to the embedding without storing it; Meta always stores output
+            emb = next(s for _, steps in shards for s in steps if s.dst == "tok_embeddings.weight")
+            shards[-1][1].append(Step("copy", emb.src, "output.weight", None, emb.dtype, emb.shape))
     if permute and not found_qk:
         raise RopeCheckpointError(f"{ckpt.path}: no q/k projection tensors found (looked for q_proj/k_proj, wq/wk, query_key_value, qkv_proj)")
     return shards, dropped
@@ -353,7 +359,7 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
     from tqdm.auto import tqdm
 
     from .formats.hf import LAYOUT_KEY, hf_config_with_layout, plan_shards, write_hf
-    from .formats.meta import hf_config_from_meta, params_from_hf, write_params
+    from .formats.meta import PthWriter, hf_config_from_meta, params_from_hf, write_params
     from .formats.safetensors_io import SafetensorsWriter, tensor_bytes
 
     all_steps = [s for _, steps in shards for s in steps]
@@ -374,7 +380,7 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
         if after_tensor is not None:
             after_tensor(step)
 
-    def stream_safetensors(writer, steps):
+    def stream(writer, steps):
         for step in steps:
             rng = ckpt.byte_range(step.src) if step.action == "copy" else None
             if rng is not None:
@@ -408,44 +414,36 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
             writers = write_hf(tmp, out_shards, config, metadata, index_extra, config_bytes)
             for f, writer in writers.items():
                 try:
-                    stream_safetensors(writer, by_file[f])
+                    stream(writer, by_file[f])
                     writer.close()
                 finally:
                     writer.abort()
         elif dst_fmt == "meta":
-            state = {}
-            for step in (s for _, steps in shards for s in steps):
-                t = produce(step)
-                state[step.dst] = t
-                done(step, tensor_bytes(t).nbytes if t.numel() else 0)
+            steps = [s for _, st in shards for s in st]
+            writer = PthWriter(tmp / "consolidated.00.pth", [(s.dst, s.dtype, s.shape) for s in steps])
+            try:
+                stream(writer, steps)
+                writer.close()
+            finally:
+                writer.abort()
             if ckpt.fmt == "hf":
-                # transformers ties lm_head to the embedding without storing it; Meta always stores output
-                if "output.weight" not in state and "tok_embeddings.weight" in state:
-                    state["output.weight"] = state["tok_embeddings.weight"]
-                    report.notes.append("tied embeddings: wrote output.weight = tok_embeddings.weight")
-                w1 = state["layers.0.feed_forward.w1.weight"]
+                w1 = next(s for s in steps if s.dst == "layers.0.feed_forward.w1.weight")
                 write_params(tmp / "params.json", params_from_hf(ckpt.config, ckpt.geometry, w1.shape[0]))
             else:
                 shutil.copyfile(ckpt.path / "params.json", tmp / "params.json")
-            torch.save(state, tmp / "consolidated.00.pth")
-            report.notes.append("Meta .pth written with torch.save: the whole state dict was held (untouched tensors as memory-mapped views)")
         else:  # state dict file
             (file, steps), = shards
             out = tmp / dst.name
+            entries = [(s.dst, s.dtype, s.shape) for s in steps]
             if out.suffix == ".safetensors":
-                writer = SafetensorsWriter(out, [(s.dst, s.dtype, s.shape) for s in steps], ckpt.file.metadata if ckpt.file else {"format": "pt"})
-                try:
-                    stream_safetensors(writer, steps)
-                    writer.close()
-                finally:
-                    writer.abort()
+                writer = SafetensorsWriter(out, entries, ckpt.file.metadata if ckpt.file else {"format": "pt"})
             else:
-                state = {}
-                for step in steps:
-                    t = produce(step)
-                    state[step.dst] = t
-                    done(step, tensor_bytes(t).nbytes if t.numel() else 0)
-                torch.save(state, out)
+                writer = PthWriter(out, entries)
+            try:
+                stream(writer, steps)
+                writer.close()
+            finally:
+                writer.abort()
         # auxiliary files (tokenizer, generation config, ...) travel unchanged
         for rel in ckpt.aux_files:
             if dst_fmt == "meta" and rel == "checklist.chk":

@@ -11,6 +11,7 @@ vocabulary), norms replicated.  Writing produces a single ``consolidated.00.pth`
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from ..errors import RopeCheckpointError
 from .base import Checkpoint, Geometry, list_aux
 
-__all__ = ["MetaCheckpoint", "is_meta_dir", "hf_to_meta_name", "meta_to_hf_name", "params_from_hf", "hf_config_from_meta"]
+__all__ = ["MetaCheckpoint", "PthWriter", "is_meta_dir", "hf_to_meta_name", "meta_to_hf_name", "params_from_hf", "hf_config_from_meta"]
 
 _SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
 #: Meta name pattern <-> transformers (Llama) name pattern; {i} is the layer
@@ -216,3 +217,58 @@ def write_params(path: Path, params: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(params, f, indent=2)
         f.write("\n")
+
+
+class PthWriter:
+    """Writes a ``torch.save``-format file tensor by tensor, like ``SafetensorsWriter``.
+
+    ``torch.save`` needs every tensor in memory at once.  Instead we save placeholders under
+    ``torch.serialization.skip_data`` (the zip layout is written, the data space only reserved;
+    ``torch.empty`` placeholders are never touched, so they cost no resident memory), ask
+    ``torch.load(map_location="meta")`` where each storage landed, and fill the bytes in place.
+    The zip CRC fields stay unset, as with ``torch.serialization.set_crc32_options(False)``;
+    ``torch.load`` does not check them.
+    """
+
+    def __init__(self, path, entries):
+        self.path = os.fspath(path)
+        placeholders = {name: torch.empty(shape, dtype=dtype) for name, dtype, shape in entries}
+        with torch.serialization.skip_data():
+            torch.save(placeholders, self.path)
+        del placeholders
+        layout = torch.load(self.path, map_location="meta", weights_only=True)
+        self.offsets = {}
+        for name, t in layout.items():
+            self.offsets[name] = t.untyped_storage()._checkpoint_offset + t.storage_offset() * t.element_size()
+        self.sizes = {name: t.numel() * t.element_size() for name, t in layout.items()}
+        self._f = open(self.path, "r+b", buffering=0)
+        self.total_size = sum(self.sizes.values())
+
+    def _check(self, name: str, nbytes: int) -> int:
+        if self.sizes[name] != nbytes:
+            raise RuntimeError(f"tensor {name!r} has {nbytes} bytes, the file reserved {self.sizes[name]}")  # a bug
+        return self.offsets[name]
+
+    def write_tensor(self, name: str, t: torch.Tensor) -> None:
+        from .safetensors_io import tensor_bytes
+
+        data = tensor_bytes(t)
+        offset = self._check(name, data.nbytes)
+        while data.nbytes:
+            n = os.pwrite(self._f.fileno(), data, offset)
+            data, offset = data[n:], offset + n
+
+    def copy_range(self, name: str, src_path: str, start: int, end: int) -> None:
+        offset = self._check(name, end - start)
+        with open(src_path, "rb") as src:
+            while start < end:
+                n = os.copy_file_range(src.fileno(), self._f.fileno(), end - start, start, offset)
+                if n == 0:
+                    raise RopeCheckpointError(f"{src_path} ended while copying tensor {name!r}")
+                start, offset = start + n, offset + n
+
+    def close(self) -> None:
+        self._f.close()
+
+    def abort(self) -> None:
+        self._f.close()
