@@ -481,3 +481,15 @@ def test_tied_embeddings_to_meta_store_output(tmp_path):
         ffn = int(params["ffn_dim_multiplier"] * ffn)
     ffn = params["multiple_of"] * ((ffn + params["multiple_of"] - 1) // params["multiple_of"])
     assert ffn == FFN
+
+
+def test_pth_views_and_shared_storages_read_correctly(tmp_path):
+    """torch.save keeps views: a slice with a storage offset is read by byte range, a transposed
+    (non-contiguous) one through torch's own memory-mapped load."""
+    big, sq = torch.randn(10, 4), torch.randn(3, 5)
+    sd = {"slice": big[2:5], "rest": big[5:], "transposed": sq.T, "rotary_emb.inv_freq": torch.ones(2)}
+    torch.save(sd, tmp_path / "sd.pth")
+    convert(tmp_path / "sd.pth", tmp_path / "out.pth", inv_freq="drop", **quiet())
+    out = torch.load(tmp_path / "out.pth", weights_only=True)
+    assert sorted(out) == ["rest", "slice", "transposed"]
+    assert all(torch.equal(out[n], sd[n]) for n in out)

@@ -101,15 +101,18 @@ class MetaCheckpoint(Checkpoint):
         self.geometry = _geometry(self.config, str(self.path / "params.json"))
         self.layout = "interleaved"
         files = sorted((p.name for p in self.path.iterdir() if _SHARD.match(p.name)), key=lambda n: int(_SHARD.match(n).group(1)))
-        self.parts = []
+        # The layout of each file (dtypes, shapes, byte offsets) comes from a weights-only load on
+        # the meta device: no tensor data is read until it is needed, and then one tensor at a time.
+        self.parts, self.ranges = [], []
         for f in files:
             try:
-                sd = torch.load(self.path / f, map_location="cpu", weights_only=True, mmap=True)
+                sd = torch.load(self.path / f, map_location="meta", weights_only=True)
             except Exception as exc:  # a pickle that is not plain tensors, or a truncated zip
                 raise RopeCheckpointError(f"{self.path / f} is not a weights-only PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
             if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
                 raise RopeCheckpointError(f"{self.path / f} does not hold a flat dict of tensors")
             self.parts.append(sd)
+            self.ranges.append(_byte_ranges(sd, self.path / f))
         names = list(self.parts[0])
         for f, part in zip(files[1:], self.parts[1:]):
             if list(part) != names:
@@ -122,6 +125,7 @@ class MetaCheckpoint(Checkpoint):
         # one logical checkpoint; it is written back as a single file
         self.shards = [("consolidated.00.pth", names)]
         self.shard_files = files
+        self._mapped: dict = {}
         self.aux_files = list_aux(self.path, set(files) | {"params.json"})
 
     def _concat_dim(self, name: str) -> int | None:
@@ -144,11 +148,41 @@ class MetaCheckpoint(Checkpoint):
             shape[dim] = sum(p[name].shape[dim] for p in self.parts)
         return t.dtype, tuple(shape)
 
+    def _read(self, i: int, name: str) -> torch.Tensor:
+        from .safetensors_io import read_range
+
+        rng = self.ranges[i].get(name)
+        t = self.parts[i][name]
+        if rng is not None:
+            return read_range(str(self.path / self.shard_files[i]), rng[0], rng[1], t.dtype, t.shape)
+        # a view into a larger storage with strides: let torch materialize it (memory-mapped)
+        if self._mapped.get(i) is None:
+            self._mapped[i] = torch.load(self.path / self.shard_files[i], map_location="cpu", weights_only=True, mmap=True)
+        return self._mapped[i][name]
+
     def tensor(self, name):
         dim = self._concat_dim(name)
         if dim is None:
-            return self.parts[0][name]
-        return torch.cat([p[name] for p in self.parts], dim=dim)
+            return self._read(0, name)
+        return torch.cat([self._read(i, name) for i in range(len(self.parts))], dim=dim)
+
+    def byte_range(self, name):
+        if len(self.parts) == 1 and name in self.ranges[0]:
+            start, end = self.ranges[0][name]
+            return str(self.path / self.shard_files[0]), start, end
+        return None
+
+
+def _byte_ranges(layout: dict, path: Path) -> dict:
+    """name -> (start, end) in the file for every contiguous tensor of a meta-device load."""
+    out = {}
+    for name, t in layout.items():
+        base = getattr(t.untyped_storage(), "_checkpoint_offset", None)
+        if base is None or not t.is_contiguous():
+            continue
+        start = base + t.storage_offset() * t.element_size()
+        out[name] = (start, start + t.numel() * t.element_size())
+    return out
 
 
 def params_from_hf(cfg: dict, geometry: Geometry, intermediate_size: int) -> dict:

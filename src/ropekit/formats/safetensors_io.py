@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import torch
 
 from ..errors import RopeCheckpointError
 
-__all__ = ["DTYPES", "DTYPE_NAMES", "TensorInfo", "SafetensorsFile", "SafetensorsWriter", "tensor_bytes"]
+__all__ = ["DTYPES", "DTYPE_NAMES", "TensorInfo", "SafetensorsFile", "SafetensorsWriter", "tensor_bytes", "read_range"]
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -64,7 +63,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
 
 
 class SafetensorsFile:
-    """One ``.safetensors`` file: validated header, zero-copy tensors, raw byte ranges."""
+    """One ``.safetensors`` file: validated header, tensors read one at a time, raw byte ranges."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -102,7 +101,6 @@ class SafetensorsFile:
             infos.append(TensorInfo(name, dtype, shape, self.data_start + begin, self.data_start + end))
         infos.sort(key=lambda i: i.start)  # data order: reading in it is sequential
         self.infos = {i.name: i for i in infos}
-        self._map = None
 
     def _corrupt(self, why: str) -> RopeCheckpointError:
         return RopeCheckpointError(f"corrupt safetensors header in {self.path}: {why}")
@@ -111,19 +109,28 @@ class SafetensorsFile:
         return list(self.infos)
 
     def tensor(self, name: str) -> torch.Tensor:
-        """The tensor, backed by the memory-mapped file (copy-on-write: writes never reach the file)."""
+        """The tensor, read into its own buffer (freed with the tensor).
+
+        Not a memory map on purpose: pages of a mapping stay resident, and counted in RSS, until
+        the whole file is unmapped, so a long conversion would accumulate every tensor it read."""
         info = self.infos[name]
-        if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=info.dtype)
-        if self._map is None:
-            with open(self.path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        itemsize = torch.empty((), dtype=info.dtype).element_size()
-        if info.start % itemsize:  # misaligned (not written by the safetensors library): copy
-            raw = bytearray(self._map[info.start : info.end])
-            return torch.frombuffer(raw, dtype=torch.uint8).view(info.dtype).view(info.shape)
-        flat = torch.frombuffer(self._map, dtype=torch.uint8, count=info.nbytes, offset=info.start)
-        return flat.view(info.dtype).view(info.shape)
+        return read_range(self.path, info.start, info.end, info.dtype, info.shape)
+
+
+def read_range(path: str, start: int, end: int, dtype: torch.dtype, shape) -> torch.Tensor:
+    """Bytes [start, end) of a file as a tensor of ``dtype`` and ``shape``."""
+    buf = bytearray(end - start)
+    if buf:
+        with open(path, "rb", buffering=0) as f:
+            view, pos = memoryview(buf), start
+            while view.nbytes:
+                n = os.preadv(f.fileno(), [view], pos)
+                if n == 0:
+                    raise RopeCheckpointError(f"{path} ended at byte {pos} while reading a tensor")
+                view, pos = view[n:], pos + n
+    else:
+        return torch.empty(tuple(shape), dtype=dtype)
+    return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).view(tuple(shape))
 
 
 class SafetensorsWriter:
