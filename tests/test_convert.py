@@ -493,3 +493,48 @@ def test_pth_views_and_shared_storages_read_correctly(tmp_path):
     out = torch.load(tmp_path / "out.pth", weights_only=True)
     assert sorted(out) == ["rest", "slice", "transposed"]
     assert all(torch.equal(out[n], sd[n]) for n in out)
+
+
+def test_lora_adapter_b_matrices_permute_and_a_stay(tmp_path):
+    """A PEFT adapter (q/k/v LoRA) against the base model's config: lora_B rows are q/k rows and
+    move; lora_A acts on the input side and stays; the update B @ A moves like the full weight."""
+    r = 3
+    g = torch.Generator().manual_seed(5)
+    pre = "base_model.model.model.layers.0.self_attn."
+    sd = {}
+    for proj, rows in (("q_proj", H * D), ("k_proj", KV * D), ("v_proj", KV * D)):
+        sd[pre + proj + ".lora_A.weight"] = torch.randn(r, HIDDEN, generator=g)
+        sd[pre + proj + ".lora_B.weight"] = torch.randn(rows, r, generator=g)
+    save_file(sd, tmp_path / "adapter_model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(hf_config()))
+    rep = convert(tmp_path / "adapter_model.safetensors", tmp_path / "inter.safetensors", layout="interleaved",
+                  config=tmp_path / "config.json", **quiet())  # fmt: skip
+    assert (rep.permuted, rep.copied) == (2, 4)
+    out = read_all(tmp_path / "inter.safetensors")
+    for proj, heads in (("q_proj", H), ("k_proj", KV)):
+        a, b = sd[pre + proj + ".lora_A.weight"], sd[pre + proj + ".lora_B.weight"]
+        assert same_bytes(out[pre + proj + ".lora_A.weight"], a)
+        delta = out[pre + proj + ".lora_B.weight"] @ out[pre + proj + ".lora_A.weight"]
+        assert torch.equal(delta, rk.permute_qk(b @ a, heads, D, src="half", dst="interleaved")), proj
+    assert all(same_bytes(out[n], sd[n]) for n in sd if "v_proj" in n)
+
+
+@pytest.mark.parametrize("to", [None, "meta"])
+def test_without_kernel_copy_the_bytes_match_and_the_report_says_so(tmp_path, monkeypatch, to):
+    """A file system without copy_file_range (EXDEV/EOPNOTSUPP): same bytes, and a visible note."""
+    import errno
+
+    calls = []
+
+    def refuse(*a):
+        calls.append(a)
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    src = make_hf_dir(tmp_path / "src")
+    convert(src, tmp_path / "ref", to=to, layout="interleaved", **quiet())
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    log = []
+    convert(src, tmp_path / "dst", to=to, layout="interleaved", progress=False, log=log.append)
+    assert calls and sum("through user space" in line and "copy_file_range" in line for line in log) == 1, log
+    for f in sorted((tmp_path / "ref").iterdir()):
+        assert f.read_bytes() == (tmp_path / "dst" / f.name).read_bytes(), f.name

@@ -118,6 +118,8 @@ def test_hf_meta_hf_round_trip_is_byte_identical(tmp_path):
     log = []
     convert(tmp_path / "hf", tmp_path / "meta", to="meta", progress=False, verify=True, log=log.append)
     convert(tmp_path / "meta", tmp_path / "hf2", to="hf", progress=False, verify=True, log=log.append)
+    verified = [line for line in log if line.startswith("verify: attention scores q.k")]
+    assert len(verified) == 2 and all("2 layer(s): max |diff|" in line for line in verified), log
     a, b = _tensors(tmp_path / "hf"), _tensors(tmp_path / "hf2")
     assert sorted(a) == sorted(b)
     for name in a:

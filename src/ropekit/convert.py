@@ -3,10 +3,11 @@
 1. **plan**: for every source tensor decide copy / permute / rename / drop, and which
    ``inv_freq`` tensors to add — from names and the attention geometry only, no data read.
 2. **stream**: one tensor at a time.  Untouched tensors of a safetensors source are copied byte for
-   byte in the kernel (``copy_file_range``); q/k tensors are read from the memory-mapped file,
-   their rows reordered (exact, any dtype) and written.  The output header (safetensors) or zip
-   layout (``.pth``, see ``formats.meta.PthWriter``) is laid out first, so peak memory is a few
-   tensors, not the checkpoint.
+   byte in the kernel (``copy_file_range``; where a file system cannot, through user space, and
+   the report says so); q/k tensors are read by byte range (not memory-mapped: mapped pages would
+   stay resident until the end), their rows reordered (exact, any dtype) and written.  The
+   output header (safetensors) or zip layout (``.pth``, see ``formats.meta.PthWriter``) is laid
+   out first, so peak memory is a few tensors, not the checkpoint.
 3. **atomic**: everything goes to a hidden sibling ``.DST.ropekit-partial-PID`` that is renamed to
    DST at the end; any failure (or Ctrl-C / SIGTERM from the CLI) removes it.  SRC is only read.
 
@@ -381,6 +382,13 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
             after_tensor(step)
 
     def stream(writer, steps):
+        try:
+            _stream(writer, steps)
+        finally:
+            if writer.fallback and not any(n.startswith("pass-through") for n in report.notes):
+                report.notes.append(f"pass-through tensors were copied through user space, not in the kernel ({writer.fallback})")
+
+    def _stream(writer, steps):
         for step in steps:
             rng = ckpt.byte_range(step.src) if step.action == "copy" else None
             if rng is not None:

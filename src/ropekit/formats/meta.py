@@ -276,6 +276,7 @@ class PthWriter:
             self.offsets[name] = t.untyped_storage()._checkpoint_offset + t.storage_offset() * t.element_size()
         self.sizes = {name: t.numel() * t.element_size() for name, t in layout.items()}
         self._f = open(self.path, "r+b", buffering=0)
+        self.fallback: str | None = None  # as SafetensorsWriter.fallback
         self.total_size = sum(self.sizes.values())
 
     def _check(self, name: str, nbytes: int) -> int:
@@ -293,13 +294,10 @@ class PthWriter:
             data, offset = data[n:], offset + n
 
     def copy_range(self, name: str, src_path: str, start: int, end: int) -> None:
+        from .safetensors_io import copy_bytes
+
         offset = self._check(name, end - start)
-        with open(src_path, "rb") as src:
-            while start < end:
-                n = os.copy_file_range(src.fileno(), self._f.fileno(), end - start, start, offset)
-                if n == 0:
-                    raise RopeCheckpointError(f"{src_path} ended while copying tensor {name!r}")
-                start, offset = start + n, offset + n
+        self.fallback = copy_bytes(src_path, self._f.fileno(), start, end, offset, name=name) or self.fallback
 
     def close(self) -> None:
         self._f.close()

@@ -18,6 +18,7 @@ any data exists, so the writer never holds more than one tensor.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import torch
 
 from ..errors import RopeCheckpointError
 
-__all__ = ["DTYPES", "DTYPE_NAMES", "TensorInfo", "SafetensorsFile", "SafetensorsWriter", "tensor_bytes", "read_range"]
+__all__ = ["DTYPES", "DTYPE_NAMES", "TensorInfo", "SafetensorsFile", "SafetensorsWriter", "tensor_bytes", "read_range", "copy_bytes"]
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -133,6 +134,58 @@ def read_range(path: str, start: int, end: int, dtype: torch.dtype, shape) -> to
     return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).view(tuple(shape))
 
 
+#: errors that mean "this kernel / file system pair cannot copy_file_range", not "the copy failed"
+_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM)
+_CHUNK = 16 * 2**20
+
+
+def copy_bytes(src_path: str, dst_fd: int, start: int, end: int, dst_offset: int | None = None, name: str = "?") -> str | None:
+    """Copy bytes [start, end) of ``src_path`` to ``dst_fd`` (at ``dst_offset``, or at and
+    advancing the descriptor's position when None), in the kernel with ``copy_file_range``.
+
+    Returns None, or why the kernel copy was not available (old kernel, a file-system pair that
+    does not support it, a platform without it); the bytes are then copied through user space in
+    16 MiB chunks, slower but identical, and the caller reports the reason.
+
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp(); a = os.path.join(d, "a")
+    >>> _ = open(a, "wb").write(b"0123456789")
+    >>> fd = os.open(os.path.join(d, "b"), os.O_WRONLY | os.O_CREAT)
+    >>> copy_bytes(a, fd, 2, 7); os.close(fd)
+    >>> open(os.path.join(d, "b"), "rb").read()
+    b'23456'
+    """
+    why = None
+    with open(src_path, "rb", buffering=0) as src:
+        pos, out = start, dst_offset
+        if hasattr(os, "copy_file_range"):
+            try:
+                while pos < end:
+                    n = os.copy_file_range(src.fileno(), dst_fd, end - pos, pos, out)
+                    if n == 0:
+                        raise RopeCheckpointError(f"{src_path} ended at byte {pos} while copying tensor {name!r}")
+                    pos += n
+                    out = None if out is None else out + n
+                return None
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                why = f"copy_file_range: {os.strerror(exc.errno)}"
+        else:
+            why = "no copy_file_range on this platform"
+        while pos < end:
+            chunk = os.pread(src.fileno(), min(_CHUNK, end - pos), pos)
+            if not chunk:
+                raise RopeCheckpointError(f"{src_path} ended at byte {pos} while copying tensor {name!r}")
+            view = memoryview(chunk)
+            while view.nbytes:
+                n = os.write(dst_fd, view) if out is None else os.pwrite(dst_fd, view, out)
+                view = view[n:]
+                out = None if out is None else out + n
+            pos += len(chunk)
+    return why
+
+
 class SafetensorsWriter:
     """Writes one safetensors file tensor by tensor, in the order ``entries`` gives.
 
@@ -159,6 +212,8 @@ class SafetensorsWriter:
         self._write_all(memoryview(struct.pack("<Q", len(raw)) + raw))
         self._next = 0
         self.total_size = offset
+        #: why pass-through bytes went through user space (None: all copies ran in the kernel)
+        self.fallback: str | None = None
 
     def _expect(self, name: str, nbytes: int) -> None:
         if self._next >= len(self._order) or self._order[self._next][0] != name:
@@ -181,14 +236,7 @@ class SafetensorsWriter:
     def copy_range(self, name: str, src_path: str, start: int, end: int) -> None:
         """Copy bytes [start, end) of another file in the kernel (no trip through Python)."""
         self._expect(name, end - start)
-        with open(src_path, "rb") as src:
-            left, pos = end - start, start
-            while left:
-                n = os.copy_file_range(src.fileno(), self._f.fileno(), left, pos)
-                if n == 0:
-                    raise RopeCheckpointError(f"{src_path} ended while copying tensor {name!r}")
-                left -= n
-                pos += n
+        self.fallback = copy_bytes(src_path, self._f.fileno(), start, end, name=name) or self.fallback
 
     def close(self) -> None:
         if self._next != len(self._order):
