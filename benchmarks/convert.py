@@ -7,7 +7,8 @@ median wall times, throughput ratio vs cp, and peak RSS against the goal 2 x lar
 
     python benchmarks/convert.py [--gb 2] [--repeats 3] [--dir /tmp]
 
-Prints a table; writes benchmarks/results/convert.csv (+ convert.png when matplotlib is there).
+Prints a table; writes benchmarks/results/NAME.csv (+ NAME.png when matplotlib is there; NAME is
+--name, default "convert").
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--name", default="convert", help="file name of the CSV / PNG (without suffix)")
     ap.add_argument("--generate", help=argparse.SUPPRESS)  # internal: child process that writes the checkpoint
     args = ap.parse_args()
     if args.generate:
@@ -180,7 +182,7 @@ def main() -> int:
           "timer (open, plan, stream, rename); torch RSS = peak RSS of `python -c 'import torch'` alone")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "convert.csv", "w", newline="") as f:
+    with open(out / f"{args.name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -203,10 +205,10 @@ def main() -> int:
         b.set_ylabel("MB")
         b.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "convert.png", dpi=110)
+        fig.savefig(out / f"{args.name}.png", dpi=110)
     except ImportError:
         print("matplotlib not installed: no PNG")
-    print(f"saved {out / 'convert.csv'}")
+    print(f"saved {out / (args.name + '.csv')}")
     return 0
 
 

@@ -164,29 +164,49 @@ def test_dry_run_lists_changes_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "dst").exists() and not list(tmp_path.glob(".dst*"))
 
 
+def _meta_split(meta1: Path, out: Path, n: int) -> list[dict]:
+    """Split a single-file Meta checkpoint into n model-parallel shards by Meta's rules."""
+    sd = torch.load(meta1 / "consolidated.00.pth", weights_only=True)
+    parts = [{} for _ in range(n)]
+    for name, t in sd.items():
+        leaf = name.split(".")[-2] if name.count(".") >= 2 else name
+        if leaf in ("wq", "wk", "wv", "w1", "w3") or name == "output.weight":
+            chunks = t.chunk(n, dim=0)
+        elif leaf in ("wo", "w2") or name == "tok_embeddings.weight":
+            chunks = t.chunk(n, dim=1)  # Llama 2 splits the embedding along the model dim
+        else:
+            chunks = (t,) * n
+        for p, c in zip(parts, chunks):
+            p[name] = c.clone()
+    out.mkdir()
+    for i, p in enumerate(parts):
+        torch.save(p, out / f"consolidated.{i:02d}.pth")
+    (out / "params.json").write_bytes((meta1 / "params.json").read_bytes())
+    return parts
+
+
 def test_meta_model_parallel_shards_merge(tmp_path):
     """Two Meta model-parallel shards (split here by Meta's rules) convert like the merged single file."""
     single = make_hf_dir(tmp_path / "hf")
     convert(single, tmp_path / "meta1", to="meta", **quiet())
-    sd = torch.load(tmp_path / "meta1" / "consolidated.00.pth", weights_only=True)
-    parts = [{}, {}]
-    for n, t in sd.items():
-        leaf = n.split(".")[-2] if n.count(".") >= 2 else n
-        if leaf in ("wq", "wk", "wv", "w1", "w3") or n == "output.weight":
-            chunks = t.chunk(2, dim=0)
-        elif leaf in ("wo", "w2") or n == "tok_embeddings.weight":
-            chunks = t.chunk(2, dim=1)  # Llama 2 splits the embedding along the model dim
-        else:
-            chunks = (t, t)
-        for p, c in zip(parts, chunks):
-            p[n] = c.clone()
-    (tmp_path / "meta2").mkdir()
-    for i, p in enumerate(parts):
-        torch.save(p, tmp_path / "meta2" / f"consolidated.{i:02d}.pth")
-    (tmp_path / "meta2" / "params.json").write_bytes((tmp_path / "meta1" / "params.json").read_bytes())
+    _meta_split(tmp_path / "meta1", tmp_path / "meta2", 2)
     convert(tmp_path / "meta2", tmp_path / "hf2", to="hf", **quiet())
     a, b = read_all(single), read_all(tmp_path / "hf2")
     assert sorted(a) == sorted(b) and all(same_bytes(a[n], b[n]) for n in a)
+
+
+def test_error_meta_model_parallel_shards_disagree(tmp_path, capsys):
+    convert(make_hf_dir(tmp_path / "hf"), tmp_path / "meta1", to="meta", **quiet())
+    _meta_split(tmp_path / "meta1", tmp_path / "three", 4)  # KV=2 kv heads cannot spread over 4 ranks
+    assert "n_kv_heads=2 does not divide across 4 model-parallel shards" in _cli_error(capsys, tmp_path / "three", tmp_path / "o")
+    parts = _meta_split(tmp_path / "meta1", tmp_path / "two", 2)
+    parts[1]["layers.1.attention.wk.weight"] = parts[1]["layers.1.attention.wk.weight"][:, :-2].clone()
+    torch.save(parts[1], tmp_path / "two" / "consolidated.01.pth")
+    err = _cli_error(capsys, tmp_path / "two", tmp_path / "o")
+    assert "tensor layers.1.attention.wk.weight is bfloat16[8, 30] in consolidated.01.pth but bfloat16[8, 32] in consolidated.00.pth" in err
+    del parts[1]["layers.0.ffn_norm.weight"]
+    torch.save(parts[1], tmp_path / "two" / "consolidated.01.pth")
+    assert "model-parallel shard consolidated.01.pth holds different tensors than consolidated.00.pth" in _cli_error(capsys, tmp_path / "two", tmp_path / "o")
 
 
 def test_state_dict_pt_with_config(tmp_path):

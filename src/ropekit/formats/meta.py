@@ -122,6 +122,18 @@ class MetaCheckpoint(Checkpoint):
             raise RopeCheckpointError(
                 f"n_kv_heads={self.geometry.n_kv_heads} does not divide across {n} model-parallel shards"
             )
+        for name in names if n > 1 else ():
+            dim, first = self._concat_dim(name), self.parts[0][name]
+            for f, part in zip(files[1:], self.parts[1:]):
+                t = part[name]
+                same = t.dtype == first.dtype and t.dim() == first.dim()
+                same = same and all(a == b for d, (a, b) in enumerate(zip(t.shape, first.shape)) if d != dim)
+                if not same:
+                    raise RopeCheckpointError(
+                        f"tensor {name} is {str(t.dtype).removeprefix('torch.')}{list(t.shape)} in {f} but "
+                        f"{str(first.dtype).removeprefix('torch.')}{list(first.shape)} in {files[0]}; model-parallel shards must agree"
+                        + ("" if dim is None else f" outside dim {dim}, along which they are concatenated")
+                    )
         # one logical checkpoint; it is written back as a single file
         self.shards = [("consolidated.00.pth", names)]
         self.shard_files = files
