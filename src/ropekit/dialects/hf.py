@@ -87,6 +87,9 @@ FAMILIES: dict[str, Family] = {
     "cohere": Family("interleaved", theta=5e5),
     "cohere2": Family("interleaved"),
     "helium": Family("interleaved", theta=1e5, head_dim=128),
+    # THUDM's remote-code ChatGLM / GLM-4 (modeling_chatglm.py): head_dim = kv_channels, half of it
+    # rotates, pairs (2i, 2i+1), base = 10000 * rope_ratio, context = seq_length
+    "chatglm": Family("interleaved", partial=0.5),
     "deepseek_v2": Family("interleaved"),  # complex multiplication over qk_rope_head_dim
     # rope_interleave=True (default): weights store the rope dims interleaved; transformers'
     # apply_rotary_pos_emb_interleave rotates pairs (2i, 2i+1) and writes the result in half order,
@@ -110,7 +113,7 @@ _ARCH_PREFIX = {
     "Persimmon": "persimmon", "GPTJ": "gptj", "CodeGen": "codegen", "Glm": "glm", "Glm4": "glm4",
     "Cohere": "cohere", "Cohere2": "cohere2", "DeepseekV2": "deepseek_v2", "DeepseekV3": "deepseek_v3",
     "Olmo": "olmo", "Olmo2": "olmo2", "Starcoder2": "starcoder2", "Granite": "granite", "Falcon": "falcon",
-    "GptOss": "gpt_oss", "Helium": "helium", "Nemotron": "nemotron",
+    "GptOss": "gpt_oss", "Helium": "helium", "Nemotron": "nemotron", "ChatGLM": "chatglm",
 }  # fmt: skip
 
 KNOWN_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional", "mrope", "su")
@@ -205,6 +208,8 @@ def _head_dim(cfg: dict[str, Any], family: str | None, fam: Family | None) -> in
         # MLA: only the qk_rope_head_dim tail of each q/k head rotates; transformers sets
         # head_dim = qk_rope_head_dim and rotates that part on its own
         return integer(cfg, "qk_rope_head_dim", 64)
+    if family == "chatglm" and cfg.get("kv_channels") is not None:
+        return integer(cfg, "kv_channels")
     if family in ("gptj", "codegen"):
         return integer(cfg, "n_embd", cfg.get("hidden_size")) // integer(cfg, "n_head", cfg.get("num_attention_heads"))
     head_dim = cfg.get("head_dim", fam.head_dim if fam else None)
@@ -224,6 +229,8 @@ def _base(cfg, params, family, fam, layer_type, where) -> float:
         return number(params, "rope_theta", where=where + ".")
     if family == "gpt_neox":
         return number(cfg, "rotary_emb_base", 10000.0)
+    if family == "chatglm":
+        return 10000.0 * number(cfg, "rope_ratio", 1.0)
     if family == "gemma3_text":
         if layer_type == "sliding_attention":
             return number(cfg, "rope_local_base_freq", 10000.0)
@@ -368,14 +375,19 @@ def read(source: Source, layer_type: str | None = None, layout: str | None = Non
         elif params.get("mrope_section") is not None:
             mrope_section = params["mrope_section"]
             mrope_interleaved = flag(params, "mrope_interleaved", False, where=where + ".")
-        max_pos = cfg.get("max_position_embeddings")
+        max_key = {"chatglm": "seq_length", "gptj": "n_positions", "codegen": "n_positions"}.get(
+            family, "max_position_embeddings"
+        )
+        if cfg.get(max_key) is None:
+            max_key = "max_position_embeddings"
+        max_pos = cfg.get(max_key)
         return RopeSpec(
             head_dim=head_dim,
             rotary_dim=rotary_dim,
             base=base,
             layout=layout,
             scaling=scaling,
-            max_position_embeddings=None if max_pos is None else integer(cfg, "max_position_embeddings"),
+            max_position_embeddings=None if max_pos is None else integer(cfg, max_key),
             attention_factor=attention_factor,
             mrope_section=mrope_section,
             mrope_interleaved=mrope_interleaved,
