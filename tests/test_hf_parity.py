@@ -159,6 +159,12 @@ CASES = [
          dict(hidden_size=HIDDEN, num_attention_heads=HEADS, head_dim=32, max_position_embeddings=ORIG,
               rope_theta=1e6, rope_local_base_freq=10000.0, rope_scaling={"rope_type": "linear", "factor": 8.0}),
          layer_type="sliding_attention", expect=dict(base=10000.0, scaling=None)),
+    Case("gemma3-v5-nested-yarn", "gemma3", "Gemma3TextConfig", "Gemma3RotaryEmbedding", "gemma3_text",
+         dict(hidden_size=HIDDEN, num_attention_heads=HEADS, head_dim=32, max_position_embeddings=4 * ORIG,
+              rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                               "full_attention": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+                                                  "original_max_position_embeddings": ORIG}}),
+         layer_type="full_attention", expect=dict(base=1e6, scaling="yarn")),
     # multimodal RoPE
     Case("qwen2_vl-mrope", "qwen2_vl", "Qwen2VLTextConfig", "Qwen2VLRotaryEmbedding", "qwen2_vl",
          dict(hidden_size=HIDDEN, num_attention_heads=HEADS, max_position_embeddings=ORIG, rope_theta=1e6,

@@ -80,7 +80,12 @@ def from_config(config: Any, layer_type: str | None = None, *, layout: str | Non
     'interleaved'
     """
     source = load(config)
-    spec = _READERS[dialect_of(source)](source, layer_type=layer_type, layout=layout)
+    try:
+        spec = _READERS[dialect_of(source)](source, layer_type=layer_type, layout=layout)
+    except RopeConfigError:
+        raise
+    except RopeSpecError as exc:  # e.g. layout='sideways': still a problem of what the caller passed
+        raise RopeConfigError(str(exc)) from None
     if overrides:
         names = {f.name for f in dataclasses.fields(RopeSpec)}
         unknown = sorted(set(overrides) - names)

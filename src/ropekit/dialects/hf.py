@@ -169,10 +169,10 @@ def _nested_keys(cfg: dict[str, Any], params: dict[str, Any]) -> list[str]:
 def layer_types(config_dict: dict[str, Any]) -> list[str]:
     """Layer types with their own RoPE (empty when every layer shares one)."""
     cfg = _text_config(config_dict)
-    if cfg.get("model_type") == "gemma3_text":
+    nested = _nested_keys(cfg, _rope_dict(cfg))
+    if not nested and cfg.get("model_type") == "gemma3_text":
         return ["full_attention", "sliding_attention"]
-    params = _rope_dict(cfg)
-    return _nested_keys(cfg, params)
+    return nested
 
 
 def _select_params(cfg: dict[str, Any], family: str | None, layer_type: str | None) -> tuple[dict[str, Any], str]:
