@@ -87,6 +87,10 @@ CASES = [
               rope_parameters={"rope_type": "proportional", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
                                "factor": 2.0}),
          expect=dict(scaling="proportional", rotary_dim=32)),
+    Case("llama-proportional-0.3", "llama", "LlamaConfig", "LlamaRotaryEmbedding", "llama",
+         dict(hidden_size=HIDDEN, num_attention_heads=HEADS, max_position_embeddings=ORIG,
+              rope_parameters={"rope_type": "proportional", "rope_theta": 10000.0, "partial_rotary_factor": 0.3}),
+         expect=dict(scaling="proportional", rotary_dim=32)),
     # v5 form (rope_parameters with rope_theta inside)
     Case("mistral-v5-yarn", "mistral", "MistralConfig", "MistralRotaryEmbedding", "mistral",
          dict(hidden_size=HIDDEN, num_attention_heads=HEADS, head_dim=32, max_position_embeddings=4 * ORIG,

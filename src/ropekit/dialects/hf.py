@@ -353,12 +353,16 @@ def read(source: Source, layer_type: str | None = None, layout: str | None = Non
     head_dim = _head_dim(cfg, family, fam)
     if family in ("gptj", "codegen"):
         base = 10000.0  # transformers' create_sinusoidal_positions hard-codes it
+        # rotary_dim null means "all of the head" (transformers would build a hidden_size-wide
+        # table there, which only works with one head)
         rotary_dim = integer(cfg, "rotary_dim", head_dim)
         partial = rotary_dim / head_dim
     else:
         base = _base(cfg, params, family, fam, layer_type, where)
         partial = _partial(cfg, params, family, fam, where)
         rotary_dim = int(head_dim * partial)
+    if rope_type == "proportional":
+        rotary_dim = head_dim  # proportional pairs the whole head (see ropekit.Proportional)
     if rotary_dim % 2 or rotary_dim < 2 or rotary_dim > head_dim:
         raise RopeConfigError(
             f"head_dim={head_dim} with partial_rotary_factor={partial!r} gives rotary_dim={rotary_dim}, "
@@ -366,8 +370,6 @@ def read(source: Source, layer_type: str | None = None, layout: str | None = Non
         )
     try:
         scaling, attention_factor = _scaling(cfg, params, rope_type, rotary_dim, head_dim, partial, where)
-        if isinstance(scaling, Proportional):
-            rotary_dim = head_dim  # proportional pairs the whole head (see ropekit.Proportional)
         mrope_section, mrope_interleaved = None, False
         if fam is not None and fam.mrope is not None:
             section = params.get("mrope_section", fam.mrope_section)

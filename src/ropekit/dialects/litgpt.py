@@ -11,6 +11,9 @@ LitGPT's ``build_rope_cache`` and ``apply_rope`` define the rules:
   ``beta_fast``/``beta_slow`` -> yarn (``original_max_seq_len`` is the original context); with only
   ``factor`` -> linear.  LitGPT's yarn attention factor differs from transformers' when no mscale is
   given (LitGPT: 1.0, transformers: ``0.1 ln(factor) + 1``), so it is written into the spec.
+  (LitGPT also clamps the yarn ramp's upper bound at ``rotary_dim / 2 - 1`` where transformers uses
+  ``rotary_dim - 1``; the two agree unless ``beta_slow`` puts the bound past the last pair, which no
+  published config does.  The spec follows transformers.)
 * ``rope_local_base_freq`` (Gemma 3): the base of sliding-window layers (``layer_type="sliding_attention"``).
 
 >>> from ropekit.dialects.litgpt import read
