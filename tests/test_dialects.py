@@ -294,3 +294,18 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     assert out.returncode == 0
     out = _cli("no-such-model")
     assert out.returncode == 2 and "catalog" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["Llama-3.1-8B", "Gemma-3-4B-it", "Phi-3.5-mini-instruct", "DeepSeek-V3",
+                                  "Qwen2-VL-7B-Instruct", "GPT-NeoX-20B"])  # fmt: skip
+def test_config_json_written_by_transformers_5_reads_back(tmp_path, name):
+    """transformers 5 writes v5 configs (rope_parameters, nested per layer type, text_config)."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    cfg = json.loads(json.dumps(CATALOG[name]))
+    obj = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    obj.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert "rope_parameters" in json.dumps(written)  # really the v5 form
+    for layer_type in layer_types_of(CATALOG[name]) or [None]:
+        assert rk.from_config(tmp_path, layer_type=layer_type) == rk.from_config(CATALOG[name], layer_type=layer_type)
