@@ -188,3 +188,44 @@ def test_transformers_table_error_at_1m_positions_for_contrast():
     ours = (cos.double() - cos_t).abs().max().item()
     assert hf_err > 1e-3, f"transformers' float32 table error at 1M: {hf_err:.3e}"
     assert ours <= EXACT_BOUND and hf_err > 1000 * ours
+
+
+# ---------------------------------------------------------------------------------------------
+# random specs (hypothesis): the bound holds across every scaling's parameter range
+# ---------------------------------------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def random_specs(draw):
+    n = draw(st.integers(min_value=2, max_value=32))
+    orig = draw(st.integers(min_value=16, max_value=2**16))
+    factor = draw(st.floats(min_value=1.0, max_value=64.0))
+    kind = draw(st.sampled_from(["none", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional"]))
+    scaling = {
+        "none": None,
+        "linear": Linear(factor),
+        "dynamic": Dynamic(factor, orig),
+        "yarn": Yarn(factor, orig, beta_fast=draw(st.floats(4.0, 64.0)), beta_slow=draw(st.floats(0.25, 4.0)),
+                     mscale=draw(st.none() | st.floats(0.1, 2.0)), mscale_all_dim=draw(st.none() | st.floats(0.1, 2.0)),
+                     truncate=draw(st.booleans())),
+        "longrope": LongRope(tuple(draw(st.lists(st.floats(0.5, 4.0), min_size=n, max_size=n))),
+                             tuple(draw(st.lists(st.floats(1.0, 80.0), min_size=n, max_size=n))), orig,
+                             factor=factor),
+        "llama3": Llama3(factor, 1.0, 1.0 + draw(st.floats(0.5, 8.0)), orig),
+        "proportional": Proportional(draw(st.floats(0.0, 1.0)), draw(st.floats(0.5, 4.0))),
+    }[kind]  # fmt: skip
+    tail = 0 if kind == "proportional" else 2 * draw(st.integers(0, 4))
+    return rk.RopeSpec(head_dim=2 * n + tail, rotary_dim=2 * n, base=draw(st.floats(2.0, 1e7)), scaling=scaling)
+
+
+@given(random_specs(), st.lists(st.integers(0, 2**24), min_size=1, max_size=6))
+def test_random_specs_exact_within_bound(spec, positions):
+    seq_len = max(positions) + 1
+    cos_t, sin_t = truth_cos_sin(spec, positions, seq_len)
+    cos, sin = rk.cos_sin(spec, torch.tensor(positions), precision="exact")
+    bound = EXACT_BOUND * max(1.0, float(truth_attention(spec)))  # half an ulp scales with the values
+    err = max((cos.double() - cos_t).abs().max().item(), (sin.double() - sin_t).abs().max().item())
+    assert err <= bound, f"{spec.describe()}: {err:.3e}"

@@ -336,3 +336,62 @@ def test_rotated_qk_equal_the_family_apply_rotary_pos_emb(case_id):
     _fp32_close(k_r, k_h)
     # and the scores the model computes agree, whatever order the dims are stored in
     _fp32_close(q_r @ k_r.repeat_interleave(2, 1).transpose(-1, -2), q_h @ k_h.repeat_interleave(2, 1).transpose(-1, -2))
+
+
+# ---------------------------------------------------------------------------------------------
+# random configs (hypothesis): every scaling type with parameters drawn across their ranges
+# ---------------------------------------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def llama_configs(draw):
+    head_dim = draw(st.sampled_from([8, 16, 32, 64, 128]))
+    orig = draw(st.integers(min_value=16, max_value=8192))
+    max_pos = orig * draw(st.integers(min_value=1, max_value=8))
+    kind = draw(st.sampled_from(["default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional"]))
+    factor = draw(st.floats(min_value=1.0, max_value=64.0))
+    params = {"rope_type": kind, "rope_theta": draw(st.floats(min_value=2.0, max_value=1e7))}
+    if kind in ("linear", "dynamic"):
+        params["factor"] = factor
+    elif kind == "yarn":
+        slow = draw(st.floats(min_value=0.25, max_value=4.0))
+        params.update(factor=factor, original_max_position_embeddings=orig, beta_slow=slow,
+                      beta_fast=slow + draw(st.floats(min_value=0.0, max_value=64.0)),
+                      truncate=draw(st.booleans()))  # fmt: skip
+        if draw(st.booleans()):
+            params.update(mscale=draw(st.floats(0.1, 2.0)), mscale_all_dim=draw(st.floats(0.1, 2.0)))
+        if draw(st.booleans()):
+            params["attention_factor"] = draw(st.floats(0.5, 2.0))
+    elif kind == "longrope":
+        n = head_dim // 2
+        params.update(original_max_position_embeddings=orig,
+                      short_factor=draw(st.lists(st.floats(0.5, 4.0), min_size=n, max_size=n)),
+                      long_factor=draw(st.lists(st.floats(1.0, 80.0), min_size=n, max_size=n)))  # fmt: skip
+    elif kind == "llama3":
+        low = draw(st.floats(min_value=0.5, max_value=2.0))
+        params.update(factor=factor, low_freq_factor=low, high_freq_factor=low + draw(st.floats(0.5, 8.0)),
+                      original_max_position_embeddings=orig)  # fmt: skip
+    elif kind == "proportional":
+        params.update(partial_rotary_factor=draw(st.floats(0.0, 1.0)), factor=draw(st.floats(0.5, 4.0)))
+    heads = draw(st.sampled_from([1, 2, 4]))
+    config = transformers.LlamaConfig(hidden_size=head_dim * heads, num_attention_heads=heads,
+                                      max_position_embeddings=max_pos, rope_parameters=params)  # fmt: skip
+    n = draw(st.integers(min_value=1, max_value=2 * max_pos + 1))
+    return config, n
+
+
+@given(llama_configs(), st.integers(0, 2**16))
+def test_random_configs_match_transformers(config_and_len, seed):
+    config, seq_len = config_and_len
+    spec = rk.from_config(config)
+    assert rk.from_config(config.to_dict()) == spec
+    g = torch.Generator().manual_seed(seed)
+    positions = torch.unique(torch.cat([torch.randint(0, seq_len, (64,), generator=g), torch.tensor([seq_len - 1])]))
+    rotary = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config)
+    hf_cos, hf_sin = rotary(torch.zeros(1), positions[None, :])
+    cos, sin = rk.cos_sin(spec, positions, precision="hf")
+    half = hf_cos.shape[-1] // 2
+    assert _ulps(cos, hf_cos[0, :, :half]) <= 2 and _ulps(sin, hf_sin[0, :, :half]) <= 2

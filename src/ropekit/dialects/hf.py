@@ -238,7 +238,7 @@ def _base(cfg, params, family, fam, layer_type, where) -> float:
     return number(cfg, "rope_theta", fam.theta if fam else 10000.0)
 
 
-def _partial(cfg, params, family, fam, where) -> float:
+def _partial(cfg, params, family, fam, where, allow_zero=False) -> float:
     if params.get("partial_rotary_factor") is not None:
         value = number(params, "partial_rotary_factor", where=where + ".")
         key = where + ".partial_rotary_factor"
@@ -246,8 +246,9 @@ def _partial(cfg, params, family, fam, where) -> float:
         value, key = number(cfg, "rotary_pct", 0.25), "rotary_pct"
     else:
         value, key = number(cfg, "partial_rotary_factor", fam.partial if fam else 1.0), "partial_rotary_factor"
-    if not 0.0 < value <= 1.0:
-        raise RopeConfigError(f"{key}={value!r} must be in (0, 1]")
+    if not (0.0 <= value if allow_zero else 0.0 < value) or value > 1.0:
+        # proportional RoPE may turn no pair at all (0); elsewhere 0 would leave nothing to rotate
+        raise RopeConfigError(f"{key}={value!r} must be in {'[0' if allow_zero else '(0'}, 1]")
     return value
 
 
@@ -359,7 +360,7 @@ def read(source: Source, layer_type: str | None = None, layout: str | None = Non
         partial = rotary_dim / head_dim
     else:
         base = _base(cfg, params, family, fam, layer_type, where)
-        partial = _partial(cfg, params, family, fam, where)
+        partial = _partial(cfg, params, family, fam, where, allow_zero=rope_type == "proportional")
         rotary_dim = int(head_dim * partial)
     if rope_type == "proportional":
         rotary_dim = head_dim  # proportional pairs the whole head (see ropekit.Proportional)
