@@ -14,6 +14,11 @@ transformers' ``modeling_rope_utils`` rules:
 * dynamic NTK grows from ``max_position_embeddings`` (transformers ignores ``original_...``).
 * ``attention_factor`` in the scaling dict becomes ``spec.attention_factor``.
 
+DeepSeek-V2/V3 (MLA) rotate only a ``qk_rope_head_dim`` slice that sits at the *end* of each q
+head (after the ``qk_nope_head_dim`` part) and in the shared ``k_pe``; their spec describes that
+slice on its own (``head_dim == rotary_dim == qk_rope_head_dim``), as transformers' rotary module
+does, so apply it to the rope slice, not to the whole head.
+
 >>> from ropekit.dialects.hf import read
 >>> from ropekit.dialects._common import Source
 >>> spec = read(Source({"model_type": "gpt_neox", "hidden_size": 2048, "num_attention_heads": 16,
