@@ -28,8 +28,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _resolve(name: str):
-    """A catalog name stands for its config dict; anything else is a path."""
+def resolve_config(name: str):
+    """A catalog name stands for its config dict; anything else is a path (shared by commands)."""
     import os
 
     from ..catalog import catalog_config
@@ -63,7 +63,7 @@ def run(args) -> int:
         return 0
     if not args.config:
         raise RopeConfigError("CONFIG is required (a config file, a model directory or a catalog name), or --catalog")
-    config = _resolve(args.config)
+    config = resolve_config(args.config)
     layer_types = [args.layer_type] if args.layer_type else (layer_types_of(config) or [None])
     rows = [(args.config, lt, from_config(config, layer_type=lt, layout=args.layout)) for lt in layer_types]
     if args.json:
