@@ -100,49 +100,51 @@ def _save_atomically(fig, path: str) -> str:
     return path
 
 
-def _figure():
+def _draw(path: str, draw, **axes) -> str:
+    """Create a figure, let ``draw(ax)`` add the lines, label it with ``axes``, save atomically."""
     require("matplotlib", "plot")
     import matplotlib
 
     matplotlib.use("Agg", force=False)  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    return plt
-
-
-def plot_wavelengths(specs: dict, path: str) -> str:
-    """One line per spec: wavelength (log scale) against the rotating pair index; returns ``path``."""
-    plt = _figure()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     try:
-        for label, spec in _check_specs(specs).items():
-            ax.plot(range(spec.rotary_dim // 2), wavelengths(spec).tolist(), label=label)
-            if spec.scaling is not None and getattr(spec.scaling, "original_max_position_embeddings", None):
-                ax.axhline(spec.scaling.original_max_position_embeddings, ls=":", lw=0.8, color="grey")
-        ax.set(yscale="log", xlabel="rotating pair i", ylabel="wavelength (tokens per turn)",
-               title="RoPE wavelength per pair")  # fmt: skip
+        draw(ax)
+        ax.set(**axes)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         return _save_atomically(fig, path)
     finally:
         plt.close(fig)
+
+
+def plot_wavelengths(specs: dict, path: str) -> str:
+    """One line per spec: wavelength (log scale) against the rotating pair index; returns ``path``."""
+    specs = _check_specs(specs)
+
+    def draw(ax):
+        for label, spec in specs.items():
+            ax.plot(range(spec.rotary_dim // 2), wavelengths(spec).tolist(), label=label)
+            if spec.scaling is not None and getattr(spec.scaling, "original_max_position_embeddings", None):
+                # the trained context: scalings stretch the wavelengths that exceed it
+                ax.axhline(spec.scaling.original_max_position_embeddings, ls=":", lw=0.8, color="grey")
+
+    return _draw(path, draw, yscale="log", xlabel="rotating pair i", ylabel="wavelength (tokens per turn)",
+                 title="RoPE wavelength per pair")  # fmt: skip
 
 
 def plot_error(specs: dict, path: str, max_position: int = 2**24, points: int = 48) -> str:
     """Float32 table error vs position (log-log) for each spec, transformers' float32 arithmetic
     (``precision="hf"``) beside ropekit's ``precision="exact"``; returns ``path``."""
-    plt = _figure()
+    specs = _check_specs(specs)
     positions = log_positions(max_position, points)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    try:
-        for label, spec in _check_specs(specs).items():
+
+    def draw(ax):
+        for label, spec in specs.items():
             for precision, style in (("hf", "-"), ("exact", "--")):
-                err = table_error(spec, positions, precision).clamp_min(1e-12)
+                err = table_error(spec, positions, precision).clamp_min(1e-12)  # log axis: no zeros
                 ax.plot(positions.tolist(), err.tolist(), style, label=f"{label} ({precision})")
-        ax.set(xscale="log", yscale="log", xlabel="position", ylabel="max |error| of cos, sin (float32 table)",
-               title="cos/sin table error vs a float64 table")  # fmt: skip
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        return _save_atomically(fig, path)
-    finally:
-        plt.close(fig)
+
+    return _draw(path, draw, xscale="log", yscale="log", xlabel="position",
+                 ylabel="max |error| of cos, sin (float32 table)", title="cos/sin table error vs a float64 table")  # fmt: skip
