@@ -467,6 +467,9 @@ def test_error_meta_needs_interleaved_and_llama(tmp_path, capsys):
     assert "interleaved by definition" in _cli_error(capsys, src, tmp_path / "m", "--to", "meta", "--layout", "half")
     qwen = make_hf_dir(tmp_path / "qwen", model_type="qwen2")
     assert "model_type='qwen2' has no Meta checkpoint form" in _cli_error(capsys, qwen, tmp_path / "m", "--to", "meta")
+    linear = make_hf_dir(tmp_path / "linear", rope_parameters={"rope_theta": 10000.0, "rope_type": "linear", "factor": 2.0})
+    assert "rope_type='linear' has no Meta params.json form" in _cli_error(capsys, linear, tmp_path / "m", "--to", "meta")
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
 
 
 def test_error_state_dict_without_head_counts(tmp_path, capsys):
@@ -558,3 +561,35 @@ def test_without_kernel_copy_the_bytes_match_and_the_report_says_so(tmp_path, mo
     assert calls and sum("through user space" in line and "copy_file_range" in line for line in log) == 1, log
     for f in sorted((tmp_path / "ref").iterdir()):
         assert f.read_bytes() == (tmp_path / "dst" / f.name).read_bytes(), f.name
+
+
+def test_llama3_scaling_survives_hf_meta_hf(tmp_path):
+    """rope parameters go through ropekit.dialects both ways: a Llama 3.2-style llama3 scaling
+    (factor 32, not Meta's hard-coded 8) reads back to the same spec from params.json and from
+    the regenerated config.json, and transformers reads the same parameters."""
+    from transformers import LlamaConfig
+
+    llama3 = {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
+    src = make_hf_dir(tmp_path / "hf", rope_parameters=llama3, max_position_embeddings=131072)
+    convert(src, tmp_path / "meta", to="meta", **quiet())
+    params = json.loads((tmp_path / "meta" / "params.json").read_text())
+    assert params["use_scaled_rope"] is True and params["rope_scaling_factor"] == 32.0 and params["rope_theta"] == 500000.0
+    convert(tmp_path / "meta", tmp_path / "hf2", to="hf", **quiet())
+
+    def key(spec):
+        return spec.head_dim, spec.rotary_dim, spec.base, spec.scaling
+
+    want = rk.from_config(src / "config.json")
+    assert want.scaling.kind == "llama3" and want.scaling.factor == 32.0
+    assert key(rk.from_config(tmp_path / "meta" / "params.json")) == key(want)
+    assert rk.from_config(tmp_path / "meta" / "params.json").layout == "interleaved"
+    assert key(rk.from_config(tmp_path / "hf2" / "config.json")) == key(want)
+    cfg = LlamaConfig.from_pretrained(tmp_path / "hf2")
+    assert {k: cfg.rope_parameters[k] for k in llama3} == llama3
+    # and the stored frequencies of the Meta side, added from that spec, verify against it
+    convert(tmp_path / "meta", tmp_path / "meta_f", inv_freq="add", **quiet())
+    freqs = torch.load(tmp_path / "meta_f" / "consolidated.00.pth", weights_only=True)["rope.freqs"]
+    assert torch.equal(freqs, rk.inv_freq(want)[0].float())
+    rep = convert(tmp_path / "meta_f", tmp_path / "chk", inv_freq="verify", dry_run=True, **quiet())
+    assert rep.inv_freq_max_abs < 1e-9

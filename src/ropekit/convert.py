@@ -147,7 +147,7 @@ def _inv_freq_name(qname: str, dst_fmt: str, meta_names: bool) -> str:
 
 def plan(ckpt: Checkpoint, dst_fmt: str, dst_layout: str, inv_freq: str = "keep", spec: RopeSpec | None = None):
     """[(dst file, [Step])] and the dropped steps.  Reads names, dtypes and shapes only."""
-    from .formats.meta import hf_to_meta_name, meta_to_hf_name
+    from .formats.meta import check_meta_expressible, hf_to_meta_name, meta_to_hf_name
 
     if inv_freq not in INV_FREQ_POLICIES:
         raise RopeCheckpointError(f"--inv-freq={inv_freq!r} must be one of {INV_FREQ_POLICIES}")
@@ -162,6 +162,7 @@ def plan(ckpt: Checkpoint, dst_fmt: str, dst_layout: str, inv_freq: str = "keep"
     if ckpt.fmt == "hf" and dst_fmt == "meta":
         if g.family not in META_FAMILIES:
             raise RopeCheckpointError(f"model_type={g.family!r} has no Meta checkpoint form (only {', '.join(META_FAMILIES)})")
+        check_meta_expressible(ckpt.config, g)
         rename = hf_to_meta_name
     elif ckpt.fmt == "meta" and dst_fmt == "hf":
         rename = meta_to_hf_name

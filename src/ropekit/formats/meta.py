@@ -20,7 +20,8 @@ import torch
 from ..errors import RopeCheckpointError
 from .base import Checkpoint, Geometry, list_aux
 
-__all__ = ["MetaCheckpoint", "PthWriter", "is_meta_dir", "hf_to_meta_name", "meta_to_hf_name", "params_from_hf", "hf_config_from_meta"]
+__all__ = ["MetaCheckpoint", "PthWriter", "is_meta_dir", "hf_to_meta_name", "meta_to_hf_name", "params_from_hf",
+           "hf_config_from_meta", "check_meta_expressible"]
 
 _SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
 #: Meta name pattern <-> transformers (Llama) name pattern; {i} is the layer
@@ -200,14 +201,8 @@ def _byte_ranges(layout: dict, path: Path) -> dict:
 def params_from_hf(cfg: dict, geometry: Geometry, intermediate_size: int) -> dict:
     """A Meta params.json for a transformers Llama config (Meta derives the FFN width from
     ``multiple_of`` and ``ffn_dim_multiplier``; we choose them so that it comes out exact)."""
+    rope_keys = check_meta_expressible(cfg, geometry)
     hidden = cfg["hidden_size"]
-    if geometry.head_dim * geometry.n_heads != hidden:
-        raise RopeCheckpointError(
-            f"config.json: head_dim={geometry.head_dim} x num_attention_heads={geometry.n_heads} != "
-            f"hidden_size={hidden}; Meta's params.json cannot express that"
-        )
-    if geometry.rotary_dim != geometry.head_dim:
-        raise RopeCheckpointError(f"config.json: partial rotary (rotary_dim={geometry.rotary_dim}) has no Meta params.json form")
     params = {
         "dim": hidden,
         "n_layers": cfg["num_hidden_layers"],
@@ -221,24 +216,70 @@ def params_from_hf(cfg: dict, geometry: Geometry, intermediate_size: int) -> dic
     if base_hidden > intermediate_size:
         # Meta: int(multiplier * base_hidden) rounded up to multiple_of; land in (0, intermediate_size]
         params["ffn_dim_multiplier"] = intermediate_size / base_hidden
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    params["rope_theta"] = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind == "llama3":
-        params["use_scaled_rope"] = True
-        if rope.get("factor", 8.0) != 8.0:
-            params["rope_scaling_factor"] = rope["factor"]
-    elif kind not in ("default", None):
-        raise RopeCheckpointError(f"config.json: rope_type={kind!r} has no Meta params.json form")
+    params.update(rope_keys)
     return params
+
+
+def check_meta_expressible(cfg: dict, geometry: Geometry) -> dict:
+    """The params.json RoPE keys of a transformers config, or the error that says why a Meta
+    params.json cannot describe it (checked before any tensor is written)."""
+    hidden = cfg.get("hidden_size")
+    if geometry.head_dim * geometry.n_heads != hidden:
+        raise RopeCheckpointError(
+            f"config.json: head_dim={geometry.head_dim} x num_attention_heads={geometry.n_heads} != "
+            f"hidden_size={hidden}; Meta's params.json cannot express that"
+        )
+    if geometry.rotary_dim != geometry.head_dim:
+        raise RopeCheckpointError(f"config.json: partial rotary (rotary_dim={geometry.rotary_dim}) has no Meta params.json form")
+    return _meta_rope_keys(cfg)
+
+
+#: Meta's apply_scaling constants, which a params.json only overrides with explicit keys
+_META_LLAMA3 = {"rope_scaling_factor": ("factor", 8.0), "rope_low_freq_factor": ("low_freq_factor", 1.0),
+                "rope_high_freq_factor": ("high_freq_factor", 4.0),
+                "rope_original_max_position_embeddings": ("original_max_position_embeddings", 8192)}  # fmt: skip
+
+
+def _spec_of(cfg: dict, source: str):
+    # the one reader of RoPE config keys is ropekit.dialects; here only its result is translated
+    from ..dialects import from_config
+    from ..errors import RopeSpecError
+
+    try:
+        return from_config(cfg)
+    except RopeSpecError as exc:
+        raise RopeCheckpointError(f"{source}: {exc}") from None
+
+
+def _meta_rope_keys(cfg: dict) -> dict:
+    """params.json RoPE keys for a transformers config: rope_theta, and use_scaled_rope (+ the
+    optional keys ropekit.dialects.meta reads back) for llama3 scaling."""
+    spec = _spec_of(cfg, "config.json")
+    out: dict = {"rope_theta": float(spec.base)}
+    if spec.scaling is None:
+        return out
+    if spec.scaling.kind != "llama3":
+        raise RopeCheckpointError(f"config.json: rope_type={spec.scaling.kind!r} has no Meta params.json form")
+    out["use_scaled_rope"] = True
+    for key, (field, meta_default) in _META_LLAMA3.items():
+        value = getattr(spec.scaling, field)
+        if value != meta_default:
+            out[key] = value
+    return out
+
+
+def _hf_rope_parameters(params: dict) -> dict:
+    """transformers ``rope_parameters`` for a params.json (read by ropekit.dialects.meta)."""
+    spec = _spec_of(params, "params.json")
+    rope: dict = {"rope_theta": float(spec.base), "rope_type": "default"}
+    if spec.scaling is not None:  # the Meta reader knows llama3 only
+        rope.update(rope_type="llama3", **{field: getattr(spec.scaling, field) for field, _ in _META_LLAMA3.values()})
+    return rope
 
 
 def hf_config_from_meta(params: dict, geometry: Geometry, shapes: dict, dtype: torch.dtype) -> dict:
     """A transformers LlamaConfig dict for a Meta checkpoint (sizes read from the tensors)."""
-    rope: dict = {"rope_theta": float(params.get("rope_theta", 10000.0)), "rope_type": "default"}
-    if params.get("use_scaled_rope"):
-        rope.update(rope_type="llama3", factor=float(params.get("rope_scaling_factor", 8.0)), low_freq_factor=1.0,
-                    high_freq_factor=4.0, original_max_position_embeddings=8192)  # fmt: skip
+    rope = _hf_rope_parameters(params)
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
