@@ -107,9 +107,11 @@ def write_json(path: Path, data: dict) -> None:
         f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_hf(dst: Path, shards, config: dict, metadata: dict, index_extra: dict | None, config_bytes: bytes | None):
+def write_hf(dst: Path, shards, config: dict, metadata: dict, index_extra: dict | None, config_bytes: bytes | None,
+             aligns: dict | None = None):  # fmt: skip
     """Open one streaming writer per shard.  ``shards``: [(file, [(name, dtype, shape), ...])].
-    Returns {file: SafetensorsWriter}; the config and index are written immediately (small)."""
+    Returns {file: SafetensorsWriter}; the config and index are written immediately (small).
+    ``aligns``: {file: data-start residue} for ``SafetensorsWriter(align=...)``."""
     os.makedirs(dst, exist_ok=True)
     if config_bytes is not None:  # unchanged config: keep the user's bytes exactly
         (dst / "config.json").write_bytes(config_bytes)
@@ -117,7 +119,7 @@ def write_hf(dst: Path, shards, config: dict, metadata: dict, index_extra: dict 
         write_json(dst / "config.json", config)
     writers = {}
     for f, entries in shards:
-        writers[f] = SafetensorsWriter(dst / f, entries, metadata.get(f) or {"format": "pt"})
+        writers[f] = SafetensorsWriter(dst / f, entries, metadata.get(f) or {"format": "pt"}, (aligns or {}).get(f))
     if len(shards) > 1 or index_extra is not None:
         index = dict(index_extra or {})
         index["metadata"] = dict(index.get("metadata") or {})
