@@ -150,6 +150,7 @@ def main() -> int:
                 rss.append(peak)
                 shutil.rmtree(out)
             nbytes = dir_bytes(source)
+            load = os.getloadavg()[0]  # other work on the machine skews both sides; say how much
             row = {
                 "case": label,
                 "bytes": nbytes,
@@ -161,6 +162,11 @@ def main() -> int:
                 "import_torch_rss_mb": startup_rss / 1e6,
                 "largest_tensor_mb": largest / 1e6,
                 "rss_goal_mb": (2 * largest + 300e6) / 1e6,
+                "cp_s_min": min(cp_t),
+                "convert_s_min": min(cv_t),
+                "convert_inner_s_min": min(cv_inner),
+                "loadavg_1m": load,
+                "cpus": os.cpu_count(),
             }
             row["cp_gbps"] = nbytes / row["cp_s"] / 1e9
             row["convert_gbps"] = nbytes / row["convert_s"] / 1e9
@@ -177,6 +183,9 @@ def main() -> int:
         print(f"{r['case']:26s} {r['bytes'] / 1e9:5.2f} {r['cp_s']:6.2f} {r['convert_s']:7.2f} {r['convert_inner_s']:8.2f} "
               f"{r['cp_gbps']:8.2f} {r['convert_gbps']:9.2f} {r['ratio_vs_cp']:5.2f} {r['ratio_vs_cp_inner']:10.2f} "
               f"{r['peak_rss_mb']:11.0f} {r['import_torch_rss_mb']:9.0f} {r['rss_goal_mb']:8.0f}")  # fmt: skip
+    print(f"load average (1 min) after each case: {', '.join(f'{r['loadavg_1m']:.1f}' for r in rows)} on {rows[0]['cpus']} CPUs; "
+          f"best of {args.repeats}: " + "; ".join(f"{r['case']}: cp {r['cp_s_min']:.2f} s, convert {r['convert_s_min']:.2f} s "
+                                                    f"(inner {r['convert_inner_s_min']:.2f} s)" for r in rows))  # fmt: skip
     print("x cp = cp time / convert time (>= 0.8 is the goal); conv s = the whole `ropekit convert` process, "
           f"which includes python + `import torch` ({rows[0]['startup_s']:.2f} s here); inner = the converter's own "
           "timer (open, plan, stream, rename); torch RSS = peak RSS of `python -c 'import torch'` alone")

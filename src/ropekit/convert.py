@@ -383,14 +383,6 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
     total = sum(torch.Size(s.shape).numel() * torch.empty((), dtype=s.dtype).element_size() for s in all_steps)
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="convert", disable=not progress, file=sys.stderr)
 
-    def produce(step):
-        t = _tensor_for(ckpt, step, ckpt.layout, dst_layout)
-        report.permuted += step.action == "permute"
-        report.added += step.action == "add"
-        report.copied += step.action == "copy"
-        report.renamed += step.action != "add" and step.src != step.dst
-        return t
-
     def done(step, nbytes):
         report.bytes_written += nbytes
         bar.update(nbytes)
@@ -405,17 +397,43 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
                 report.notes.append(f"pass-through tensors were copied through user space, not in the kernel ({writer.fallback})")
 
     def _stream(writer, steps):
-        for step in steps:
-            rng = ckpt.byte_range(step.src) if step.action == "copy" else None
-            if rng is not None:
-                writer.copy_range(step.dst, *rng)
-                report.copied += 1
-                report.renamed += step.src != step.dst
-                done(step, rng[2] - rng[1])
-            else:
-                t = produce(step)
+        from concurrent.futures import ThreadPoolExecutor
+
+        ranges = [ckpt.byte_range(s.src) if s.action == "copy" else None for s in steps]
+        made = [i for i, r in enumerate(ranges) if r is None]  # tensors read (and permuted) in Python
+        # One helper thread reads and permutes the next such tensor while this one has the kernel
+        # copy the untouched bytes before it (both release the GIL).  At most two produced tensors
+        # exist at a time, so peak memory stays a few tensors.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ropekit-read")
+        futures: dict[int, object] = {}
+
+        def ahead(k: int) -> None:
+            if k < len(made) and made[k] not in futures:
+                futures[made[k]] = pool.submit(_tensor_for, ckpt, steps[made[k]], ckpt.layout, dst_layout)
+
+        try:
+            ahead(0)
+            k = 0
+            for i, (step, rng) in enumerate(zip(steps, ranges)):
+                if rng is not None:
+                    writer.copy_range(step.dst, *rng)
+                    report.copied += 1
+                    report.renamed += step.src != step.dst
+                    done(step, rng[2] - rng[1])
+                    continue
+                writer.flush()  # the pending kernel copy runs while the helper works
+                ahead(k + 1)
+                t = futures.pop(i).result()
+                k += 1
+                report.permuted += step.action == "permute"
+                report.added += step.action == "add"
+                report.copied += step.action == "copy"
+                report.renamed += step.action != "add" and step.src != step.dst
                 writer.write_tensor(step.dst, t)
                 done(step, tensor_bytes(t).nbytes)
+                del t
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     try:
         if dst_fmt == "hf":

@@ -352,6 +352,9 @@ class PthWriter:
         offset = self._check(name, end - start)
         self.fallback = copy_bytes(src_path, self._f.fileno(), start, end, offset, name=name) or self.fallback
 
+    def flush(self) -> None:
+        """Nothing is pending: copies are issued at once (offsets are fixed by the zip layout)."""
+
     def close(self) -> None:
         self._f.close()
 

@@ -280,6 +280,10 @@ class SafetensorsWriter:
         self._flush()
         self._pending = [src_path, start, end, name]
 
+    def flush(self) -> None:
+        """Issue the pending merged copy now."""
+        self._flush()
+
     def _flush(self) -> None:
         if self._pending is not None:
             src_path, start, end, name = self._pending
