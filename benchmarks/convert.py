@@ -183,7 +183,8 @@ def main() -> int:
         print(f"{r['case']:26s} {r['bytes'] / 1e9:5.2f} {r['cp_s']:6.2f} {r['convert_s']:7.2f} {r['convert_inner_s']:8.2f} "
               f"{r['cp_gbps']:8.2f} {r['convert_gbps']:9.2f} {r['ratio_vs_cp']:5.2f} {r['ratio_vs_cp_inner']:10.2f} "
               f"{r['peak_rss_mb']:11.0f} {r['import_torch_rss_mb']:9.0f} {r['rss_goal_mb']:8.0f}")  # fmt: skip
-    print(f"load average (1 min) after each case: {', '.join(f'{r['loadavg_1m']:.1f}' for r in rows)} on {rows[0]['cpus']} CPUs; "
+    loads = ", ".join(f"{r['loadavg_1m']:.1f}" for r in rows)
+    print(f"load average (1 min) after each case: {loads} on {rows[0]['cpus']} CPUs; "
           f"best of {args.repeats}: " + "; ".join(f"{r['case']}: cp {r['cp_s_min']:.2f} s, convert {r['convert_s_min']:.2f} s "
                                                     f"(inner {r['convert_inner_s_min']:.2f} s)" for r in rows))  # fmt: skip
     print("x cp = cp time / convert time (>= 0.8 is the goal); conv s = the whole `ropekit convert` process, "
