@@ -401,15 +401,21 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
 
         ranges = [ckpt.byte_range(s.src) if s.action == "copy" else None for s in steps]
         made = [i for i, r in enumerate(ranges) if r is None]  # tensors read (and permuted) in Python
-        # One helper thread reads and permutes the next such tensor while this one has the kernel
-        # copy the untouched bytes before it (both release the GIL).  At most two produced tensors
-        # exist at a time, so peak memory stays a few tensors.
-        pool = ThreadPoolExecutor(1, thread_name_prefix="ropekit-read")
+        # Writers place every tensor at its own offset, so the work splits in two: this thread has
+        # the kernel copy the untouched bytes, a helper thread reads, permutes and writes the
+        # others (all of it releases the GIL).  At most two such tensors are in flight, so peak
+        # memory stays a few tensors.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ropekit-write")
         futures: dict[int, object] = {}
+
+        def make_and_write(step):
+            t = _tensor_for(ckpt, step, ckpt.layout, dst_layout)
+            writer.write_tensor(step.dst, t)
+            return tensor_bytes(t).nbytes
 
         def ahead(k: int) -> None:
             if k < len(made) and made[k] not in futures:
-                futures[made[k]] = pool.submit(_tensor_for, ckpt, steps[made[k]], ckpt.layout, dst_layout)
+                futures[made[k]] = pool.submit(make_and_write, steps[made[k]])
 
         try:
             ahead(0)
@@ -421,17 +427,16 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
                     report.renamed += step.src != step.dst
                     done(step, rng[2] - rng[1])
                     continue
-                writer.flush()  # the pending kernel copy runs while the helper works
                 ahead(k + 1)
-                t = futures.pop(i).result()
+                writer.flush()  # the pending kernel copy runs while the helper works
+                nbytes = futures.pop(i).result()
                 k += 1
                 report.permuted += step.action == "permute"
                 report.added += step.action == "add"
                 report.copied += step.action == "copy"
                 report.renamed += step.action != "add" and step.src != step.dst
-                writer.write_tensor(step.dst, t)
-                done(step, tensor_bytes(t).nbytes)
-                del t
+                done(step, nbytes)
+            writer.flush()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -63,6 +63,12 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy()).cast("B")
 
 
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data.nbytes:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
 class SafetensorsFile:
     """One ``.safetensors`` file: validated header, tensors read one at a time, raw byte ranges."""
 
@@ -208,10 +214,11 @@ def best_alignment(pairs, modulus: int = PAGE, step: int = 8) -> int | None:
 
 
 class SafetensorsWriter:
-    """Writes one safetensors file tensor by tensor, in the order ``entries`` gives.
+    """Writes one safetensors file tensor by tensor.
 
-    The header (names, dtypes, shapes, offsets) is written first, so each tensor's bytes go
-    straight to disk and nothing accumulates in memory.  ``align``: a data-start residue mod
+    The header (names, dtypes, shapes, offsets) is written first; every tensor then goes to its
+    own byte range (positional writes), so tensors may arrive in any order, from any thread (one
+    thread per tensor), and nothing accumulates in memory.  ``align``: a data-start residue mod
     ``PAGE`` (see ``best_alignment``); the header is padded with spaces (which the format allows)
     to reach it.  Byte ranges copied back to back from one source are merged into one kernel copy.
     """
@@ -222,80 +229,64 @@ class SafetensorsWriter:
         if metadata:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
         offset = 0
-        self._order: list[tuple[str, int]] = []
+        self._where: dict[str, tuple[int, int]] = {}  # name -> (offset in the data region, nbytes)
         for name, dtype, shape in entries:
             nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
             header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            self._order.append((name, nbytes))
+            self._where[name] = (offset, nbytes)
             offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # data starts 8-aligned, as the reference writer does
         if align is not None and align % 8 == 0:
             raw += b" " * ((align - 8 - len(raw)) % PAGE)
         self.data_start = 8 + len(raw)
-        # unbuffered: our writes and copy_file_range share the descriptor's file position
         self._f = open(self.path, "wb", buffering=0)
-        self._write_all(memoryview(struct.pack("<Q", len(raw)) + raw))
-        self._next = 0
-        self._pending: list | None = None  # [src_path, start, end, name]: a copy not issued yet
+        _pwrite_all(self._f.fileno(), memoryview(struct.pack("<Q", len(raw)) + raw), 0)
+        self._done: set[str] = set()
+        self._pending: list | None = None  # [src_path, start, end, dst offset, name]: a copy not issued yet
         self.total_size = offset
         #: why pass-through bytes went through user space (None: all copies ran in the kernel)
         self.fallback: str | None = None
 
-    def offsets(self) -> dict[str, int]:
-        """name -> offset of its bytes in the data region."""
-        out, pos = {}, 0
-        for name, nbytes in self._order:
-            out[name] = pos
-            pos += nbytes
-        return out
-
-    def _expect(self, name: str, nbytes: int) -> None:
-        if self._next >= len(self._order) or self._order[self._next][0] != name:
-            want = self._order[self._next][0] if self._next < len(self._order) else "nothing"
-            raise RuntimeError(f"safetensors writer expected {want!r} next, got {name!r}")  # a bug, not bad input
-        if self._order[self._next][1] != nbytes:
-            raise RuntimeError(f"tensor {name!r} has {nbytes} bytes, header says {self._order[self._next][1]}")
-        self._next += 1
+    def _expect(self, name: str, nbytes: int) -> int:
+        """The file offset for tensor ``name`` (checked: known, its size, written once)."""
+        if name not in self._where or name in self._done:
+            raise RuntimeError(f"safetensors writer: tensor {name!r} is {'already written' if name in self._done else 'not in the header'}")
+        rel, want = self._where[name]
+        if want != nbytes:
+            raise RuntimeError(f"tensor {name!r} has {nbytes} bytes, header says {want}")  # a bug, not bad input
+        self._done.add(name)
+        return self.data_start + rel
 
     def write_tensor(self, name: str, t: torch.Tensor) -> None:
         data = tensor_bytes(t)
-        self._expect(name, data.nbytes)
-        self._flush()
-        self._write_all(data)
-
-    def _write_all(self, data: memoryview) -> None:
-        while data.nbytes:
-            n = self._f.write(data)
-            data = data[n:]
+        _pwrite_all(self._f.fileno(), data, self._expect(name, data.nbytes))
 
     def copy_range(self, name: str, src_path: str, start: int, end: int) -> None:
         """Copy bytes [start, end) of another file in the kernel (no trip through Python).  Issued
-        lazily: a range that continues the previous one from the same file extends it."""
-        self._expect(name, end - start)
+        lazily (call ``flush``): a range that continues the previous one, from the same file
+        into the next bytes of this one, extends it."""
+        offset = self._expect(name, end - start)
         p = self._pending
-        if p is not None and p[0] == src_path and p[2] == start:
+        if p is not None and p[0] == src_path and p[2] == start and p[3] + (p[2] - p[1]) == offset:
             p[2] = end
             return
-        self._flush()
-        self._pending = [src_path, start, end, name]
+        self.flush()
+        self._pending = [src_path, start, end, offset, name]
 
     def flush(self) -> None:
         """Issue the pending merged copy now."""
-        self._flush()
-
-    def _flush(self) -> None:
         if self._pending is not None:
-            src_path, start, end, name = self._pending
+            src_path, start, end, offset, name = self._pending
             self._pending = None
-            self.fallback = copy_bytes(src_path, self._f.fileno(), start, end, name=name) or self.fallback
+            self.fallback = copy_bytes(src_path, self._f.fileno(), start, end, offset, name=name) or self.fallback
 
     def close(self) -> None:
-        if self._next != len(self._order):
-            missing = [n for n, _ in self._order[self._next :]]
+        missing = [n for n in self._where if n not in self._done]
+        if missing:
             self._f.close()
             raise RuntimeError(f"safetensors writer closed before writing {missing[:3]}")
-        self._flush()
+        self.flush()
         self._f.close()
 
     def abort(self) -> None:
