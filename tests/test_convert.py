@@ -615,3 +615,27 @@ def test_output_keeps_the_source_page_offsets_and_merges_copies(tmp_path, monkey
     back = read_all(tmp_path / "dst")
     untouched = {n: t for n, t in read_all(src).items() if "q_proj" not in n and "k_proj" not in n}
     assert len(untouched) == rep.copied and all(same_bytes(back[n], t) for n, t in untouched.items())
+
+
+def test_safetensors_writer_any_order_each_tensor_once(tmp_path):
+    from ropekit.formats.safetensors_io import SafetensorsWriter
+
+    tensors = {"a": torch.randn(3, 5), "b": torch.arange(7, dtype=torch.int16), "c": torch.randn(2).double()}
+    src = tmp_path / "src.safetensors"
+    save_file({"c": tensors["c"]}, src)
+    w = SafetensorsWriter(tmp_path / "y.safetensors", [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()], {"format": "pt"})
+    from ropekit.formats.safetensors_io import SafetensorsFile
+
+    info = SafetensorsFile(src).infos["c"]
+    w.copy_range("c", str(src), info.start, info.end)  # last tensor first, by kernel copy
+    w.write_tensor("b", tensors["b"])
+    with pytest.raises(RuntimeError, match="already written"):
+        w.write_tensor("b", tensors["b"])
+    with pytest.raises(RuntimeError, match="closed before writing"):
+        w.close()
+    w = SafetensorsWriter(tmp_path / "z.safetensors", [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()], {"format": "pt"})
+    for n in ("c", "a", "b"):
+        w.write_tensor(n, tensors[n])
+    w.close()
+    back = read_all(tmp_path / "z.safetensors")
+    assert all(same_bytes(back[n], t) for n, t in tensors.items())
