@@ -2,12 +2,14 @@
 
 1. **plan**: for every source tensor decide copy / permute / rename / drop, and which
    ``inv_freq`` tensors to add — from names and the attention geometry only, no data read.
-2. **stream**: one tensor at a time.  Untouched tensors of a safetensors source are copied byte for
-   byte in the kernel (``copy_file_range``; where a file system cannot, through user space, and
-   the report says so); q/k tensors are read by byte range (not memory-mapped: mapped pages would
-   stay resident until the end), their rows reordered (exact, any dtype) and written.  The
-   output header (safetensors) or zip layout (``.pth``, see ``formats.meta.PthWriter``) is laid
-   out first, so peak memory is a few tensors, not the checkpoint.
+2. **stream**: one tensor at a time.  The output header (safetensors) or zip layout (``.pth``,
+   see ``formats.meta.PthWriter``) is laid out first, so every tensor has its own byte range and
+   peak memory is a few tensors, not the checkpoint.  Untouched tensors are copied byte for byte
+   in the kernel (``copy_file_range``, runs of them in one call; where a file system cannot,
+   through user space, and the report says so); a new safetensors header is padded so that those
+   bytes keep their in-page offset, which the kernel copies 2.5x faster.  Meanwhile a helper
+   thread reads the q/k tensors by byte range (not memory-mapped: mapped pages would stay
+   resident until the end), reorders their rows (exact, any dtype) and writes them.
 3. **atomic**: everything goes to a hidden sibling ``.DST.ropekit-partial-PID`` that is renamed to
    DST at the end; any failure (or Ctrl-C / SIGTERM from the CLI) removes it.  SRC is only read.
 
