@@ -512,10 +512,17 @@ def test_pth_views_and_shared_storages_read_correctly(tmp_path):
     big, sq = torch.randn(10, 4), torch.randn(3, 5)
     sd = {"slice": big[2:5], "rest": big[5:], "transposed": sq.T, "rotary_emb.inv_freq": torch.ones(2)}
     torch.save(sd, tmp_path / "sd.pth")
+    from ropekit.formats import open_checkpoint
+
+    ck = open_checkpoint(tmp_path / "sd.pth")
+    assert ck.byte_range("slice") is not None and ck.byte_range("transposed") is None  # kernel copy / torch's load
     convert(tmp_path / "sd.pth", tmp_path / "out.pth", inv_freq="drop", **quiet())
     out = torch.load(tmp_path / "out.pth", weights_only=True)
     assert sorted(out) == ["rest", "slice", "transposed"]
     assert all(torch.equal(out[n], sd[n]) for n in out)
+    convert(tmp_path / "sd.pth", tmp_path / "out.safetensors", inv_freq="drop", **quiet())
+    out = read_all(tmp_path / "out.safetensors")
+    assert sorted(out) == ["rest", "slice", "transposed"] and all(torch.equal(out[n], sd[n]) for n in out)
 
 
 def test_lora_adapter_b_matrices_permute_and_a_stay(tmp_path):

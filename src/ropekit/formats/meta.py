@@ -20,7 +20,7 @@ import torch
 from ..errors import RopeCheckpointError
 from .base import Checkpoint, Geometry, list_aux
 
-__all__ = ["MetaCheckpoint", "PthWriter", "is_meta_dir", "hf_to_meta_name", "meta_to_hf_name", "params_from_hf",
+__all__ = ["MetaCheckpoint", "PthFile", "PthWriter", "is_meta_dir", "hf_to_meta_name", "meta_to_hf_name", "params_from_hf",
            "hf_config_from_meta", "check_meta_expressible"]
 
 _SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
@@ -102,18 +102,8 @@ class MetaCheckpoint(Checkpoint):
         self.geometry = _geometry(self.config, str(self.path / "params.json"))
         self.layout = "interleaved"
         files = sorted((p.name for p in self.path.iterdir() if _SHARD.match(p.name)), key=lambda n: int(_SHARD.match(n).group(1)))
-        # The layout of each file (dtypes, shapes, byte offsets) comes from a weights-only load on
-        # the meta device: no tensor data is read until it is needed, and then one tensor at a time.
-        self.parts, self.ranges = [], []
-        for f in files:
-            try:
-                sd = torch.load(self.path / f, map_location="meta", weights_only=True)
-            except Exception as exc:  # a pickle that is not plain tensors, or a truncated zip
-                raise RopeCheckpointError(f"{self.path / f} is not a weights-only PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-            if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                raise RopeCheckpointError(f"{self.path / f} does not hold a flat dict of tensors")
-            self.parts.append(sd)
-            self.ranges.append(_byte_ranges(sd, self.path / f))
+        self.files = [PthFile(self.path / f) for f in files]
+        self.parts = [pf.layout for pf in self.files]
         names = list(self.parts[0])
         for f, part in zip(files[1:], self.parts[1:]):
             if list(part) != names:
@@ -138,7 +128,6 @@ class MetaCheckpoint(Checkpoint):
         # one logical checkpoint; it is written back as a single file
         self.shards = [("consolidated.00.pth", names)]
         self.shard_files = files
-        self._mapped: dict = {}
         self.aux_files = list_aux(self.path, set(files) | {"params.json"})
 
     def _concat_dim(self, name: str) -> int | None:
@@ -162,16 +151,7 @@ class MetaCheckpoint(Checkpoint):
         return t.dtype, tuple(shape)
 
     def _read(self, i: int, name: str) -> torch.Tensor:
-        from .safetensors_io import read_range
-
-        rng = self.ranges[i].get(name)
-        t = self.parts[i][name]
-        if rng is not None:
-            return read_range(str(self.path / self.shard_files[i]), rng[0], rng[1], t.dtype, t.shape)
-        # a view into a larger storage with strides: let torch materialize it (memory-mapped)
-        if self._mapped.get(i) is None:
-            self._mapped[i] = torch.load(self.path / self.shard_files[i], map_location="cpu", weights_only=True, mmap=True)
-        return self._mapped[i][name]
+        return self.files[i].tensor(name)
 
     def tensor(self, name):
         dim = self._concat_dim(name)
@@ -180,10 +160,58 @@ class MetaCheckpoint(Checkpoint):
         return torch.cat([self._read(i, name) for i in range(len(self.parts))], dim=dim)
 
     def byte_range(self, name):
-        if len(self.parts) == 1 and name in self.ranges[0]:
-            start, end = self.ranges[0][name]
-            return str(self.path / self.shard_files[0]), start, end
-        return None
+        return self.files[0].byte_range(name) if len(self.files) == 1 else None
+
+
+class PthFile:
+    """One ``torch.save`` file opened for streaming.
+
+    Its layout (names, dtypes, shapes, byte offsets) comes from a weights-only load on the meta
+    device: no tensor data is read until it is needed, and then one tensor at a time, by byte
+    range (a memory map would keep every page it touched resident until the end).  Tensors
+    stored as strided views of a larger storage come from torch's own memory-mapped load.
+
+    >>> import os, tempfile, torch
+    >>> p = os.path.join(tempfile.mkdtemp(), "sd.pt")
+    >>> torch.save({"w": torch.arange(6.0).view(2, 3)}, p)
+    >>> f = PthFile(p)
+    >>> f.names(), f.info("w"), f.tensor("w")[1].tolist()
+    (['w'], (torch.float32, (2, 3)), [3.0, 4.0, 5.0])
+    """
+
+    def __init__(self, path, what: str = "PyTorch checkpoint"):
+        self.path = Path(path)
+        try:
+            sd = torch.load(self.path, map_location="meta", weights_only=True)
+        except Exception as exc:  # a pickle that is not plain tensors, or a truncated zip
+            raise RopeCheckpointError(f"{self.path} is not a weights-only {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise RopeCheckpointError(f"{self.path} does not hold a flat dict of tensors")
+        self.layout: dict = sd
+        self.ranges = _byte_ranges(sd, self.path)
+        self._mapped: dict | None = None
+
+    def names(self) -> list[str]:
+        return list(self.layout)
+
+    def info(self, name: str):
+        t = self.layout[name]
+        return t.dtype, tuple(t.shape)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        from .safetensors_io import read_range
+
+        rng = self.ranges.get(name)
+        if rng is not None:
+            t = self.layout[name]
+            return read_range(str(self.path), rng[0], rng[1], t.dtype, t.shape)
+        if self._mapped is None:  # a strided view of a larger storage: torch materializes it
+            self._mapped = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        return self._mapped[name]
+
+    def byte_range(self, name: str):
+        rng = self.ranges.get(name)
+        return None if rng is None else (str(self.path), rng[0], rng[1])
 
 
 def _byte_ranges(layout: dict, path: Path) -> dict:

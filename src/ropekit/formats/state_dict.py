@@ -7,9 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from ..errors import RopeCheckpointError
 from .base import Checkpoint, Geometry
 from .safetensors_io import SafetensorsFile
 
@@ -43,15 +40,11 @@ class StateDictCheckpoint(Checkpoint):
             self.sd = None
             names = self.file.names()
         else:
+            from .meta import PthFile
+
             self.file = None
-            try:
-                sd = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as exc:
-                raise RopeCheckpointError(f"{self.path} is not a weights-only PyTorch state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-            if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-                raise RopeCheckpointError(f"{self.path} does not hold a flat dict of tensors")
-            self.sd = sd
-            names = list(sd)
+            self.sd = PthFile(self.path, "PyTorch state dict")
+            names = self.sd.names()
         self.shards = [(self.path.name, names)]
         self.aux_files = []
         meta_style = any(".attention.wq." in n or ".attention.wk." in n for n in names)
@@ -62,14 +55,13 @@ class StateDictCheckpoint(Checkpoint):
         if self.file is not None:
             i = self.file.infos[name]
             return i.dtype, i.shape
-        t = self.sd[name]
-        return t.dtype, tuple(t.shape)
+        return self.sd.info(name)
 
     def tensor(self, name):
-        return self.file.tensor(name) if self.file is not None else self.sd[name]
+        return self.file.tensor(name) if self.file is not None else self.sd.tensor(name)
 
     def byte_range(self, name):
         if self.file is None:
-            return None
+            return self.sd.byte_range(name)
         i = self.file.infos[name]
         return self.file.path, i.start, i.end
