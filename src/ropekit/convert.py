@@ -27,7 +27,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -40,7 +39,7 @@ import torch
 
 from .errors import RopeCheckpointError, RopeSpecError
 from .formats import open_checkpoint
-from .formats.base import UNSUPPORTED_FAMILIES, Checkpoint, layer_of, permute_tensor, role_of
+from .formats.base import UNSUPPORTED_FAMILIES, Checkpoint, permute_tensor, role_of
 from .spec import RopeSpec, normalize_layout
 
 __all__ = ["convert", "ConvertReport", "Step", "plan", "INV_FREQ_POLICIES"]
