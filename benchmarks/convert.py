@@ -91,6 +91,33 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG")
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    xs = range(len(rows))
+    a.bar([x - 0.27 for x in xs], [r["cp_gbps"] for r in rows], 0.27, label="cp -r")
+    a.bar(list(xs), [r["bytes"] / float(r["convert_inner_s"]) / 1e9 for r in rows], 0.27, label="convert (its own timer)")
+    a.bar([x + 0.27 for x in xs], [r["convert_gbps"] for r in rows], 0.27, label="convert process (+ import torch)")
+    a.set_xticks(list(xs), [r["case"] for r in rows], rotation=12, fontsize=8)
+    a.set_ylabel("GB/s (median)")
+    a.legend(fontsize=8)
+    b.bar(xs, [float(r["peak_rss_mb"]) for r in rows], 0.5, label="peak RSS")
+    b.axhline(float(rows[0]["import_torch_rss_mb"]), color="gray", ls=":", label="python + import torch alone")
+    b.axhline(float(rows[0]["rss_goal_mb"]), color="k", ls="--", label="goal: 2 x largest tensor + 300 MB")
+    b.set_xticks(list(xs), [r["case"] for r in rows], rotation=12, fontsize=8)
+    b.set_ylabel("MB")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gb", type=float, default=2.0)
@@ -99,10 +126,16 @@ def main() -> int:
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--name", default="convert", help="file name of the CSV / PNG (without suffix)")
+    ap.add_argument("--plot-only", metavar="CSV", help="redraw the PNG of an earlier run's CSV and exit")
     ap.add_argument("--generate", help=argparse.SUPPRESS)  # internal: child process that writes the checkpoint
     args = ap.parse_args()
     if args.generate:
         print(json.dumps(generate(Path(args.generate), args.gb, args.shards)))
+        return 0
+    if args.plot_only:
+        with open(args.plot_only, newline="") as f:
+            rows = [{k: (v if k == "case" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+        plot(rows, Path(args.plot_only).with_suffix(".png"))
         return 0
 
     free = shutil.disk_usage(args.dir).free
@@ -196,28 +229,7 @@ def main() -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
-        xs = range(len(rows))
-        a.bar([x - 0.2 for x in xs], [r["cp_gbps"] for r in rows], 0.4, label="cp -r")
-        a.bar([x + 0.2 for x in xs], [r["convert_gbps"] for r in rows], 0.4, label="ropekit convert")
-        a.set_xticks(list(xs), [r["case"] for r in rows], rotation=12, fontsize=8)
-        a.set_ylabel("GB/s")
-        a.legend()
-        b.bar(xs, [r["peak_rss_mb"] for r in rows], 0.5, label="peak RSS")
-        b.axhline(rows[0]["rss_goal_mb"], color="k", ls="--", label="goal: 2 x largest tensor + 300 MB")
-        b.set_xticks(list(xs), [r["case"] for r in rows], rotation=12, fontsize=8)
-        b.set_ylabel("MB")
-        b.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / f"{args.name}.png", dpi=110)
-    except ImportError:
-        print("matplotlib not installed: no PNG")
+    plot(rows, out / f"{args.name}.png")
     print(f"saved {out / (args.name + '.csv')}")
     return 0
 
