@@ -346,6 +346,8 @@ class PthWriter:
     """
 
     def __init__(self, path, entries):
+        from .safetensors_io import SourceFiles
+
         self.path = os.fspath(path)
         placeholders = {name: torch.empty(shape, dtype=dtype) for name, dtype, shape in entries}
         with torch.serialization.skip_data():
@@ -358,6 +360,7 @@ class PthWriter:
         self.sizes = {name: t.numel() * t.element_size() for name, t in layout.items()}
         self._f = open(self.path, "r+b", buffering=0)
         self.fallback: str | None = None  # as SafetensorsWriter.fallback
+        self._sources = SourceFiles()
         self.total_size = sum(self.sizes.values())
 
     def _check(self, name: str, nbytes: int) -> int:
@@ -378,13 +381,16 @@ class PthWriter:
         from .safetensors_io import copy_bytes
 
         offset = self._check(name, end - start)
-        self.fallback = copy_bytes(src_path, self._f.fileno(), start, end, offset, name=name) or self.fallback
+        src = self._sources.get(src_path)
+        self.fallback = copy_bytes(src, self._f.fileno(), start, end, offset, name=name) or self.fallback
 
     def flush(self) -> None:
         """Nothing is pending: copies are issued at once (offsets are fixed by the zip layout)."""
 
     def close(self) -> None:
         self._f.close()
+        self._sources.close()
 
     def abort(self) -> None:
         self._f.close()
+        self._sources.close()

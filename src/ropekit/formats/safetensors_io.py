@@ -23,6 +23,7 @@ import json
 import math
 import os
 import struct
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -142,16 +143,59 @@ def read_range(path: str, start: int, end: int, dtype: torch.dtype, shape) -> to
 
 #: errors that mean "this kernel / file system pair cannot copy_file_range", not "the copy failed"
 _NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM)
-_CHUNK = 16 * 2**20
+#: The kernel copies page-cache pages fastest when source and destination sit at the same offset
+#: within a page.  Shifted, copy_file_range is 2.5x slower, and a user-space copy through a small
+#: reused buffer (it stays in the CPU cache) is as fast as the aligned kernel copy
+#: (benchmarks/copy_alignment.py): so writers align to their sources where they can, and
+#: copy_bytes picks the path by alignment.
+PAGE = 4096
+_BUFFER = 1 << 20
+_buffers = threading.local()
 
 
-def copy_bytes(src_path: str, dst_fd: int, start: int, end: int, dst_offset: int | None = None, name: str = "?") -> str | None:
-    """Copy bytes [start, end) of ``src_path`` to ``dst_fd`` (at ``dst_offset``, or at and
-    advancing the descriptor's position when None), in the kernel with ``copy_file_range``.
+class _source:
+    """An open source file: a path is opened for the copy, an open file object is borrowed."""
+
+    def __init__(self, src):
+        self.owned = not hasattr(src, "fileno")
+        self.f = open(src, "rb", buffering=0) if self.owned else src
+
+    def __enter__(self):
+        return self.f
+
+    def __exit__(self, *exc):
+        if self.owned:
+            self.f.close()
+
+
+class SourceFiles:
+    """Source files kept open across many copies (one open per file, not per tensor)."""
+
+    def __init__(self):
+        self._open: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str):
+        with self._lock:
+            f = self._open.get(path)
+            if f is None:
+                f = self._open[path] = open(path, "rb", buffering=0)
+            return f
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+
+def copy_bytes(src_path, dst_fd: int, start: int, end: int, dst_offset: int | None = None, name: str = "?") -> str | None:
+    """Copy bytes [start, end) of ``src_path`` (a path or an open binary file) to ``dst_fd`` (at ``dst_offset``, or at and
+    advancing the descriptor's position when None): in the kernel with ``copy_file_range``
+    when both sides share their in-page offset, else through a reused 1 MiB buffer.
 
     Returns None, or why the kernel copy was not available (old kernel, a file-system pair that
-    does not support it, a platform without it); the bytes are then copied through user space in
-    16 MiB chunks, slower but identical, and the caller reports the reason.
+    does not support it, a platform without it); the bytes are then copied through user space,
+    identical, and the caller reports the reason.
 
     >>> import os, tempfile
     >>> d = tempfile.mkdtemp(); a = os.path.join(d, "a")
@@ -162,14 +206,17 @@ def copy_bytes(src_path: str, dst_fd: int, start: int, end: int, dst_offset: int
     b'23456'
     """
     why = None
-    with open(src_path, "rb", buffering=0) as src:
+    with _source(src_path) as src:
         pos, out = start, dst_offset
-        if hasattr(os, "copy_file_range"):
+        here = out if out is not None else os.lseek(dst_fd, 0, os.SEEK_CUR)
+        if not hasattr(os, "copy_file_range"):
+            why = "no copy_file_range on this platform"
+        elif (pos - here) % PAGE == 0:
             try:
                 while pos < end:
                     n = os.copy_file_range(src.fileno(), dst_fd, end - pos, pos, out)
                     if n == 0:
-                        raise RopeCheckpointError(f"{src_path} ended at byte {pos} while copying tensor {name!r}")
+                        raise RopeCheckpointError(f"{src.name} ended at byte {pos} while copying tensor {name!r}")
                     pos += n
                     out = None if out is None else out + n
                 return None
@@ -177,24 +224,20 @@ def copy_bytes(src_path: str, dst_fd: int, start: int, end: int, dst_offset: int
                 if exc.errno not in _NO_KERNEL_COPY:
                     raise
                 why = f"copy_file_range: {os.strerror(exc.errno)}"
-        else:
-            why = "no copy_file_range on this platform"
+        buf = getattr(_buffers, "buf", None)
+        if buf is None:
+            buf = _buffers.buf = memoryview(bytearray(_BUFFER))
         while pos < end:
-            chunk = os.pread(src.fileno(), min(_CHUNK, end - pos), pos)
-            if not chunk:
-                raise RopeCheckpointError(f"{src_path} ended at byte {pos} while copying tensor {name!r}")
-            view = memoryview(chunk)
+            n = os.preadv(src.fileno(), [buf[: min(_BUFFER, end - pos)]], pos)
+            if n == 0:
+                raise RopeCheckpointError(f"{src.name} ended at byte {pos} while copying tensor {name!r}")
+            view = buf[:n]
             while view.nbytes:
-                n = os.write(dst_fd, view) if out is None else os.pwrite(dst_fd, view, out)
-                view = view[n:]
-                out = None if out is None else out + n
-            pos += len(chunk)
+                k = os.write(dst_fd, view) if out is None else os.pwrite(dst_fd, view, out)
+                view = view[k:]
+                out = None if out is None else out + k
+            pos += n
     return why
-
-
-#: the kernel copies page-cache pages fastest when source and destination sit at the same offset
-#: within a page (measured: 2.5x faster than a shifted copy on ext4), so writers can align to sources
-PAGE = 4096
 
 
 def best_alignment(pairs, modulus: int = PAGE, step: int = 8) -> int | None:
@@ -244,6 +287,7 @@ class SafetensorsWriter:
         _pwrite_all(self._f.fileno(), memoryview(struct.pack("<Q", len(raw)) + raw), 0)
         self._done: set[str] = set()
         self._pending: list | None = None  # [src_path, start, end, dst offset, name]: a copy not issued yet
+        self._sources = SourceFiles()
         self.total_size = offset
         #: why pass-through bytes went through user space (None: all copies ran in the kernel)
         self.fallback: str | None = None
@@ -279,15 +323,18 @@ class SafetensorsWriter:
         if self._pending is not None:
             src_path, start, end, offset, name = self._pending
             self._pending = None
-            self.fallback = copy_bytes(src_path, self._f.fileno(), start, end, offset, name=name) or self.fallback
+            src = self._sources.get(src_path)
+            self.fallback = copy_bytes(src, self._f.fileno(), start, end, offset, name=name) or self.fallback
 
     def close(self) -> None:
         missing = [n for n in self._where if n not in self._done]
         if missing:
-            self._f.close()
+            self.abort()
             raise RuntimeError(f"safetensors writer closed before writing {missing[:3]}")
         self.flush()
         self._f.close()
+        self._sources.close()
 
     def abort(self) -> None:
         self._f.close()
+        self._sources.close()
