@@ -15,8 +15,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
 from ..errors import RopeCheckpointError
 from .base import Checkpoint, Geometry, list_aux
 
@@ -157,6 +155,8 @@ class MetaCheckpoint(Checkpoint):
         dim = self._concat_dim(name)
         if dim is None:
             return self._read(0, name)
+        import torch
+
         return torch.cat([self._read(i, name) for i in range(len(self.parts))], dim=dim)
 
     def byte_range(self, name):
@@ -180,6 +180,8 @@ class PthFile:
     """
 
     def __init__(self, path, what: str = "PyTorch checkpoint"):
+        import torch  # torch imported where a .pth file is (formats/raw.py: safetensors need none)
+
         self.path = Path(path)
         try:
             sd = torch.load(self.path, map_location="meta", weights_only=True)
@@ -206,6 +208,8 @@ class PthFile:
             t = self.layout[name]
             return read_range(str(self.path), rng[0], rng[1], t.dtype, t.shape)
         if self._mapped is None:  # a strided view of a larger storage: torch materializes it
+            import torch
+
             self._mapped = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         return self._mapped[name]
 
@@ -346,10 +350,15 @@ class PthWriter:
     """
 
     def __init__(self, path, entries):
+        import torch
+
         from .safetensors_io import SourceFiles
 
         self.path = os.fspath(path)
-        placeholders = {name: torch.empty(shape, dtype=dtype) for name, dtype, shape in entries}
+        from .raw import torch_dtype
+
+        # dtypes: torch.dtype or safetensors names (the converter plans with names)
+        placeholders = {name: torch.empty(shape, dtype=torch_dtype(dtype)) for name, dtype, shape in entries}
         with torch.serialization.skip_data():
             torch.save(placeholders, self.path)
         del placeholders
@@ -363,6 +372,10 @@ class PthWriter:
         self._sources = SourceFiles()
         self.total_size = sum(self.sizes.values())
 
+    def source_fd(self, path: str) -> int:
+        """An open descriptor of source file ``path`` (kept open until close / abort)."""
+        return self._sources.get(path).fileno()
+
     def _check(self, name: str, nbytes: int) -> int:
         if self.sizes[name] != nbytes:
             raise RuntimeError(f"tensor {name!r} has {nbytes} bytes, the file reserved {self.sizes[name]}")  # a bug
@@ -371,7 +384,11 @@ class PthWriter:
     def write_tensor(self, name: str, t: torch.Tensor) -> None:
         from .safetensors_io import tensor_bytes
 
-        data = tensor_bytes(t)
+        self.write_bytes(name, tensor_bytes(t))
+
+    def write_bytes(self, name: str, data) -> None:
+        """Write the raw bytes of tensor ``name`` (a bytes-like object of exactly its size)."""
+        data = memoryview(data).cast("B")
         offset = self._check(name, data.nbytes)
         while data.nbytes:
             n = os.pwrite(self._f.fileno(), data, offset)
