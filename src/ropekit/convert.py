@@ -399,10 +399,6 @@ class _NoBar:
 #: permute q/k tensors as bytes (formats/raw.py) where they have a byte range; False: through
 #: torch (``permute_tensor``), which the tests use to check both give the same bytes
 RAW_PERMUTE = True
-#: how far (bytes) the reading thread may run ahead of the writes (at least one tensor): it reads
-#: and permutes while this thread copies; more did not pay on 2 cores (both compete for memory
-#: bandwidth) and would only cost memory
-AHEAD_BYTES = 16 << 20
 
 
 def _raw_permutable(ckpt: Checkpoint, step: Step, writer) -> tuple[str, int, int] | None:
@@ -412,6 +408,8 @@ def _raw_permutable(ckpt: Checkpoint, step: Step, writer) -> tuple[str, int, int
 
 
 def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, progress, after_tensor):
+    from concurrent.futures import ThreadPoolExecutor
+
     from .formats.hf import LAYOUT_KEY, hf_config_with_layout, plan_shards, write_hf
     from .formats.safetensors_io import SafetensorsWriter, tensor_bytes
 
@@ -431,74 +429,82 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
         if after_tensor is not None:
             after_tensor(step)
 
-    def stream(writer, steps):
+    def note_fallback(writer):
+        if writer.fallback and not any(n.startswith("pass-through") for n in report.notes):
+            report.notes.append(f"pass-through tensors were copied through user space, not in the kernel ({writer.fallback})")
+
+    # Writers place every tensor at its own offset, so the work splits in two: this thread has
+    # the kernel copy the untouched bytes (or a whole shard, see SafetensorsWriter(clone=)), a
+    # helper thread reads the others, permutes and writes them, one at a time, so peak memory
+    # stays one tensor (all of it releases the GIL).  A shard is finished (its helper work waited
+    # for, the file closed) only after the next one's copies are issued: the helper writes one
+    # shard's q/k while the kernel copies the next.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ropekit-write")
+
+    def make_and_write(writer, step) -> int:  # helper thread
+        rng = _raw_permutable(ckpt, step, writer)
+        if rng is not None:  # bytes in, bytes out: no torch
+
+            def order():
+                return raw.row_order(step.role, ckpt.geometry, ckpt.layout, dst_layout, step.shape[0])
+
+            handle, data = rows.read(writer.source_fd(rng[0]), rng[1], rng[2], (step.role, step.shape), order, rng[0])
+            try:
+                writer.write_bytes(step.dst, data)
+                return data.nbytes
+            finally:
+                rows.release(handle)
+        t = _tensor_for(ckpt, step, ckpt.layout, dst_layout)
+        writer.write_tensor(step.dst, t)
+        return tensor_bytes(t).nbytes
+
+    def start(writer, steps) -> Callable[[], None]:
+        """Issue one file's work; returns the function that finishes it."""
+        writer.flush()  # a clone is copied now, before the helper writes anything over it
+        futures = []
+        for step in steps:
+            rng = ckpt.byte_range(step.src) if step.action == "copy" else None
+            if rng is None:
+                futures.append((step, pool.submit(make_and_write, writer, step)))
+                continue
+            writer.copy_range(step.dst, *rng)
+            report.copied += 1
+            report.renamed += step.src != step.dst
+            done(step, rng[2] - rng[1])
+        writer.flush()
+
+        def finish():
+            try:
+                for step, future in futures:
+                    nbytes = future.result()
+                    report.permuted += step.action == "permute"
+                    report.added += step.action == "add"
+                    report.copied += step.action == "copy"
+                    report.renamed += step.action != "add" and step.src != step.dst
+                    done(step, nbytes)
+                writer.close()
+            finally:
+                note_fallback(writer)
+
+        return finish
+
+    def stream_all(writers_steps) -> None:
+        """[(writer, steps)]: stream every file, then close it; on any failure the helper is
+        stopped before the files are closed (it may be writing into one)."""
         try:
-            _stream(writer, steps)
-        finally:
-            if writer.fallback and not any(n.startswith("pass-through") for n in report.notes):
-                report.notes.append(f"pass-through tensors were copied through user space, not in the kernel ({writer.fallback})")
-
-    def _stream(writer, steps):
-        from concurrent.futures import ThreadPoolExecutor
-
-        ranges = [ckpt.byte_range(s.src) if s.action == "copy" else None for s in steps]
-        made = [i for i, r in enumerate(ranges) if r is None]  # tensors read (and permuted) in Python
-        # Writers place every tensor at its own offset, so the work splits in two: this thread has
-        # the kernel copy the untouched bytes (or the whole file, see SafetensorsWriter(clone=))
-        # and writes the permuted tensors, which a helper thread reads and permutes meanwhile (all
-        # of it releases the GIL).  The helper runs ahead by at most AHEAD_BYTES (or one tensor),
-        # so peak memory stays bounded whatever the checkpoint's size.
-        pool = ThreadPoolExecutor(1, thread_name_prefix="ropekit-read")
-        futures: dict[int, object] = {}
-        queued = [0, 0]  # [next index into made, bytes read ahead and not yet written]
-
-        def make(step):
-            rng = _raw_permutable(ckpt, step, writer)
-            if rng is not None:  # bytes in, bytes out: no torch
-                def order():
-                    return raw.row_order(step.role, ckpt.geometry, ckpt.layout, dst_layout, step.shape[0])
-
-                return rows.read(writer.source_fd(rng[0]), rng[1], rng[2], (step.role, step.shape), order, rng[0])
-            return None, _tensor_for(ckpt, step, ckpt.layout, dst_layout)
-
-        def ahead() -> None:
-            while queued[0] < len(made):
-                step = steps[made[queued[0]]]
-                if futures and queued[1] + step.nbytes > AHEAD_BYTES:
-                    return
-                futures[made[queued[0]]] = pool.submit(make, step)
-                queued[0] += 1
-                queued[1] += step.nbytes
-
-        try:
-            ahead()
-            for i, (step, rng) in enumerate(zip(steps, ranges)):
-                if rng is not None:
-                    writer.copy_range(step.dst, *rng)
-                    report.copied += 1
-                    report.renamed += step.src != step.dst
-                    done(step, rng[2] - rng[1])
-                    continue
-                writer.flush()  # the pending kernel copy runs while the helper works
-                handle, data = futures.pop(i).result()
-                if handle is not None:
-                    writer.write_bytes(step.dst, data)
-                    nbytes = data.nbytes
-                    rows.release(handle)
-                else:
-                    writer.write_tensor(step.dst, data)
-                    nbytes = tensor_bytes(data).nbytes
-                del data
-                queued[1] -= step.nbytes
-                ahead()
-                report.permuted += step.action == "permute"
-                report.added += step.action == "add"
-                report.copied += step.action == "copy"
-                report.renamed += step.action != "add" and step.src != step.dst
-                done(step, nbytes)
-            writer.flush()
+            previous = None
+            for writer, steps in writers_steps:
+                finish = start(writer, steps)
+                if previous is not None:
+                    previous()
+                previous = finish
+            if previous is not None:
+                previous()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            for writer, _ in writers_steps:
+                writer.abort()
+                note_fallback(writer)
 
     try:
         if dst_fmt == "hf":
@@ -523,22 +529,13 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
             aligns = {f: _alignment(ckpt, by_file[f]) for f, _ in out_shards}
             clones = ckpt.files if ckpt.fmt == "hf" else None  # same file names: maybe the same bytes but q/k
             writers = write_hf(tmp, out_shards, config, metadata, index_extra, config_bytes, aligns, clones)
-            for f, writer in writers.items():
-                try:
-                    stream(writer, by_file[f])
-                    writer.close()
-                finally:
-                    writer.abort()
+            stream_all([(writer, by_file[f]) for f, writer in writers.items()])
         elif dst_fmt == "meta":
             from .formats.meta import PthWriter, params_from_hf, write_params
 
             steps = [s for _, st in shards for s in st]
             writer = PthWriter(tmp / "consolidated.00.pth", [(s.dst, s.dtype, s.shape) for s in steps])
-            try:
-                stream(writer, steps)
-                writer.close()
-            finally:
-                writer.abort()
+            stream_all([(writer, steps)])
             if ckpt.fmt == "hf":
                 w1 = next(s for s in steps if s.dst == "layers.0.feed_forward.w1.weight")
                 write_params(tmp / "params.json", params_from_hf(ckpt.config, ckpt.geometry, w1.shape[0]))
@@ -554,11 +551,7 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
                 from .formats.meta import PthWriter
 
                 writer = PthWriter(out, entries)
-            try:
-                stream(writer, steps)
-                writer.close()
-            finally:
-                writer.abort()
+            stream_all([(writer, steps)])
         # auxiliary files (tokenizer, generation config, ...) travel unchanged
         for rel in ckpt.aux_files:
             if dst_fmt == "meta" and rel == "checklist.chk":
@@ -568,6 +561,7 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ckpt.path / rel, target)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
 
 
