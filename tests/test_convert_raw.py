@@ -237,3 +237,60 @@ def test_cli_safetensors_paths_do_not_import_torch(tmp_path):
     # the probe can see torch: paths that need numbers import it
     code, mods, err = run_cli(src, tmp_path / "e", "--layout", "interleaved", "--inv-freq", "add")
     assert code == 0 and "'torch'" in mods, (mods, err)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.save layouts read without torch (formats/torch_zip.py) against torch.load(meta)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_torch_zip_layout_matches_torch_load(tmp_path):
+    from ropekit.formats.meta import _byte_ranges
+    from ropekit.formats.torch_zip import read_layout
+
+    base = torch.randn(6, 8)
+    sd = {
+        "bf16": torch.randn(5, 3).bfloat16(), "f16": torch.randn(7).half(), "f64": torch.randn(2, 2).double(),
+        "i8": torch.arange(-4, 4, dtype=torch.int8), "bool": torch.tensor([True, False]), "i64": torch.arange(3),
+        "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4), "view_rows": base[2:5], "view_t": base.t(),
+        "base": base,
+    }  # fmt: skip
+    path = tmp_path / "sd.pth"
+    torch.save(sd, path)
+    got = read_layout(path)
+    meta = torch.load(path, map_location="meta", weights_only=True)
+    ranges = _byte_ranges(meta, path)
+    assert list(got) == list(meta)
+    for name, t in meta.items():
+        r = got[name]
+        assert (r.dtype, r.shape, r.stride, r.is_contiguous()) == (t.dtype, tuple(t.shape), t.stride(), t.is_contiguous()), name
+        if t.is_contiguous():
+            assert (r.start, r.end) == ranges[name], name
+            data = path.read_bytes()[r.start : r.end]
+            assert data == bytes(sd[name].contiguous().view(-1).view(torch.uint8).numpy()), name
+
+
+def test_torch_zip_refuses_what_it_does_not_know(tmp_path):
+    from ropekit.formats.torch_zip import read_layout
+
+    torch.save({"a": {"nested": torch.ones(2)}}, tmp_path / "nested.pt")
+    torch.save({"a": torch.ones(2), "n": 3}, tmp_path / "mixed.pt")
+    torch.save({"a": torch.nn.Parameter(torch.ones(2))}, tmp_path / "param.pt")
+    torch.save({"a": torch.ones(2).to(torch.float8_e4m3fn)}, tmp_path / "f8.pt")  # pickled with _rebuild_tensor_v3
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    for f in ("nested.pt", "mixed.pt", "param.pt", "f8.pt", "junk.pt"):
+        assert read_layout(tmp_path / f) is None, f
+    # such files are still read, by torch.load (weights only)
+    from ropekit.formats.meta import PthFile
+
+    assert PthFile(tmp_path / "f8.pt").info("a") == (torch.float8_e4m3fn, (2,))
+    assert PthFile(tmp_path / "param.pt").tensor("a").tolist() == [1.0, 1.0]
+
+
+def test_cli_meta_to_hf_does_not_import_torch(tmp_path):
+    src = make_hf_dir(tmp_path / "src", hf_tensors(torch.bfloat16))
+    rkconvert.convert(src, tmp_path / "meta", **quiet(to="meta"))
+    code, mods, err = run_cli(tmp_path / "meta", tmp_path / "back", "--to", "hf")
+    assert code == 0 and mods == "[]", (mods, err)
+    back, orig = read_all(tmp_path / "back"), read_all(src)
+    assert back.keys() == orig.keys() and all(same_bytes(back[n], orig[n]) for n in orig)

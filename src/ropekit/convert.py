@@ -520,8 +520,9 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
             else:  # from Meta
                 from .formats.meta import hf_config_from_meta
 
-                shapes = {n: ckpt.info(n)[1] for n in ckpt.names()}
-                config = hf_config_with_layout(hf_config_from_meta(ckpt.config, ckpt.geometry, shapes, ckpt.info(ckpt.names()[0])[0]), dst_layout)
+                shapes = {n: ckpt.raw_info(n)[1] for n in ckpt.names()}
+                dtype = raw.torch_name(ckpt.raw_info(ckpt.names()[0])[0])
+                config = hf_config_with_layout(hf_config_from_meta(ckpt.config, ckpt.geometry, shapes, dtype), dst_layout)
                 config_bytes, metadata, index_extra = None, {}, None
                 out_shards = plan_shards(entries)
                 flat = {s.dst: s for _, steps in shards for s in steps}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import RopeCheckpointError
 from .base import Checkpoint, Geometry, list_aux
+from .raw import torch_dtype, torch_name
 
 __all__ = ["MetaCheckpoint", "PthFile", "PthWriter", "is_meta_dir", "hf_to_meta_name", "meta_to_hf_name", "params_from_hf",
            "hf_config_from_meta", "check_meta_expressible"]
@@ -115,12 +116,12 @@ class MetaCheckpoint(Checkpoint):
             dim, first = self._concat_dim(name), self.parts[0][name]
             for f, part in zip(files[1:], self.parts[1:]):
                 t = part[name]
-                same = t.dtype == first.dtype and t.dim() == first.dim()
+                same = _dtype_name(t) == _dtype_name(first) and t.dim() == first.dim()
                 same = same and all(a == b for d, (a, b) in enumerate(zip(t.shape, first.shape)) if d != dim)
                 if not same:
                     raise RopeCheckpointError(
-                        f"tensor {name} is {str(t.dtype).removeprefix('torch.')}{list(t.shape)} in {f} but "
-                        f"{str(first.dtype).removeprefix('torch.')}{list(first.shape)} in {files[0]}; model-parallel shards must agree"
+                        f"tensor {name} is {torch_name(_dtype_name(t))}{list(t.shape)} in {f} but "
+                        f"{torch_name(_dtype_name(first))}{list(first.shape)} in {files[0]}; model-parallel shards must agree"
                         + ("" if dim is None else f" outside dim {dim}, along which they are concatenated")
                     )
         # one logical checkpoint; it is written back as a single file
@@ -141,12 +142,16 @@ class MetaCheckpoint(Checkpoint):
         return None  # norms, rope.freqs, biases of row-parallel layers: replicated
 
     def info(self, name):
+        dtype, shape = self.raw_info(name)
+        return torch_dtype(dtype), shape
+
+    def raw_info(self, name):
         t = self.parts[0][name]
         dim = self._concat_dim(name)
         shape = list(t.shape)
         if dim is not None:
             shape[dim] = sum(p[name].shape[dim] for p in self.parts)
-        return t.dtype, tuple(shape)
+        return _dtype_name(t), tuple(shape)
 
     def _read(self, i: int, name: str) -> torch.Tensor:
         return self.files[i].tensor(name)
@@ -180,18 +185,27 @@ class PthFile:
     """
 
     def __init__(self, path, what: str = "PyTorch checkpoint"):
-        import torch  # torch imported where a .pth file is (formats/raw.py: safetensors need none)
+        from .torch_zip import read_layout
 
         self.path = Path(path)
+        self._mapped: dict | None = None
+        # a plain state dict's layout is read without torch (formats/torch_zip.py); anything else
+        # goes to torch.load, which also says what is wrong with it
+        records = read_layout(self.path)
+        if records is not None:
+            self.layout: dict = records
+            self.ranges = {n: (r.start, r.end) for n, r in records.items() if r.is_contiguous()}
+            return
+        import torch
+
         try:
             sd = torch.load(self.path, map_location="meta", weights_only=True)
         except Exception as exc:  # a pickle that is not plain tensors, or a truncated zip
             raise RopeCheckpointError(f"{self.path} is not a weights-only {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise RopeCheckpointError(f"{self.path} does not hold a flat dict of tensors")
-        self.layout: dict = sd
+        self.layout = sd
         self.ranges = _byte_ranges(sd, self.path)
-        self._mapped: dict | None = None
 
     def names(self) -> list[str]:
         return list(self.layout)
@@ -200,13 +214,17 @@ class PthFile:
         t = self.layout[name]
         return t.dtype, tuple(t.shape)
 
+    def raw_info(self, name: str):
+        t = self.layout[name]
+        return _dtype_name(t), tuple(t.shape)
+
     def tensor(self, name: str) -> torch.Tensor:
         from .safetensors_io import read_range
 
         rng = self.ranges.get(name)
         if rng is not None:
             t = self.layout[name]
-            return read_range(str(self.path), rng[0], rng[1], t.dtype, t.shape)
+            return read_range(str(self.path), rng[0], rng[1], _dtype_name(t), t.shape)
         if self._mapped is None:  # a strided view of a larger storage: torch materializes it
             import torch
 
@@ -216,6 +234,13 @@ class PthFile:
     def byte_range(self, name: str):
         rng = self.ranges.get(name)
         return None if rng is None else (str(self.path), rng[0], rng[1])
+
+
+def _dtype_name(t) -> str:
+    """safetensors dtype name of a TensorRecord (no torch) or a meta tensor."""
+    from .raw import dtype_name
+
+    return getattr(t, "dtype_name", None) or dtype_name(t.dtype)
 
 
 def _byte_ranges(layout: dict, path: Path) -> dict:
@@ -309,7 +334,7 @@ def _hf_rope_parameters(params: dict) -> dict:
     return rope
 
 
-def hf_config_from_meta(params: dict, geometry: Geometry, shapes: dict, dtype: torch.dtype) -> dict:
+def hf_config_from_meta(params: dict, geometry: Geometry, shapes: dict, dtype) -> dict:
     """A transformers LlamaConfig dict for a Meta checkpoint (sizes read from the tensors)."""
     rope = _hf_rope_parameters(params)
     return {

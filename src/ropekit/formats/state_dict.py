@@ -61,7 +61,7 @@ class StateDictCheckpoint(Checkpoint):
         if self.file is not None:
             i = self.file.infos[name]
             return i.dtype_name, i.shape
-        return super().raw_info(name)
+        return self.sd.raw_info(name)
 
     def tensor(self, name):
         return self.file.tensor(name) if self.file is not None else self.sd.tensor(name)
