@@ -1,8 +1,8 @@
 """Meta Llama directories: ``params.json`` + ``consolidated.NN.pth`` (one per model-parallel rank).
 
 Meta's reference code rotates q/k as complex numbers, i.e. in the interleaved layout, so a Meta
-directory is interleaved by definition.  ``.pth`` files are opened with ``weights_only=True`` (no
-code runs while unpickling) and memory-mapped.  Model-parallel shards are merged on read: column-
+directory is interleaved by definition.  ``.pth`` files are never unpickled with code execution:
+their layout is read by a restricted unpickler (``torch_zip``) or ``torch.load(weights_only=True)``.  Model-parallel shards are merged on read: column-
 parallel weights (wq, wk, wv, w1, w3, output) along dim 0, row-parallel ones (wo, w2) along dim 1,
 the embedding along whichever dim its shard shape says (Llama 2 split the model dim, Llama 3 the
 vocabulary), norms replicated.  Writing produces a single ``consolidated.00.pth``.
@@ -171,10 +171,12 @@ class MetaCheckpoint(Checkpoint):
 class PthFile:
     """One ``torch.save`` file opened for streaming.
 
-    Its layout (names, dtypes, shapes, byte offsets) comes from a weights-only load on the meta
-    device: no tensor data is read until it is needed, and then one tensor at a time, by byte
-    range (a memory map would keep every page it touched resident until the end).  Tensors
-    stored as strided views of a larger storage come from torch's own memory-mapped load.
+    Its layout (names, dtypes, shapes, byte offsets) comes from the file's pickle, read without
+    torch and without running code (``formats/torch_zip.py``), or, for anything that reader does
+    not know, from a weights-only load on the meta device.  No tensor data is read until it is
+    needed, and then one tensor at a time, by byte range (a memory map would keep every page it
+    touched resident until the end).  Tensors stored as strided views of a larger storage come
+    from torch's own memory-mapped load.
 
     >>> import os, tempfile, torch
     >>> p = os.path.join(tempfile.mkdtemp(), "sd.pt")
