@@ -42,6 +42,7 @@ _LAZY = {
     # tables -> rotation
     "apply_rope": "ropekit.apply",
     "apply_rope_qk": "ropekit.apply",
+    "apply_rope_qkv": "ropekit.apply",
     # interop
     "permute_qk": "ropekit.permute",
     # doctor
