@@ -316,7 +316,8 @@ def _prepare(tensors, names, cos, sin, *, spec, layout, format, positions, offse
         from .tables import cos_sin
 
         dtype = torch.float64 if x4.dtype == torch.float64 else torch.float32
-        cos, sin = cos_sin(spec, pos, dtype=dtype, device=x4.device)
+        cos, sin = cos_sin(spec, pos, dtype=dtype, device=x4.device)  # [B, S, R]: row j of batch b
+        pos = torch.arange(pos.shape[1], device=x4.device).expand_as(pos)  # is token j's own row
     if cos.dim() == 3:
         cos, sin, pos = _flatten_batched_table(cos, sin, x4, pos)
     return views, layout, cos, sin, pos, name

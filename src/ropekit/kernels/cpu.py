@@ -8,8 +8,9 @@ layout as ``x * cos2 + swap_pairs(x) * sin2`` (the naive strided ``stack`` form 
 in bf16).
 
 Compiled variants are cached under an explicit key holding *everything that changes the code*:
-device type, x dtype, table dtype, layout, direction and in/out of place (shapes and strides stay
-symbolic, ``dynamic=True``; torch's guards still recompile on anything else that changes).  Each
+device type, x dtype, table dtype, layout and in/out of place (shapes and strides stay symbolic,
+``dynamic=True``, and the direction is a runtime sign; torch's guards still recompile on anything
+else that changes).  Each
 key gets its own code object, so one variant's recompiles never evict another's.
 
 When no C++ compiler is available (or compilation fails), the path falls back to the reference,
@@ -39,13 +40,11 @@ _COMPILED: dict[tuple, object] = {}
 _FALLBACK: dict[str, str | None] = {"reason": None}
 
 
-def _rotate_half(x4, cos, sin, pos, inverse: bool, inplace: bool):
+def _rotate_half(x4, cos, sin, pos, sign, inplace: bool):
     n = cos.shape[-1]
     math = compute_dtype(x4.dtype)
     c = cos[pos].unsqueeze(2).to(math)  # [B, S, 1, R]: gathered once per token, shared by heads
-    s = sin[pos].unsqueeze(2).to(math)
-    if inverse:
-        s = -s
+    s = sin[pos].unsqueeze(2).to(math) * sign  # sign -1: the inverse rotation, same code
     x1 = x4[..., :n].to(math)
     x2 = x4[..., n : 2 * n].to(math)
     o1 = (x1 * c - x2 * s).to(x4.dtype)
@@ -56,13 +55,11 @@ def _rotate_half(x4, cos, sin, pos, inverse: bool, inplace: bool):
     return torch.cat([o1, o2, x4[..., 2 * n :]], -1)
 
 
-def _rotate_interleaved(x4, cos, sin, pos, inverse: bool, inplace: bool):
+def _rotate_interleaved(x4, cos, sin, pos, sign, inplace: bool):
     n = cos.shape[-1]
     math = compute_dtype(x4.dtype)
     c = cos[pos].unsqueeze(2).to(math)
-    s = sin[pos].unsqueeze(2).to(math)
-    if inverse:
-        s = -s
+    s = sin[pos].unsqueeze(2).to(math) * sign
     # out[2i] = x[2i] c - x[2i+1] s ; out[2i+1] = x[2i+1] c + x[2i] s  as one elementwise loop
     c2 = torch.stack([c, c], -1).flatten(-2)
     s2 = torch.stack([-s, s], -1).flatten(-2)
@@ -75,9 +72,10 @@ def _rotate_interleaved(x4, cos, sin, pos, inverse: bool, inplace: bool):
     return torch.cat([rotated, x4[..., 2 * n :]], -1)
 
 
-def cache_key(x4: torch.Tensor, cos: torch.Tensor, *, interleaved: bool, inverse: bool, inplace: bool) -> tuple:
-    """Everything that changes the generated code (shapes, strides and offsets are symbolic)."""
-    return (x4.device.type, x4.dtype, cos.dtype, bool(interleaved), bool(inverse), bool(inplace))
+def cache_key(x4: torch.Tensor, cos: torch.Tensor, *, interleaved: bool, inplace: bool) -> tuple:
+    """Everything that changes the generated code (shapes and strides are symbolic; the direction
+    is a runtime sign tensor, so forward and backward share one compiled variant)."""
+    return (x4.device.type, x4.dtype, cos.dtype, bool(interleaved), bool(inplace))
 
 
 def _compiled(key: tuple):
@@ -90,6 +88,12 @@ def _compiled(key: tuple):
         fresh = types.FunctionType(code, base.__globals__, name, base.__defaults__, base.__closure__)
         fn = _COMPILED[key] = torch.compile(fresh, dynamic=True, fullgraph=True)
     return fn
+
+
+def _no_duck_shapes():
+    from torch.fx.experimental import _config as fx_config
+
+    return fx_config.patch(use_duck_shape=False)
 
 
 def _no_compiler() -> str | None:
@@ -118,12 +122,15 @@ def rotate_cpu(x4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: 
     """The kernel contract of ``kernels.reference``, fused by inductor (see the module docstring)."""
     reason = _FALLBACK["reason"] or _no_compiler()
     if reason is None:
-        key = cache_key(x4, cos, interleaved=interleaved, inverse=inverse, inplace=inplace)
+        key = cache_key(x4, cos, interleaved=interleaved, inplace=inplace)
+        sign = torch.tensor(-1.0 if inverse else 1.0, dtype=compute_dtype(x4.dtype))
         try:
             # sizes 0 and 1 are specialized by torch (batch 1, one head, decode's one token), so
-            # one variant may legitimately see a dozen shape classes: allow them explicitly
-            with torch._dynamo.config.patch(recompile_limit=64):
-                return _compiled(key)(x4, cos, sin, pos, bool(inverse), bool(inplace))
+            # one variant may legitimately see a dozen shape classes: allow them explicitly; no
+            # "duck" sizing either (S == H by chance must not become a guard)
+            with torch._dynamo.config.patch(recompile_limit=64), _no_duck_shapes():
+                # pos is small: a contiguous copy spares a recompile per stride pattern
+                return _compiled(key)(x4, cos, sin, pos.contiguous(), sign, bool(inplace))
         except Exception as exc:  # inductor/toolchain failure: say so once, then use the reference
             if not _is_compile_failure(exc):
                 raise
