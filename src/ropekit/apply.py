@@ -122,7 +122,8 @@ def resolve_positions(
     if positions is not None and offsets is not None:
         raise RopePositionError("pass either positions or offsets, not both (add the offset to positions)")
     if positions is not None:
-        pos = as_positions(positions)
+        # as_positions validates values on the host (.item()): only outside torch.compile
+        pos = as_positions(positions) if check else torch.as_tensor(positions)
         if pos.is_floating_point():
             raise RopePositionError(f"positions has dtype {pos.dtype}; table rows are indexed by integers")
         pos = pos.to(device=device, dtype=torch.int64)
