@@ -394,9 +394,10 @@ def apply_rope(
     spec: instead of tables, a ``RopeSpec``: angles come from its fp64 frequencies for exactly the
     tokens' positions (triton computes them inside the kernel, with no table at all, to within
     1 fp32 ulp; the other backends build exact fp64 rows for those tokens).  ``layout`` then
-    defaults to ``spec.layout``.
-    Math in at least float32; the result has x's dtype.  Works with autograd (out of place) and
-    under ``torch.compile(fullgraph=True)``.
+    defaults to ``spec.layout``.  spec= prepares frequencies on the host, so it is an eager-mode
+    form: inside ``torch.compile`` pass tables.
+    Math in at least float32; the result has x's dtype.  Works with autograd (out of place) and,
+    with tables, under ``torch.compile(fullgraph=True)`` (one custom op, no graph break).
 
     >>> import ropekit as rk, torch
     >>> spec = rk.RopeSpec(head_dim=8)
