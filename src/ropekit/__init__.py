@@ -43,6 +43,8 @@ _LAZY = {
     "apply_rope": "ropekit.apply",
     "apply_rope_qk": "ropekit.apply",
     "apply_rope_qkv": "ropekit.apply",
+    # the transformers-compatible module
+    "RotaryEmbedding": "ropekit.module",
     # interop
     "permute_qk": "ropekit.permute",
     # doctor
