@@ -21,3 +21,8 @@ def test_bench_help_lists_the_options(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--gpu" in out and "--shapes" in out and "clone()" in out
+
+
+def test_bench_threads_must_be_positive(capsys, tmp_path):
+    assert main(["bench", "--threads", "0", "--out", str(tmp_path)]) == 2
+    assert "--threads=0 must be >= 1" in capsys.readouterr().err

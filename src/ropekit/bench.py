@@ -8,7 +8,7 @@ and one decode step (one new token for each of 32 sequences, each at its own pos
 Providers (all rotate q and k by the same angles, out of place; the table says which ran):
 
 * ``ropekit``: ``apply_rope_qk`` on bshd tensors, compact fp32 tables (auto backend: the compiled
-  CPU path for big tensors, the reference below ``CPU_COMPILE_MIN_NUMEL``);
+  CPU path for big tensors, the reference below ``CPU_COMPILE_MIN_NUMEL``); also in place;
 * ``hf eager``: transformers' ``apply_rotary_pos_emb`` on bhsd tensors with duplicated tables cast
   to the input dtype, exactly as transformers' Llama calls it;
 * ``hf compiled``: ``torch.compile`` of that function;
@@ -142,6 +142,13 @@ def cpu_providers(shape: Shape, dtype: torch.dtype) -> dict[str, tuple[Callable[
         "clone": (lambda: (q.clone(), k.clone()), "q.clone(), k.clone()"),
         "ropekit": (lambda: rk.apply_rope_qk(q, k, cos, sin, positions=positions), f"apply_rope_qk, backend={auto}"),
     }
+    # in place: no output allocation (on a CPU, a fresh output's page faults can cost more than
+    # the rotation itself); rotating the same tensors again and again keeps their norms
+    qi, ki = q.clone(), k.clone()
+    out["ropekit in place"] = (
+        lambda: rk.apply_rope_qk(qi, ki, cos, sin, positions=positions, inplace=True),
+        f"apply_rope_qk(inplace=True), backend={auto}",
+    )
     if auto != "cpu":  # small shapes: also show what the compiled path costs there
         out["ropekit (cpu forced)"] = (
             lambda: rk.apply_rope_qk(q, k, cos, sin, positions=positions, backend="cpu"),

@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--shapes", default=",".join(s.name for s in CPU_SHAPES),
                    help="comma-separated CPU shapes (default: all: %(default)s)")  # fmt: skip
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for every provider (default: torch's). 1 gives stable figures on a "
+                        "busy machine, where a parallel loop waits whenever one of its threads is descheduled")  # fmt: skip
     p.add_argument("--gpu", action="store_true", help="also run the GPU benchmark (needs CUDA)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU table")
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG chart")
@@ -59,6 +62,10 @@ def run(args) -> int:
     from .. import bench
 
     shapes, dtypes = _parse(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise RopeError(f"--threads={args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     # other processes on the machine distort timings: say how busy it was
@@ -67,12 +74,15 @@ def run(args) -> int:
     if not args.no_cpu:
         print("CPU: best of interleaved rounds, ms per call, and its ratio to clone() of the same q and k (1.00x = a copy)")
         rows = bench.run_cpu(shapes, dtypes)
-        path = os.path.join(args.out, "speed_cpu.csv")
+        for row in rows:
+            row["threads"] = torch.get_num_threads()
+        suffix = "" if args.threads is None else f"_{args.threads}thread"
+        path = os.path.join(args.out, f"speed_cpu{suffix}.csv")
         bench.write_csv(rows, path)
         print("\n" + bench.markdown(rows) + "\n")
         print(f"wrote {path}")
         if not args.no_plot:
-            png = os.path.join(args.out, "speed_cpu.png")
+            png = os.path.join(args.out, f"speed_cpu{suffix}.png")
             bench.plot(rows, png)
             print(f"wrote {png}")
     if args.gpu:

@@ -17,7 +17,7 @@ Cos/sin come from a compact table ``[P, R]`` indexed by ``pos``, or are computed
 * the remaining fraction of a turn (|t| <= 1/2, 64 bits) becomes an angle in [-pi, pi) in fp64,
   whose cos/sin are evaluated in fp64 once per (token, frequency) and shared by all heads, then
   rounded once to fp32.  The result is within 1 fp32 ulp of the exactly rounded value for every
-  position < 2**31 (tests/test_kernels_triton.py proves it against mpmath up to 2**24).
+  position < 2**31 (tests/test_kernels_angles.py proves it against mpmath up to 2**24).
 
 >>> import torch
 >>> from ropekit.kernels.triton import turns_fixed_point
