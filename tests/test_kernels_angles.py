@@ -111,3 +111,19 @@ def test_spec_mode_bad_input(call, match):
     spec = rk.RopeSpec(head_dim=8)
     with pytest.raises(rk.RopeError, match=match):
         call(torch.randn(1, 4, 2, 8), spec)
+
+
+def test_in_kernel_angle_grads_match_reference_with_attention_factor():
+    # the backward of the scaled rotation f R(theta) is f R(-theta): same kernel, same factor
+    spec = rk.RopeSpec(head_dim=16, scaling={"kind": "yarn", "factor": 4.0, "original_max_position_embeddings": 64})
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 3, 2, 16, generator=g)
+    k = torch.randn(1, 3, 1, 16, generator=g)
+    up = (torch.randn(1, 3, 2, 16, generator=g), torch.randn(1, 3, 1, 16, generator=g))
+    grads = {}
+    for backend in ("triton", "reference"):
+        a, b = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+        torch.autograd.backward(rk.apply_rope_qk(a, b, spec=spec, offsets=1000, backend=backend), up)
+        grads[backend] = (a.grad, b.grad)
+    for t, r in zip(grads["triton"], grads["reference"]):
+        assert (t - r).abs().max().item() <= 4e-6

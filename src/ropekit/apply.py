@@ -388,7 +388,8 @@ def apply_rope(
     positions: when given, ``cos``/``sin`` are full tables indexed by it (``[S]``, ``[B, S]`` or
     ``[T]``); when absent, row ``i + offset`` belongs to sequence index ``i``.
     offsets: int or one per batch row / sequence (KV-cache decoding, context-parallel shards).
-    inverse: rotate backwards (undoes the forward rotation exactly, up to rounding).
+    inverse: rotate backwards (undoes the forward rotation exactly, up to rounding; with an
+    attention factor baked into the tables it is the transpose, which scales by it again).
     backend: ``None`` picks by device (CUDA: triton; CPU: the compiled cpu path), or force
     ``"reference"`` | ``"cpu"`` | ``"triton"``.
     spec: instead of tables, a ``RopeSpec``: angles come from its fp64 frequencies for exactly the
