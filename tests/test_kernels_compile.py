@@ -89,3 +89,21 @@ def test_cpu_compiled_variants_are_keyed_on_what_changes_the_code():
     assert cpu_kernel.cache_key(x, cos, interleaved=True, inplace=False) != cpu_kernel.cache_key(
         x.bfloat16(), cos, interleaved=True, inplace=False
     )
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_real_output_strides_match_the_fake(backend, layout):
+    # torch.compile plans the graph with the fake's strides: the kernel must honour them, also
+    # for a strided (bhsd) view and full rotary, where a pointwise result could keep x's strides
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ropekit.kernels import ops
+
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=32, layout=layout), 16)
+    x4 = torch.randn(2, 4, 6, 32).transpose(1, 2)
+    pos = torch.arange(6)[None].expand(2, 6)
+    real = ops.rope(x4, cos, sin, pos, layout == "interleaved", False, backend)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = ops.rope(mode.from_tensor(x4), cos, sin, pos, layout == "interleaved", False, backend)
+    assert real.stride() == fake.stride()

@@ -148,7 +148,10 @@ def rotate_cpu(x4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: 
         try:
             with _CompileSettings():
                 # pos is small: a contiguous copy spares a recompile per stride pattern
-                return _compiled(key)(x4, cos, sin, pos.contiguous(), sign, bool(inplace))
+                out = _compiled(key)(x4, cos, sin, pos.contiguous(), sign, bool(inplace))
+            # the op's fake promises a contiguous result; inductor may keep x's strides instead
+            # (a pointwise result of a strided view), so make the promise true
+            return out if inplace or out.is_contiguous() else out.contiguous()
         except Exception as exc:  # inductor/toolchain failure: say so once, then use the reference
             if not _is_compile_failure(exc):
                 raise
