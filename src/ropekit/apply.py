@@ -194,6 +194,7 @@ def _flatten_batched_table(cos: torch.Tensor, sin: torch.Tensor, x4: torch.Tenso
 # ---------------------------------------------------------------------------------------------
 
 _log = logging.getLogger("ropekit")
+_WARNED: dict[str, bool] = {}
 
 
 def _triton_available() -> bool:
@@ -224,7 +225,9 @@ def _backend_name(x: torch.Tensor, backend: str | None) -> str:
     if x.device.type == "cuda":
         if _triton_available():
             return "triton"
-        _log.warning("ropekit: triton is not installed; CUDA tensors use the (slower) reference rotation")
+        if not _WARNED.get("no_triton"):  # visible, once per process (not once per call)
+            _log.warning("ropekit: triton is not installed; CUDA tensors use the (slower) reference rotation")
+            _WARNED["no_triton"] = True
         return "reference"
     if x.device.type == "cpu":
         # compiling a variant costs seconds; below ~1M elements the reference is already fast
