@@ -119,6 +119,7 @@ def resolve_positions(
     """
     B, S = x4.shape[0], x4.shape[1]
     device = x4.device
+    host_bounds = None
     if positions is not None and offsets is not None:
         raise RopePositionError("pass either positions or offsets, not both (add the offset to positions)")
     if positions is not None:
@@ -155,6 +156,10 @@ def resolve_positions(
         pos = pos.unsqueeze(0)
     else:
         pos = torch.arange(S, device=device).expand(B, S)
+        if offsets is None or isinstance(offsets, int):
+            # bounds known on the host: no device read (on CUDA each .item() is a sync)
+            start = 0 if offsets is None else int(offsets)
+            host_bounds = (start, start + S - 1)
         if offsets is not None:
             off = _int_tensor(offsets, "offsets", device)
             if off.dim() == 0:
@@ -164,11 +169,11 @@ def resolve_positions(
             else:
                 raise RopeShapeError(f"offsets {_shape(off)} must be an int or have one entry per batch row ({B})")
     if check and pos.numel():
-        lo = int(pos.min().item())
+        lo, hi = host_bounds if host_bounds is not None else (int(pos.min().item()), None)
         if lo < 0:
             raise RopePositionError(f"a token has position {lo}; positions must be >= 0")
         if n_rows is not None:
-            hi = int(pos.max().item())
+            hi = int(pos.max().item()) if hi is None else hi
             if hi >= n_rows:
                 raise RopePositionError(
                     f"a token needs table row {hi} but cos/sin have {n_rows} rows; build the table for "
@@ -307,8 +312,6 @@ def _prepare(tensors, names, cos, sin, *, spec, layout, format, positions, offse
     layout = normalize_layout("half" if layout is None else layout)
     views = [_canonical_view(x, format, name) for x, name in zip(tensors, names)]
     x4 = views[0]
-    if positions is not None and _check_values():
-        positions = as_positions(positions)
     n_rows = cos.shape[0] if spec is None and cos.dim() == 2 and _check_values() else None
     pos = resolve_positions(x4, format, positions, offsets, cu_seqlens, n_rows=n_rows, check=_check_values())
     name = _backend_name(x4, backend)
