@@ -165,3 +165,11 @@ def test_fp64_inputs_use_fp64_math(backend):
     y = rk.apply_rope(x, cos, sin, backend=backend)
     inv, _ = rk.inv_freq(spec)
     assert_close_to(y, rope_fp64(x, inv, torch.arange(16)[None].expand(2, 16), "half"))
+
+
+@pytest.mark.parametrize("offsets, match", [(-1, "position -1"), (5, "needs table row 8 but cos/sin have 8 rows"),
+                                            (torch.tensor([0, 5]), "needs table row 8")])  # fmt: skip
+def test_offsets_out_of_the_table_are_clear_errors(offsets, match):
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=8), 8)
+    with pytest.raises(rk.RopePositionError, match=match):
+        rk.apply_rope(torch.randn(2, 4, 1, 8), cos, sin, offsets=offsets)
