@@ -10,8 +10,11 @@ in bf16).
 Compiled variants are cached under an explicit key holding *everything that changes the code*:
 device type, x dtype, table dtype, layout and in/out of place (shapes and strides stay symbolic,
 ``dynamic=True``, and the direction is a runtime sign; torch's guards still recompile on anything
-else that changes).  Each
-key gets its own code object, so one variant's recompiles never evict another's.
+else that changes).  Each key gets its own code object, so one variant's recompiles never evict
+another's.
+
+In place is not cheaper here: each output element depends on another element of the same
+buffer, so inductor computes the rotated dims into a temporary and copies them back.
 
 When no C++ compiler is available (or compilation fails), the path falls back to the reference,
 *visibly*: a warning on the ``ropekit`` logger and ``status()`` says so.
