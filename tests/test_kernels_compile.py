@@ -85,7 +85,7 @@ def test_cpu_compiled_variants_are_keyed_on_what_changes_the_code():
     x = torch.randn(1, 8, 2, 16)
     rk.apply_rope(rk.apply_rope(x, cos, sin, backend="cpu"), cos, sin, backend="cpu", inverse=True)
     keys = [k for k in cpu_kernel.status()["compiled_variants"] if k[1] == torch.float32 and k[3] is False]
-    assert ("cpu", torch.float32, torch.float32, False, False) in keys
+    assert ("cpu", torch.float32, torch.float32, False, False, 1) in keys
     assert cpu_kernel.cache_key(x, cos, interleaved=True, inplace=False) != cpu_kernel.cache_key(
         x.bfloat16(), cos, interleaved=True, inplace=False
     )

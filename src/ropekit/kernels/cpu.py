@@ -35,7 +35,7 @@ import torch
 
 from .reference import compute_dtype, rotate_reference
 
-__all__ = ["rotate_cpu", "status", "cache_key"]
+__all__ = ["rotate_cpu", "rotate_qk_cpu", "status", "cache_key"]
 
 log = logging.getLogger("ropekit")
 
@@ -75,16 +75,29 @@ def _rotate_interleaved(x4, cos, sin, pos, sign, inplace: bool):
     return torch.cat([rotated, x4[..., 2 * n :]], -1)
 
 
-def cache_key(x4: torch.Tensor, cos: torch.Tensor, *, interleaved: bool, inplace: bool) -> tuple:
+def _rotate_qk(q4, k4, cos, sin, pos, sign, inplace: bool):
+    # q and k in one compiled call: one guard check and one dispatch instead of two
+    return _rotate_half(q4, cos, sin, pos, sign, inplace), _rotate_half(k4, cos, sin, pos, sign, inplace)
+
+
+def _rotate_qk_interleaved(q4, k4, cos, sin, pos, sign, inplace: bool):
+    return (_rotate_interleaved(q4, cos, sin, pos, sign, inplace),
+            _rotate_interleaved(k4, cos, sin, pos, sign, inplace))  # fmt: skip
+
+
+_BASES = {(False, 1): _rotate_half, (True, 1): _rotate_interleaved, (False, 2): _rotate_qk, (True, 2): _rotate_qk_interleaved}
+
+
+def cache_key(x4: torch.Tensor, cos: torch.Tensor, *, interleaved: bool, inplace: bool, n_tensors: int = 1) -> tuple:
     """Everything that changes the generated code (shapes and strides are symbolic; the direction
     is a runtime sign tensor, so forward and backward share one compiled variant)."""
-    return (x4.device.type, x4.dtype, cos.dtype, bool(interleaved), bool(inplace))
+    return (x4.device.type, x4.dtype, cos.dtype, bool(interleaved), bool(inplace), int(n_tensors))
 
 
 def _compiled(key: tuple):
     fn = _COMPILED.get(key)
     if fn is None:
-        base = _rotate_interleaved if key[3] else _rotate_half
+        base = _BASES[(key[3], key[5])]
         # a fresh code object per key: torch's recompile limit counts per code object
         name = "_rope_" + "_".join(str(k).replace("torch.", "") for k in key)
         code = base.__code__.replace(co_name=name)
@@ -142,25 +155,47 @@ def status() -> dict:
     return {"compiled_variants": list(_COMPILED), "fallback_reason": _FALLBACK["reason"]}
 
 
-def rotate_cpu(x4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool) -> torch.Tensor:
-    """The kernel contract of ``kernels.reference``, fused by inductor (see the module docstring)."""
+def _contiguous(out: torch.Tensor, inplace: bool) -> torch.Tensor:
+    # the op's fake promises a contiguous result; inductor may keep x's strides instead (a
+    # pointwise result of a strided view), so make the promise true
+    return out if inplace or out.is_contiguous() else out.contiguous()
+
+
+def _run_compiled(tensors, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool):
+    """The compiled variant for one tensor or for (q, k); None when it cannot run (fell back)."""
     reason = _FALLBACK["reason"] or _no_compiler()
     if reason is None:
-        key = cache_key(x4, cos, interleaved=interleaved, inplace=inplace)
-        sign = torch.tensor(-1.0 if inverse else 1.0, dtype=compute_dtype(x4.dtype))
+        key = cache_key(tensors[0], cos, interleaved=interleaved, inplace=inplace, n_tensors=len(tensors))
+        sign = torch.tensor(-1.0 if inverse else 1.0, dtype=compute_dtype(tensors[0].dtype))
         try:
             with _CompileSettings():
                 # pos is small: a contiguous copy spares a recompile per stride pattern
-                out = _compiled(key)(x4, cos, sin, pos.contiguous(), sign, bool(inplace))
-            # the op's fake promises a contiguous result; inductor may keep x's strides instead
-            # (a pointwise result of a strided view), so make the promise true
-            return out if inplace or out.is_contiguous() else out.contiguous()
+                out = _compiled(key)(*tensors, cos, sin, pos.contiguous(), sign, bool(inplace))
+            outs = out if len(tensors) > 1 else (out,)
+            return tuple(_contiguous(o, inplace) for o in outs)
         except Exception as exc:  # inductor/toolchain failure: say so once, then use the reference
             if not _is_compile_failure(exc):
                 raise
             reason = f"torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     _fall_back(reason)
-    return rotate_reference(x4, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace)
+    return None
+
+
+def rotate_cpu(x4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool) -> torch.Tensor:
+    """The kernel contract of ``kernels.reference``, fused by inductor (see the module docstring)."""
+    out = _run_compiled([x4], cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace)
+    if out is None:
+        return rotate_reference(x4, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace)
+    return out[0]
+
+
+def rotate_qk_cpu(q4, k4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool):
+    """q and k (same dtype) in one compiled call."""
+    kw = dict(interleaved=interleaved, inverse=inverse, inplace=inplace)
+    out = _run_compiled([q4, k4], cos, sin, pos, **kw) if q4.dtype == k4.dtype else None
+    if out is None:
+        return rotate_cpu(q4, cos, sin, pos, **kw), rotate_cpu(k4, cos, sin, pos, **kw)
+    return out
 
 
 def _is_compile_failure(exc: Exception) -> bool:

@@ -66,6 +66,10 @@ def _run_qk(q, k, cos, sin, pos, interleaved, inverse, backend, inplace):
         return rotate_qk_triton(
             q, k, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace, **_extra(backend, sin)
         )
+    if backend == "cpu":
+        from .cpu import rotate_qk_cpu
+
+        return rotate_qk_cpu(q, k, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace)
     return (
         _run(q, cos, sin, pos, interleaved, inverse, backend, inplace),
         _run(k, cos, sin, pos, interleaved, inverse, backend, inplace),
