@@ -24,7 +24,8 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="folder for speed_cpu.csv / .png and speed_gpu.csv (default: %(default)s)")
+    p.add_argument("--out", default=os.path.join("benchmarks", "results"),
+                   help="folder for speed_cpu.csv / .png and speed_gpu.csv (default: %(default)s)")  # fmt: skip
     p.add_argument("--shapes", default=",".join(s.name for s in CPU_SHAPES),
                    help="comma-separated CPU shapes (default: all: %(default)s)")  # fmt: skip
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default: %(default)s)")
