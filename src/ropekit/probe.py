@@ -274,7 +274,7 @@ def fingerprint(
     M = y[: P * D].view(P, D, D).transpose(1, 2)  # M[p, out, j] = fn(e_j, p)[out]
     y_rand, x_rand = y[P * D :].view(P, n_rand, D), rand.double().view(P, n_rand, D)
     eps = max(_eps(out_dtype), _eps(dtype))
-    tol = 2 * eps  # one rounding of a value of magnitude <= ~1.4 (attention factors up to ~1.4)
+    tol = eps  # one rounding of a value in [-1, 1] is half of this
 
     def result(**kw) -> Fingerprint:
         base = dict(head_dim=D, dtype=out_dtype, spec=None, inv_freq=torch.zeros(0, dtype=torch.float64),
@@ -346,6 +346,7 @@ def fingerprint(
                       reason=f"dims {pairs[i]} mix but not as a rotation (misfit {block_err:.3g})")
     amp = torch.sqrt(C * C + S * S)
     af = amp.median().item()
+    tol = eps * max(1.0, af)  # values scale with the attention factor, and so does their rounding
     if (amp - af).abs().max().item() > 2 * tol * max(1.0, af):
         return result(pairs=pairs, rotary_dim=r, layout=layout, residual=(amp - af).abs().max().item(),
                       reason=f"the pairs are scaled unevenly (|cos, sin| from {amp.min():.4g} to {amp.max():.4g})")
@@ -410,20 +411,26 @@ def fingerprint(
     # -- parametric families, verified against every probed value -----------------------------
     notes: list[str] = []
     for spec, family, cand_notes in _candidates(theta, r, D, layout, af, last_p, eps):
+        fits = []
         for precision in ("exact", "hf", "float32"):
             c, s, angle = _predict_cs(spec, pos, offset, direction, precision if precision != "float32" else "exact")
             err = torch.maximum((C - c).abs(), (S - s).abs())
             bound = tol if precision != "float32" else tol + 4 * _F32_EPS * (angle + 1) * max(af, 1.0)
             if (err <= bound).all():
-                misfit = max(err.max().item(), structure_err, block_err)
-                notes.extend(cand_notes)
-                if r == 2:
-                    notes.append("rotary_dim=2: the half and interleaved layouts coincide")
-                if precision == "float32":
-                    notes.append("matches only up to float32 angle rounding (neither ropekit's exact nor "
-                                 "transformers' float32 tables bit for bit)")
-                return result(**common, spec=spec, base=spec.base, scaling=family, precision=precision,
-                              residual=misfit, notes=notes)
+                fits.append((err.max().item(), precision))
+            if fits and precision == "hf":
+                break  # exact or hf fits: the float32 bound is only for when neither does
+        if fits:
+            best, precision = min(fits)
+            misfit = max(best, structure_err, block_err)
+            notes.extend(cand_notes)
+            if r == 2:
+                notes.append("rotary_dim=2: the half and interleaved layouts coincide")
+            if precision == "float32":
+                notes.append("matches only up to float32 angle rounding (neither ropekit's exact nor "
+                             "transformers' float32 tables bit for bit)")
+            return result(**common, spec=spec, base=spec.base, scaling=family, precision=precision,
+                          residual=misfit, notes=notes)
     return result(**common, residual=max(measured_fit, structure_err), base=None,
                   reason=f"no plain/linear/llama3/yarn/longrope spec reproduces the measured frequencies "
                          f"(best per-pair fit misses by {measured_fit:.3g}); see inv_freq")
@@ -492,13 +499,16 @@ def _candidates(theta: torch.Tensor, r: int, head_dim: int, layout: str, af: flo
     for bc in _nice(base_prefix)[:6]:
         inv0 = torch.pow(bc, -x)
         rho = theta / inv0
-        fac = 1.0 / rho[-1].item()
+        fac = _tail_factor(rho, theta, sigma)
         if fac <= 1 + 1e-6:
             continue
         for fc in _nice(fac)[:6]:
             g = (rho - 1.0 / fc) / (1 - 1.0 / fc)
-            yield from _llama3_candidates(spec, bc, fc, g, inv0, usable, af_cands)
-            yield from _yarn_candidates(spec, bc, fc, g, r, usable, af, af_cands)
+            # a pair is inside the blend band only if it is there beyond its own measurement noise
+            noise = (8 * sigma / theta.clamp_min(1e-300)) * rho / (1 - 1.0 / fc)
+            band = (g > noise.clamp_min(1e-4)) & (g < 1 - noise.clamp_min(1e-4)) & usable
+            yield from _llama3_candidates(spec, bc, fc, g, band, inv0, af_cands)
+            yield from _yarn_candidates(spec, bc, fc, g, band, r, af, af_cands, 2 * eps * max(1.0, af))
         # longrope-like: one divisor per pair (any frequency set explains itself)
         ext = tuple(float(v) for v in (inv0 / theta.clamp_min(1e-300)).tolist())
         if all(e > 0 and math.isfinite(e) for e in ext):
@@ -507,6 +517,22 @@ def _candidates(theta: torch.Tensor, r: int, head_dim: int, layout: str, af: flo
             if s is not None:
                 yield s, "longrope-like", ["per-pair divisors fitted; short and long factors cannot be told "
                                           "apart from one call, so both hold the fitted ones"]
+
+
+def _tail_factor(rho: torch.Tensor, theta: torch.Tensor, sigma: float) -> float:
+    """1 / rho of the fully scaled (slowest) pairs, averaged over all of them: the slowest pair
+    alone is the least precise (its angle turns least over the probed positions)."""
+    n = rho.numel()
+    rel = sigma / theta.clamp_min(1e-300)  # relative precision of each rho
+    est, weight = rho[-1].item(), 1.0 / rel[-1].item() ** 2
+    for i in range(n - 2, -1, -1):
+        err = (rel[i].item() ** 2 + 1.0 / weight) ** 0.5 * est
+        if abs(rho[i].item() - est) > 6 * err + 1e-12:
+            break
+        w = 1.0 / rel[i].item() ** 2
+        est = (est * weight + rho[i].item() * w) / (weight + w)
+        weight += w
+    return 1.0 / est
 
 
 def _prefix_base(theta, x, ell, sigma):
@@ -529,9 +555,8 @@ def _prefix_base(theta, x, ell, sigma):
 _ORIG_CANDIDATES = (8192, 4096, 2048, 16384, 32768, 65536, 131072, 1024, 262144, 512)
 
 
-def _llama3_candidates(spec, base, factor, g, inv0, usable, af_cands):
+def _llama3_candidates(spec, base, factor, g, band, inv0, af_cands):
     # llama3: the kept fraction g is linear in 1 / wavelength = inv0 / 2pi inside the band
-    band = (g > 1e-4) & (g < 1 - 1e-4) & usable
     u = inv0 / (2 * math.pi)
     if band.sum() >= 2:
         A = torch.stack((u[band], torch.ones_like(u[band])), 1)
@@ -565,10 +590,9 @@ def _llama3_candidates(spec, base, factor, g, inv0, usable, af_cands):
                             f"are identifiable only as ratios; chose original_max_position_embeddings={orig}"]
 
 
-def _yarn_candidates(spec, base, factor, g, r, usable, af, af_cands):
+def _yarn_candidates(spec, base, factor, g, band, r, af, af_cands, af_tol):
     # yarn: the kept fraction is 1 - ramp, linear in the pair index between the bounds
     idx = torch.arange(g.numel(), dtype=torch.float64)
-    band = (g > 1e-4) & (g < 1 - 1e-4) & usable
     if band.sum() >= 2:
         A = torch.stack((idx[band], torch.ones_like(idx[band])), 1)
         c1, c0 = torch.linalg.lstsq(A, g[band][:, None]).solution.flatten().tolist()
@@ -591,7 +615,7 @@ def _yarn_candidates(spec, base, factor, g, r, usable, af, af_cands):
             if abs(lo - low) > 0.02 or abs(hi - high) > 0.02:
                 continue
             implied = spec_attention_factor(RopeSpec(head_dim=r, base=base, scaling=sc))
-            attn = [None] if abs(implied - af) <= 1e-6 else af_cands
+            attn = [None] if abs(implied - af) <= af_tol else af_cands
             for ac in attn:
                 s = spec(base, sc, ac)
                 if s is not None:
