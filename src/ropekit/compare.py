@@ -288,7 +288,8 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
         text = f"rotary_dim: {a} rotates {sa.rotary_dim} of {D} dims, {b} rotates {sb.rotary_dim}"
         k = math.log2(sa.rotary_dim / sb.rotary_dim) if sb.rotary_dim else 0
         if k >= 1 and k.is_integer():
-            text += f" ({b}'s looks halved {int(k)} time(s) too many: a partial_rotary_factor applied to an already reduced rotary_dim)"
+            text += (f" (a factor 2**{int(k)}: if that is not intended, check that partial_rotary_factor is "
+                     f"applied once, to head_dim, not to an already reduced rotary_dim)")
         diffs.append(Difference("rotary_dim", sa.rotary_dim, sb.rotary_dim, text))
         config["rotary_dim"] = sa.rotary_dim
         fixes.append(f"set {b}'s rotary_dim to {sa.rotary_dim} (partial_rotary_factor={sa.rotary_dim / D:g} of "
@@ -312,10 +313,10 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
                                                                f"{b} {sb.layout} (pairs {_pairs_text(sb.layout)})"))
         heads = n_heads if n_heads is not None else "<n_heads>"
         fixes.append(
-            f"permute {b}'s q/k projection rows to {a}'s layout: "
+            f"to run weights made for {b} under {a}'s rotation, permute their q/k projection rows: "
             f"w = ropekit.permute_qk(w, n_heads={heads}, head_dim={D}, rotary_dim={sa.rotary_dim}, "
-            f"src='{sb.layout}', dst='{sa.layout}') for q_proj and k_proj (n_heads = KV heads for k_proj); "
-            f"or run {b}'s weights with layout='{sb.layout}'"
+            f"src='{sb.layout}', dst='{sa.layout}') for q_proj and k_proj (n_heads = KV heads for k_proj; "
+            f"src/dst swapped for the other direction); or set layout='{sa.layout}' in {b}"
         )
     if fa.offset != fb.offset:
         shift = fb.offset - fa.offset
