@@ -94,12 +94,12 @@ def _wrap(a: torch.Tensor) -> torch.Tensor:
     return torch.remainder(a + math.pi, _TWO_PI) - math.pi
 
 
-def _nice(value: float, max_digits: int = 9) -> list[float]:
+def _nice(value: float, max_digits: int = 9, rel_tol: float = 1e-3) -> list[float]:
     """Short decimal candidates for a fitted number, shortest first, the raw value last."""
     out: list[float] = []
     for k in range(1, max_digits + 1):
         c = float(f"{value:.{k}g}")
-        if c not in out and abs(c - value) <= 1e-3 * abs(value):
+        if c not in out and abs(c - value) <= rel_tol * abs(value):
             out.append(c)
     if value not in out:
         out.append(value)
@@ -410,27 +410,28 @@ def fingerprint(
 
     # -- parametric families, verified against every probed value -----------------------------
     notes: list[str] = []
-    for spec, family, cand_notes in _candidates(theta, r, D, layout, af, last_p, eps):
-        fits = []
-        for precision in ("exact", "hf", "float32"):
-            c, s, angle = _predict_cs(spec, pos, offset, direction, precision if precision != "float32" else "exact")
-            err = torch.maximum((C - c).abs(), (S - s).abs())
-            bound = tol if precision != "float32" else tol + 4 * _F32_EPS * (angle + 1) * max(af, 1.0)
-            if (err <= bound).all():
-                fits.append((err.max().item(), precision))
-            if fits and precision == "hf":
-                break  # exact or hf fits: the float32 bound is only for when neither does
-        if fits:
-            best, precision = min(fits)
-            misfit = max(best, structure_err, block_err)
-            notes.extend(cand_notes)
-            if r == 2:
-                notes.append("rotary_dim=2: the half and interleaved layouts coincide")
-            if precision == "float32":
-                notes.append("matches only up to float32 angle rounding (neither ropekit's exact nor "
-                             "transformers' float32 tables bit for bit)")
-            return result(**common, spec=spec, base=spec.base, scaling=family, precision=precision,
-                          residual=misfit, notes=notes)
+    # first pass: bit-level fits (exact or hf tables); second pass: float32 angle-rounding bounds
+    candidates = list(_candidates(theta, r, D, layout, af, last_p, eps))
+    for precisions in (("exact", "hf"), ("float32",)):
+        for spec, family, cand_notes in candidates:
+            fits = []
+            for precision in precisions:
+                c, s, angle = _predict_cs(spec, pos, offset, direction, precision if precision != "float32" else "exact")
+                err = torch.maximum((C - c).abs(), (S - s).abs())
+                bound = tol if precision != "float32" else tol + 4 * _F32_EPS * (angle + 1) * max(af, 1.0)
+                if (err <= bound).all():
+                    fits.append((err.max().item(), precision))
+            if fits:
+                best, precision = min(fits)
+                misfit = max(best, structure_err, block_err)
+                notes.extend(cand_notes)
+                if r == 2:
+                    notes.append("rotary_dim=2: the half and interleaved layouts coincide")
+                if precision == "float32":
+                    notes.append("matches only up to float32 angle rounding (neither ropekit's exact nor "
+                                 "transformers' float32 tables bit for bit)")
+                return result(**common, spec=spec, base=spec.base, scaling=family, precision=precision,
+                              residual=misfit, notes=notes)
     return result(**common, residual=max(measured_fit, structure_err), base=None,
                   reason=f"no plain/linear/llama3/yarn/longrope spec reproduces the measured frequencies "
                          f"(best per-pair fit misses by {measured_fit:.3g}); see inv_freq")
@@ -496,27 +497,40 @@ def _candidates(theta: torch.Tensor, r: int, head_dim: int, layout: str, af: flo
     yield from out
     if base_prefix is None:
         return
-    for bc in _nice(base_prefix)[:6]:
+    # bases that reproduce the unscaled leading pairs to their precision, shortest first
+    bases = [bc for bc in _nice(base_prefix)
+             if ((torch.pow(bc, -x[:prefix]) - theta[:prefix]).abs() <= 16 * sigma + 4 * _F32_EPS * theta[:prefix]).all()]
+    bases = bases or [base_prefix]
+    for bc in bases[:3]:
         inv0 = torch.pow(bc, -x)
         rho = theta / inv0
         fac = _tail_factor(rho, theta, sigma)
-        if fac <= 1 + 1e-6:
-            continue
-        for fc in _nice(fac)[:6]:
+        factors = _nice(fac)[:6] if fac > 1 + 1e-6 else []
+        # a yarn ramp can end before any pair is fully scaled; then the slowest pair does not show
+        # the factor, but yarn's default attention factor (0.1 ln f + 1) still does
+        yarn_only = []
+        if af > 1 + 2 * eps:
+            # af is measured to ~eps, so f = exp(10 (af - 1)) only to ~10 eps relative
+            implied = _nice(math.exp((af - 1) / 0.1), rel_tol=max(1e-3, 20 * eps * af))
+            yarn_only = [f for f in implied[:6] if f > 1 and f not in factors]
+        for fc in factors + yarn_only:
             g = (rho - 1.0 / fc) / (1 - 1.0 / fc)
             # a pair is inside the blend band only if it is there beyond its own measurement noise
             noise = (8 * sigma / theta.clamp_min(1e-300)) * rho / (1 - 1.0 / fc)
             band = (g > noise.clamp_min(1e-4)) & (g < 1 - noise.clamp_min(1e-4)) & usable
-            yield from _llama3_candidates(spec, bc, fc, g, band, inv0, af_cands)
+            if fc in factors:
+                yield from _llama3_candidates(spec, bc, fc, g, band, inv0, af_cands)
             yield from _yarn_candidates(spec, bc, fc, g, band, r, af, af_cands, 2 * eps * max(1.0, af))
-        # longrope-like: one divisor per pair (any frequency set explains itself)
-        ext = tuple(float(v) for v in (inv0 / theta.clamp_min(1e-300)).tolist())
-        if all(e > 0 and math.isfinite(e) for e in ext):
-            lr = LongRope(short_factor=ext, long_factor=ext, original_max_position_embeddings=2**31 - 1)
-            s = spec(bc, lr, af_spec)
-            if s is not None:
-                yield s, "longrope-like", ["per-pair divisors fitted; short and long factors cannot be told "
-                                          "apart from one call, so both hold the fitted ones"]
+    # longrope-like, last: one divisor per pair explains any frequency set, so it must not shadow
+    # a family with fewer parameters
+    bc = bases[0]
+    ext = tuple(float(v) for v in (torch.pow(bc, -x) / theta.clamp_min(1e-300)).tolist())
+    if all(e > 0 and math.isfinite(e) for e in ext):
+        lr = LongRope(short_factor=ext, long_factor=ext, original_max_position_embeddings=2**31 - 1)
+        s = spec(bc, lr, af_spec)
+        if s is not None:
+            yield s, "longrope-like", ["per-pair divisors fitted; short and long factors cannot be told "
+                                      "apart from one call, so both hold the fitted ones"]
 
 
 def _tail_factor(rho: torch.Tensor, theta: torch.Tensor, sigma: float) -> float:
