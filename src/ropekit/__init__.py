@@ -42,6 +42,8 @@ _LAZY = {
     # tables -> rotation
     "apply_rope": "ropekit.apply",
     "apply_rope_qk": "ropekit.apply",
+    # the transformers-compatible module
+    "RotaryEmbedding": "ropekit.module",
     # interop
     "permute_qk": "ropekit.permute",
     # doctor

@@ -16,7 +16,7 @@ from ..errors import RopeError
 __all__ = ["main", "build_parser"]
 
 #: subcommand modules, in the order `ropekit --help` lists them
-COMMANDS = ("doctor", "spec", "convert", "bench")
+COMMANDS = ("doctor", "spec", "convert", "bench", "plot")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,47 @@
+"""`ropekit plot`: wavelength-per-pair and table-error-vs-position pictures of one or more specs."""
+
+from __future__ import annotations
+
+import argparse
+
+KINDS = ("wavelengths", "error")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plot",
+        help="pictures: wavelengths per pair per scaling, cos/sin table error vs position",
+        description=(
+            "Draw the wavelength of every rotating pair (log scale), or the float32 cos/sin table error "
+            "against a float64 table over positions (transformers' float32 arithmetic and ropekit's exact "
+            "tables), for one or more configs. Needs the 'plot' extra (matplotlib)."
+        ),
+        epilog=(
+            "examples:\n  ropekit plot wavelengths Llama-2-7B Llama-3.1-8B Phi-3.5-mini-instruct -o wl.png\n"
+            "  ropekit plot error Llama-3.1-8B --max-position 16777216 -o err.png"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("kind", choices=KINDS, help="which picture")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="config files, model directories or catalog names")
+    p.add_argument("-o", "--output", required=True, help="image file to write (png, svg, pdf)")
+    p.add_argument("--layer-type", default=None, help="for per-layer-type configs (e.g. sliding_attention)")
+    p.add_argument("--layout", default=None, help="half|interleaved, for families whose config does not say it")
+    p.add_argument("--max-position", type=int, default=2**24, help="error plot: last position (default 2**24)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..dialects import from_config
+    from ..plot import plot_error, plot_wavelengths
+    from .spec import resolve_config
+
+    specs = {}
+    for name in args.configs:
+        specs[name] = from_config(resolve_config(name), layer_type=args.layer_type, layout=args.layout)
+    if args.kind == "wavelengths":
+        path = plot_wavelengths(specs, args.output)
+    else:
+        path = plot_error(specs, args.output, max_position=args.max_position)
+    print(f"wrote {path}")
+    return 0

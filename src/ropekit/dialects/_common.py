@@ -1,0 +1,154 @@
+"""Shared helpers of the config readers: loading a config from any accepted form, and reading
+typed values out of it with errors that name the key and the value.
+
+A reader never trusts a config: every value it uses passes through ``number``, ``integer`` or
+``flag`` here, so a malformed config fails with one line that names the offending key instead
+of a traceback from deep inside torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from ..errors import RopeConfigError, RopeSpecError
+
+__all__ = ["Source", "load", "number", "integer", "flag", "spec_error"]
+
+_MISSING = object()
+
+
+class Source:
+    """A config as a plain dict plus where it came from (for messages)."""
+
+    def __init__(self, data: dict[str, Any], origin: str, filename: str | None = None):
+        self.data = data
+        self.origin = origin  # "config.json at /path", "dict", "LlamaConfig"
+        self.filename = filename  # "config.json" / "params.json" / "model_config.yaml" / None
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"Source({self.origin})"
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise RopeConfigError(f"{path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise RopeConfigError(f"{path} is not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise RopeConfigError(f"{path} holds a JSON {type(data).__name__}; a config is a JSON object")
+    return data
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    from ..errors import require
+
+    yaml = require("yaml", "litgpt")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)  # safe_load: a config file never constructs Python objects
+    except yaml.YAMLError as exc:
+        raise RopeConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RopeConfigError(f"{path} holds a YAML {type(data).__name__}; a config is a mapping")
+    return data
+
+
+#: files a model directory may hold, in the order they are looked for
+CONFIG_FILES = ("config.json", "params.json", "model_config.yaml")
+
+
+def load(config: Any) -> Source:
+    """A PretrainedConfig, a dict, or a path (file or model directory) as a ``Source``."""
+    if isinstance(config, dict):
+        return Source(dict(config), "dict")
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        if os.path.isdir(path):
+            for name in CONFIG_FILES:
+                candidate = os.path.join(path, name)
+                if os.path.isfile(candidate):
+                    return load(candidate)
+            raise RopeConfigError(f"{path} is a directory without {', '.join(CONFIG_FILES)}")
+        if not os.path.exists(path):
+            raise RopeConfigError(f"config path {path!r} does not exist")
+        name = os.path.basename(path)
+        data = _read_yaml(path) if name.endswith((".yaml", ".yml")) else _read_json(path)
+        return Source(data, f"{name} at {path}", name)
+    to_dict = getattr(config, "to_dict", None)
+    if callable(to_dict):  # transformers' PretrainedConfig (already standardized by transformers)
+        data = to_dict()
+        if not isinstance(data, dict):
+            raise RopeConfigError(f"{type(config).__name__}.to_dict() returned {type(data).__name__}, not a dict")
+        return Source(data, type(config).__name__)
+    raise RopeConfigError(
+        f"config of type {type(config).__name__} is not supported; pass a transformers PretrainedConfig, "
+        f"a dict, or a path to config.json / params.json / model_config.yaml / a model directory"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# typed reads: each names the key (with its path inside the config) and the bad value
+# ---------------------------------------------------------------------------------------------
+
+
+def _get(d: dict, key: str, default: Any) -> Any:
+    value = d.get(key, _MISSING)
+    return default if value is _MISSING or value is None else value
+
+
+def number(d: dict, key: str, default: Any = _MISSING, *, where: str = "") -> float:
+    """``d[key]`` as a finite float (``default`` when absent or null; required when no default)."""
+    value = _get(d, key, default)
+    if value is _MISSING:
+        raise RopeConfigError(f"{where}{key} is missing from the config")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RopeConfigError(f"{where}{key}={value!r} must be a number")
+    if not math.isfinite(value):
+        raise RopeConfigError(f"{where}{key}={value!r} must be finite")
+    return float(value)
+
+
+def integer(d: dict, key: str, default: Any = _MISSING, *, where: str = "", low: int = 1) -> int:
+    """``d[key]`` as an int >= ``low`` (an integral float such as 4096.0 is accepted)."""
+    value = _get(d, key, default)
+    if value is _MISSING:
+        raise RopeConfigError(f"{where}{key} is missing from the config")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RopeConfigError(f"{where}{key}={value!r} must be an integer")
+    if value < low:
+        raise RopeConfigError(f"{where}{key}={value!r} must be >= {low}")
+    return value
+
+
+def flag(d: dict, key: str, default: bool, *, where: str = "") -> bool:
+    value = _get(d, key, default)
+    if not isinstance(value, bool):
+        raise RopeConfigError(f"{where}{key}={value!r} must be true or false")
+    return value
+
+
+def numbers(d: dict, key: str, *, where: str = "") -> list[float]:
+    value = d.get(key)
+    if value is None:
+        raise RopeConfigError(f"{where}{key} is missing from the config")
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise RopeConfigError(f"{where}{key}={value!r} must be a list of numbers")
+    out = []
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise RopeConfigError(f"{where}{key}[{i}]={v!r} must be a finite number")
+        out.append(float(v))
+    return out
+
+
+def spec_error(source: Source, exc: RopeSpecError) -> RopeConfigError:
+    """A spec validation error re-raised as a config error that says which config it came from."""
+    return RopeConfigError(f"{source.origin}: {exc}")
