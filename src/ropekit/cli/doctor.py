@@ -231,7 +231,7 @@ def run(args) -> int:
     rep = compare(fn_a, fn_b, dim_a, dtype=dtype, dtype_b=dtype_b, max_position=args.max_position,
                   n_heads=args.n_heads, names=("A", "B"))
     if args.json:
-        print(json.dumps({"a": name_a, "b": name_b, **rep.to_dict()}, indent=2))
+        print(json.dumps({"name_a": name_a, "name_b": name_b, **rep.to_dict()}, indent=2))
     else:
         print(f"A = {name_a}\nB = {name_b}")
         print(rep.report(show_mean=args.show_mean))
