@@ -42,7 +42,7 @@ def test_zoo_is_covered():
     assert set(ZOO_EXPECTED) == set(rk.zoo.ZOO)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", list(ZOO_EXPECTED))
 def test_zoo_entry_exact_spec(name, dtype):
     entry = rk.zoo.ZOO[name]
@@ -223,3 +223,15 @@ def test_precision_hf_vs_exact_long_positions():
     assert exact.spec == hf.spec == spec
     assert (exact.precision, hf.precision) == ("exact", "hf")
     assert math.isfinite(exact.residual) and exact.residual <= 1.2e-7
+
+
+def test_ntk_by_alpha_is_a_plain_rope_and_is_named():
+    # NTK-by-alpha: base' = base * alpha ** (r / (r - 2)); the same rotation as a plain RoPE of base'
+    r, alpha = 128, 8.0
+    ntk_base = 10000.0 * alpha ** (r / (r - 2))
+    fp = rk.fingerprint(rk.zoo.hf_rotate_half(r, ntk_base), r)
+    assert fp.scaling == "plain" and fp.spec.scaling is None
+    assert fp.spec.base == pytest.approx(ntk_base, rel=1e-6)
+    assert any("NTK-by-alpha of base 10000 with alpha=8" in n for n in fp.notes), fp.notes
+    # an ordinary base gets no such note
+    assert not any("NTK" in n for n in rk.fingerprint(rk.zoo.hf_rotate_half(r, 20000.0), r).notes)

@@ -427,6 +427,8 @@ def fingerprint(
                 notes.extend(cand_notes)
                 if r == 2:
                     notes.append("rotary_dim=2: the half and interleaved layouts coincide")
+                if family == "plain":
+                    notes.extend(_ntk_alpha_notes(spec.base, r, sigma_rel=4 * eps / last_p))
                 if precision == "float32":
                     notes.append("matches only up to float32 angle rounding (neither ropekit's exact nor "
                                  "transformers' float32 tables bit for bit)")
@@ -435,6 +437,32 @@ def fingerprint(
     return result(**common, residual=max(measured_fit, structure_err), base=None,
                   reason=f"no plain/linear/llama3/yarn/longrope spec reproduces the measured frequencies "
                          f"(best per-pair fit misses by {measured_fit:.3g}); see inv_freq")
+
+
+#: bases that NTK-by-alpha models start from
+_NTK_START_BASES = (10000.0, 500000.0, 1000000.0)
+
+
+def _ntk_alpha_notes(base: float, r: int, sigma_rel: float) -> list[str]:
+    """NTK-by-alpha (``base * alpha ** (r / (r - 2))``) is a plain RoPE with a larger base; when the
+    fitted base is such a base with a short alpha, say so (the alpha itself is not identifiable:
+    10000 with alpha 8 and 20000 with a smaller alpha rotate identically)."""
+    if r <= 2 or base in _NTK_START_BASES:
+        return []
+    out = []
+    for b0 in _NTK_START_BASES:
+        if base <= b0:
+            continue
+        alpha = (base / b0) ** ((r - 2) / r)
+        for a in dict.fromkeys(float(f"{alpha:.{k}g}") for k in (1, 2, 3)):  # short alphas only
+            implied = b0 * a ** (r / (r - 2))
+            # the fitted base is snapped to a short decimal that still reproduces fn; 1e-5 is far
+            # tighter than the 3-digit alpha grid (~1e-3), so a match is no coincidence
+            if a > 1 and abs(implied - base) <= max(1e-5, 64 * sigma_rel) * base:
+                out.append(f"base {base:.10g} = NTK-by-alpha of base {b0:g} with alpha={a:g} "
+                           f"({b0:g} * {a:g} ** ({r} / {r - 2})); the two are the same rotation")
+                break
+    return out[:1]
 
 
 def _dims_text(dims: list[int]) -> str:
