@@ -144,3 +144,13 @@ def test_bad_input():
         rk.compare(hf_rotate_half(8), hf_rotate_half(8), 0)
     with pytest.raises(rk.RopeError, match="B.*raised ValueError: nope"):
         rk.compare(hf_rotate_half(8), lambda x, p: (_ for _ in ()).throw(ValueError("nope")), 8)
+
+
+def test_public_names_survive_submodule_imports():
+    # `from ropekit.comparison import ...` (the CLI does) must not turn rk.compare into a module
+    import importlib
+
+    for mod in ("ropekit.comparison", "ropekit.layerdiff", "ropekit.probe", "ropekit.cli.doctor"):
+        importlib.import_module(mod)
+    assert rk.compare.__module__ == "ropekit.comparison" and callable(rk.compare)
+    assert callable(rk.diff_models) and callable(rk.fingerprint)

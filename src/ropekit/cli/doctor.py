@@ -111,7 +111,7 @@ def resolve(arg: str, head_dim: int | None, precision: str):
 def zoo_report(max_position: int = 2**20, all_pairs: bool = False):
     """Fingerprints, verdicts against transformers' Llama RoPE, and fixes, for every zoo entry."""
     from .. import zoo
-    from ..compare import compare
+    from ..comparison import compare
     from ..probe import fingerprint
 
     fps, refs, rows, fixes = {}, {}, [], []
@@ -193,7 +193,7 @@ def _print_fix(title: str, rep) -> None:
 
 
 def run(args) -> int:
-    from ..compare import compare
+    from ..comparison import compare
     from ..probe import fingerprint
 
     if args.max_position < 16:

@@ -1,4 +1,4 @@
-"""compare: are two rotary implementations the same, and if not, what exactly to change.
+"""comparison: are two rotary implementations the same, and if not, what exactly to change.
 
 The verdict is numeric: both functions rotate the same random vectors (exactly representable in
 both dtypes) at positions 0..31 and long ones up to ``max_position``; the error is reported as
