@@ -292,28 +292,28 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
                      f"applied once, to head_dim, not to an already reduced rotary_dim)")
         diffs.append(Difference("rotary_dim", sa.rotary_dim, sb.rotary_dim, text))
         config["rotary_dim"] = sa.rotary_dim
-        fixes.append(f"set {b}'s rotary_dim to {sa.rotary_dim} (partial_rotary_factor={sa.rotary_dim / D:g} of "
+        fixes.append(f"set {_poss(b)} rotary_dim to {sa.rotary_dim} (partial_rotary_factor={sa.rotary_dim / D:g} of "
                      f"head_dim {D}, applied once to head_dim: RopeSpec.with_rotary_fraction({sa.rotary_dim / D:g}))")
     if sa.base != sb.base:
         diffs.append(Difference("base", sa.base, sb.base, f"base (rope_theta): {a} {sa.base:g}, {b} {sb.base:g}"))
         config["base"] = sa.base
-        fixes.append(f"set {b}'s rope_theta to {sa.base:g} (it is {sb.base:g})")
+        fixes.append(f"set {_poss(b)} rope_theta to {sa.base:g} (it is {sb.base:g})")
     if sa.scaling != sb.scaling:
         da, db = scaling_to_dict(sa.scaling), scaling_to_dict(sb.scaling)
         diffs.append(Difference("scaling", da, db, f"scaling: {a} {_scaling_text(sa)}, {b} {_scaling_text(sb)}"))
         config["scaling"] = sa.scaling
-        fixes.append(f"set {b}'s rope_scaling to {da}" if da is not None else f"remove {b}'s rope_scaling")
+        fixes.append(f"set {_poss(b)} rope_scaling to {_hf_scaling(da)}" if da is not None else f"remove {_poss(b)} rope_scaling")
     fa_af, fb_af = spec_attention_factor(sa), spec_attention_factor(sb.replace(**config)) if config else spec_attention_factor(sb)
     if abs(fa_af - fb_af) > 1e-6 * max(1.0, fa_af):
         diffs.append(Difference("attention_factor", fa_af, fb_af, f"attention factor: {a} {fa_af:.6g}, {b} {fb_af:.6g}"))
         config["attention_factor"] = fa_af
-        fixes.append(f"set {b}'s attention_factor to {fa_af:.6g}")
+        fixes.append(f"set {_poss(b)} attention_factor to {fa_af:.6g}")
     if sa.layout != sb.layout:
         diffs.append(Difference("layout", sa.layout, sb.layout, f"layout: {a} {sa.layout} (pairs {_pairs_text(sa.layout)}), "
                                                                f"{b} {sb.layout} (pairs {_pairs_text(sb.layout)})"))
         heads = n_heads if n_heads is not None else "<n_heads>"
         fixes.append(
-            f"to run weights made for {b} under {a}'s rotation, permute their q/k projection rows: "
+            f"to run weights made for {b} under {_poss(a)} rotation, permute their q/k projection rows: "
             f"w = ropekit.permute_qk(w, n_heads={heads}, head_dim={D}, rotary_dim={sa.rotary_dim}, "
             f"src='{sb.layout}', dst='{sa.layout}') for q_proj and k_proj (n_heads = KV heads for k_proj; "
             f"src/dst swapped for the other direction); or set layout='{sa.layout}' in {b}"
@@ -411,6 +411,17 @@ def _shifted(fn, shift):
 def _permuted(fn, perm):
     inv = torch.argsort(perm)
     return lambda x, p: fn(x[:, perm], p)[:, inv]
+
+
+def _poss(name: str) -> str:
+    """English possessive ("transformers'", "B's")."""
+    return name + ("'" if name.endswith("s") else "'s")
+
+
+def _hf_scaling(d: dict) -> dict:
+    """A scaling dict in transformers' config spelling (``rope_type`` first)."""
+    d = dict(d)
+    return {"rope_type": d.pop("kind", None), **d}
 
 
 def _scaling_text(spec) -> str:
