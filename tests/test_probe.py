@@ -235,3 +235,37 @@ def test_ntk_by_alpha_is_a_plain_rope_and_is_named():
     assert any("NTK-by-alpha of base 10000 with alpha=8" in n for n in fp.notes), fp.notes
     # an ordinary base gets no such note
     assert not any("NTK" in n for n in rk.fingerprint(rk.zoo.hf_rotate_half(r, 20000.0), r).notes)
+
+
+# transformers' own LlamaRotaryEmbedding + apply_rotary_pos_emb as the black box: the strongest
+# oracle there is (its tables are cast to the activation dtype, its arithmetic runs in that dtype)
+HF_CASES = [
+    ({"rope_type": "default", "rope_theta": 10000.0}, rk.RopeSpec(head_dim=64, base=10000.0)),
+    ({"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+     rk.RopeSpec(head_dim=64, base=10000.0, scaling=rk.Linear(factor=4.0))),
+    ({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}, rk.RopeSpec(head_dim=64, base=500000.0, scaling=L31)),
+    ({"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 1024},
+     rk.RopeSpec(head_dim=64, base=1e6, scaling=rk.Yarn(factor=4.0, original_max_position_embeddings=1024))),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("params, want", HF_CASES, ids=[c[0]["rope_type"] for c in HF_CASES])
+def test_transformers_llama_rope_is_recovered(params, want, dtype):
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama import modeling_llama as ml
+
+    cfg = transformers.LlamaConfig(hidden_size=256, num_attention_heads=4, max_position_embeddings=32768,
+                                   rope_parameters=params)
+    emb = ml.LlamaRotaryEmbedding(cfg)
+
+    def fn(x, positions):
+        q = x[None, None]  # [batch 1, heads 1, n, head_dim]
+        cos, sin = emb(q, positions[None])
+        return ml.apply_rotary_pos_emb(q, q, cos, sin)[0][0, 0]
+
+    fp = rk.fingerprint(fn, 64, dtype=dtype)
+    assert fp.spec == want, fp.summary()
+    assert (fp.offset, fp.direction, fp.precision) == (0, 1, "hf")
+    assert fp.residual <= torch.finfo(dtype).eps
