@@ -148,7 +148,14 @@ class Comparison:
         return max(self.err_by_position, key=lambda pe: pe[1])[0]
 
     def report(self, show_mean: bool = False) -> str:
-        """The multi-line text the CLI prints."""
+        """The multi-line text the CLI prints (``show_mean``: also the mean signed difference, and
+        why it is not evidence).
+
+        >>> import ropekit as rk
+        >>> rep = rk.compare(rk.zoo.hf_rotate_half(16), rk.zoo.hf_rotate_half(16, 500000.0), 16)
+        >>> print(rep.report().splitlines()[-3])
+        why: base (rope_theta): A 10000, B 500000
+        """
         a, b = self.names
         dt = str(self.dtype).replace("torch.", "")
         lines = []

@@ -115,6 +115,14 @@ class LayerDiff:
         return [r for r in self.rows if re.search(r"\.\d+$", r.name) or r.name == ""]
 
     def table(self, rows: list[ModuleDiff] | None = None) -> str:
+        """Aligned text table: module, input and output max |a - b|, relative error, divergence mark.
+
+        >>> import torch, ropekit as rk
+        >>> m = torch.nn.Linear(2, 2)
+        >>> print(rk.diff_models(m, m, torch.ones(1, 2)).table())
+        module   in max|a-b|  out max|a-b|   relative  diverged
+        <model>            0             0          0
+        """
         rows = self.rows if rows is None else rows
         width = max([len(r.name or "<model>") for r in rows] + [6])
         lines = [f"{'module':{width}s}  {'in max|a-b|':>12s}  {'out max|a-b|':>12s}  {'relative':>9s}  diverged"]
@@ -144,6 +152,14 @@ def diff_models(
     ``mapping``: A's module name -> B's (a dict, or a function returning None to skip a module);
     names not mapped are looked up unchanged.  A module diverges when
     ``max|a - b| > atol + rtol * max|a|``; ``rtol`` defaults to 16 ulps of the outputs' dtype.
+    Returns a :class:`LayerDiff` (``.first_divergence``, ``.rows``, ``.per_layer()``, ``.table()``).
+
+    >>> import torch, ropekit as rk
+    >>> a = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh())
+    >>> b = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh())
+    >>> rep = rk.diff_models(a, b, torch.ones(1, 2))   # different random weights
+    >>> rep.first_divergence, [r.name for r in rep.rows]
+    ('0', ['0', '1', ''])
     """
     if not isinstance(model_a, torch.nn.Module) or not isinstance(model_b, torch.nn.Module):
         raise RopeError("diff_models needs two torch.nn.Module models")

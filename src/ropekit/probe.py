@@ -61,12 +61,25 @@ _F32_EPS = 2.0**-24  # unit roundoff of float32
 
 
 def long_positions(max_position: int) -> tuple[int, ...]:
-    """The refinement ladder (each 4x the last) up to ``max_position``."""
+    """The refinement ladder (each 4x the last) up to ``max_position``.
+
+    >>> long_positions(1000)
+    (16, 64, 256)
+    """
     return tuple(p for p in _LADDER if p <= max_position)
 
 
 def call_rope(fn: RopeFn, x: torch.Tensor, positions: torch.Tensor, name: str = "fn") -> torch.Tensor:
-    """Call a black-box rotary function and check that it returned a float tensor shaped like x."""
+    """Call a black-box rotary function and check that it returned a float tensor shaped like x.
+
+    >>> import torch
+    >>> call_rope(lambda x, p: x, torch.ones(2, 4), torch.tensor([0, 1])).shape
+    torch.Size([2, 4])
+    >>> call_rope(lambda x, p: x[:, :2], torch.ones(2, 4), torch.tensor([0, 1]), "mine")
+    Traceback (most recent call last):
+    ...
+    ropekit.errors.RopeShapeError: mine returned shape [2, 2] for input [2, 4]; they must match
+    """
     try:
         y = fn(x, positions)
     except RopeError:
@@ -145,7 +158,12 @@ class Fingerprint:
         return self.spec is not None
 
     def summary(self) -> str:
-        """One line for people."""
+        """One line for people.
+
+        >>> import ropekit as rk
+        >>> rk.fingerprint(rk.zoo.offset_by_one(16), 16).summary()
+        'half r=16/16 base=10000 offset=+1 precision=hf residual=0.0e+00 (float32)'
+        """
         if self.spec is None:
             return f"no RoPE explains fn: {self.reason}"
         parts = [self.spec.describe()]
