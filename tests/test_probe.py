@@ -269,3 +269,45 @@ def test_transformers_llama_rope_is_recovered(params, want, dtype):
     assert fp.spec == want, fp.summary()
     assert (fp.offset, fp.direction, fp.precision) == (0, 1, "hf")
     assert fp.residual <= torch.finfo(dtype).eps
+
+
+def _rounded_rope(head_dim, base, mode, dtype, factor=1.0):
+    """transformers' rotate_half with a precision bug, written here: inv_freq rounded to dtype
+    (a buffer that followed model.to(dtype)) or position * inv_freq computed in dtype."""
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim)) / factor
+
+    def fn(x, positions):
+        if mode == "inv_freq":
+            ang = positions.float()[:, None] * inv.to(dtype).float()[None]
+        else:
+            ang = (positions.to(dtype)[:, None] * inv.to(dtype)[None]).float()
+        c, s = torch.cat((ang.cos(), ang.cos()), -1), torch.cat((ang.sin(), ang.sin()), -1)
+        x1, x2 = x[:, : head_dim // 2].float(), x[:, head_dim // 2 :].float()
+        return (x.float() * c + torch.cat((-x2, x1), -1) * s).to(x.dtype)
+
+    return fn
+
+
+@pytest.mark.parametrize("mode", ["inv_freq", "angles"])
+@pytest.mark.parametrize("dtype, base, factor", [(torch.bfloat16, 10000.0, 1.0), (torch.bfloat16, 500000.0, 4.0),
+                                                 (torch.float16, 10000.0, 1.0)])
+def test_low_precision_frequencies_are_a_precision_bug_not_a_scaling(mode, dtype, base, factor):
+    # a per-pair (longrope-like) fit would "explain" rounded frequencies; the doctor must say what happened
+    fn = _rounded_rope(64, base, mode, dtype, factor)
+    # float16 positions overflow past 65504: such an fn can only be probed below that, and says so
+    max_position = 16384 if (mode, dtype) == ("angles", torch.float16) else 2**20
+    if max_position < 2**20:
+        with pytest.raises(rk.RopeError, match="first at position 65536.*max_position"):
+            rk.fingerprint(fn, 64)
+    fp = rk.fingerprint(fn, 64, max_position=max_position)
+    scaling = rk.Linear(factor=factor) if factor != 1.0 else None
+    assert fp.spec == rk.RopeSpec(head_dim=64, base=base, scaling=scaling), fp.summary()
+    name = str(dtype).replace("torch.", "")
+    assert fp.precision == f"{mode}:{name}"
+    assert any(name in n for n in fp.notes)
+    rep = rk.compare(rk.zoo.hf_rotate_half(64, base) if factor == 1.0 else
+                     spec_rope_fn(rk.RopeSpec(head_dim=64, base=base, scaling=scaling), precision="hf"), fn, 64,
+                     max_position=max_position)
+    assert not rep.equivalent and not rep.precision_only and [d.field for d in rep.differences] == ["precision"]
+    assert "precision bug" in rep.explanation and "float32" in rep.fix
+    assert rep.fix_verified is True

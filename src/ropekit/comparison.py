@@ -141,7 +141,8 @@ class Comparison:
     @property
     def precision_only(self) -> bool:
         """The two agree on every structural field; only table precision differs."""
-        return not self.equivalent and [d.field for d in self.differences] == ["precision"]
+        return (not self.equivalent and [d.field for d in self.differences] == ["precision"]
+                and not any(_low_precision(d.a) or _low_precision(d.b) for d in self.differences))
 
     @property
     def worst_position(self) -> int:
@@ -345,6 +346,17 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
         rep.fix = "compute the rotation in float32 or wider (ropekit.apply_rope does) and cast once at the end"
         return
     rep.explanation = "; ".join(d.text for d in diffs)
+    low = [(n, fp.precision) for n, fp in ((a, fa), (b, fb)) if _low_precision(fp.precision)]
+    if low:
+        fixes.append("; ".join(_low_precision_fix(n, prec) for n, prec in low))
+    if [d.field for d in diffs] == ["precision"] and low:
+        rep.fix = fixes[-1]
+        # verified: the intended spec with float32 tables must be A
+        fixed = spec_rope_fn(fb.spec, offset=fb.offset, direction=fb.direction,
+                             precision=fa.precision if fa.precision in ("exact", "hf") else "hf")
+        rep.fix_check = _measure(fn_a, fixed, D, dtype_a, dtype_b, positions, tol_ulps, seed)
+        rep.fix_verified = rep.fix_check.equivalent if not _low_precision(fa.precision) else None
+        return
     if [d.field for d in diffs] == ["precision"]:
         rep.fix = ("precision only: build both tables the same way: float64 angles "
                    "(ropekit.cos_sin(spec, positions, precision='exact')), or precision='hf' in both to "
@@ -441,8 +453,29 @@ def _pairs_text(layout: str) -> str:
     return "(i, i + r/2)" if layout == "half" else "(2i, 2i+1)"
 
 
+def _low_precision(precision) -> bool:
+    """A table precision below float32 ("inv_freq:bfloat16", "angles:float16", ...)."""
+    return isinstance(precision, str) and precision.startswith(("inv_freq:", "angles:"))
+
+
+def _low_precision_fix(name: str, precision: str) -> str:
+    mode, dtype = precision.split(":")
+    if mode == "inv_freq":
+        return (f"keep {_poss(name)} inv_freq in float32: it was rounded to {dtype} (a frequency buffer must not "
+                f"follow model.to({dtype}): register it with persistent=False and recompute it in float32, "
+                f"as ropekit.RotaryEmbedding does)")
+    return (f"compute {_poss(name)} angles (position * inv_freq) and cos/sin in float32 or wider, not {dtype} "
+            f"(disable autocast around the rotary embedding); cast only cos/sin to the activation dtype")
+
+
 def _precision_text(rep: Comparison, fa: Fingerprint, fb: Fingerprint, alone: bool) -> str:
     text = f"precision: {rep.names[0]} matches {fa.precision} tables, {rep.names[1]} {fb.precision} tables"
+    low = [(n, fp.precision) for n, fp in zip(rep.names, (fa, fb)) if _low_precision(fp.precision)]
+    if low:
+        return "; ".join(f"{n}: {'inv_freq' if p.startswith('inv_freq') else 'angles'} rounded to "
+                         f"{p.split(':')[1]}" for n, p in low) + (
+            f" (wrong by {rep.err_by_position[-1][1]:.2g} at p={rep.err_by_position[-1][0]}; not a convention "
+            f"difference: a precision bug)")
     if not alone:
         return text + " (a difference that grows with position)"
     short = max((e for p, e in rep.err_by_position if p < 32), default=0.0)

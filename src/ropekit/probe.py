@@ -288,7 +288,10 @@ def fingerprint(
     out_dtype = y.dtype
     y = y.detach().to("cpu", torch.float64)
     if not torch.isfinite(y).all():
-        raise RopeError("fn returned non-finite values for finite inputs")
+        bad = int(x_pos[~torch.isfinite(y).all(-1)].min())
+        raise RopeError(f"fn returned non-finite values for finite inputs, first at position {bad} (an "
+                        f"implementation computing positions or angles in float16 overflows past 65504: "
+                        f"pass max_position below that)")
     M = y[: P * D].view(P, D, D).transpose(1, 2)  # M[p, out, j] = fn(e_j, p)[out]
     y_rand, x_rand = y[P * D :].view(P, n_rand, D), rand.double().view(P, n_rand, D)
     eps = max(_eps(out_dtype), _eps(dtype))
@@ -380,6 +383,7 @@ def fingerprint(
                       reason="pairs rotate in opposite directions: not one RoPE")
     direction = int(signs[0].item()) if signif.any() else 1
     theta = slope * direction
+    theta_coarse = theta.clone().clamp_min(0.0)  # from positions 0..8 only: survives rounded angles
     # phase at p = 0 from all small positions (circular mean of phi_p - direction * theta * p)
     small_p = pos[:n_small].double()[:, None]
     resid0 = phi[:n_small] - direction * theta[None] * small_p
@@ -430,28 +434,50 @@ def fingerprint(
     notes: list[str] = []
     # first pass: bit-level fits (exact or hf tables); second pass: float32 angle-rounding bounds
     candidates = list(_candidates(theta, r, D, layout, af, last_p, eps))
-    for precisions in (("exact", "hf"), ("float32",)):
-        for spec, family, cand_notes in candidates:
-            fits = []
-            for precision in precisions:
-                c, s, angle = _predict_cs(spec, pos, offset, direction, precision if precision != "float32" else "exact")
-                err = torch.maximum((C - c).abs(), (S - s).abs())
-                bound = tol if precision != "float32" else tol + 4 * _F32_EPS * (angle + 1) * max(af, 1.0)
-                if (err <= bound).all():
-                    fits.append((err.max().item(), precision))
-            if fits:
-                best, precision = min(fits)
-                misfit = max(best, structure_err, block_err)
-                notes.extend(cand_notes)
-                if r == 2:
-                    notes.append("rotary_dim=2: the half and interleaved layouts coincide")
-                if family == "plain":
-                    notes.extend(_ntk_alpha_notes(spec.base, r, sigma_rel=4 * eps / last_p))
-                if precision == "float32":
-                    notes.append("matches only up to float32 angle rounding (neither ropekit's exact nor "
-                                 "transformers' float32 tables bit for bit)")
-                return result(**common, spec=spec, base=spec.base, scaling=family, precision=precision,
-                              residual=misfit, notes=notes)
+    parametric = [c for c in candidates if c[1] != "longrope-like"]
+    longrope = [c for c in candidates if c[1] == "longrope-like"]
+
+    def fit(cands):
+        for precisions in (("exact", "hf"), ("float32",)):
+            for spec, family, cand_notes in cands:
+                fits = []
+                for precision in precisions:
+                    c, s, angle = _predict_cs(spec, pos, offset, direction,
+                                              precision if precision != "float32" else "exact")
+                    err = torch.maximum((C - c).abs(), (S - s).abs())
+                    bound = tol if precision != "float32" else tol + 4 * _F32_EPS * (angle + 1) * max(af, 1.0)
+                    if (err <= bound).all():
+                        fits.append((err.max().item(), precision))
+                if fits:
+                    best, precision = min(fits)
+                    misfit = max(best, structure_err, block_err)
+                    notes.extend(cand_notes)
+                    if r == 2:
+                        notes.append("rotary_dim=2: the half and interleaved layouts coincide")
+                    if family == "plain":
+                        notes.extend(_ntk_alpha_notes(spec.base, r, sigma_rel=4 * eps / last_p))
+                    if precision == "float32":
+                        notes.append("matches only up to float32 angle rounding (neither ropekit's exact nor "
+                                     "transformers' float32 tables bit for bit)")
+                    return result(**common, spec=spec, base=spec.base, scaling=family, precision=precision,
+                                  residual=misfit, notes=notes)
+        return None
+
+    found = fit(parametric)
+    if found is None:
+        # a plain/linear RoPE whose frequencies or angles were rounded to bf16/fp16 (an inv_freq
+        # buffer that followed model.to(bfloat16), angles under autocast): name that, before a
+        # per-pair longrope fit "explains" the rounded frequencies as a scaling
+        low = _low_precision_fit(theta, theta_coarse, C, S, pos, offset, direction, r, D, layout, af, tol)
+        if low is not None:
+            spec, precision, misfit, note = low
+            found = result(**common, spec=spec, base=spec.base,
+                           scaling="plain" if spec.scaling is None else spec.scaling.kind,
+                           precision=precision, residual=max(misfit, structure_err, block_err), notes=[note])
+    if found is None:
+        found = fit(longrope)
+    if found is not None:
+        return found
     return result(**common, residual=max(measured_fit, structure_err), base=None,
                   reason=f"no plain/linear/llama3/yarn/longrope spec reproduces the measured frequencies "
                          f"(best per-pair fit misses by {measured_fit:.3g}); see inv_freq")
@@ -481,6 +507,64 @@ def _ntk_alpha_notes(base: float, r: int, sigma_rel: float) -> list[str]:
                            f"({b0:g} * {a:g} ** ({r} / {r - 2})); the two are the same rotation")
                 break
     return out[:1]
+
+
+#: dtypes whose rounding of frequencies / angles the fingerprint recognises
+_LOW_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _low_precision_fit(theta, theta_coarse, C, S, pos, offset, direction, r, D, layout, af, tol):
+    """(spec, precision, misfit, note) when a plain or linear spec explains fn once its inv_freq is
+    rounded to bf16/fp16 (angles then in float32: precision ``"inv_freq:bfloat16"``), or once
+    ``position * inv_freq`` itself runs in bf16/fp16 (``"angles:bfloat16"``); else None."""
+    n = theta.numel()
+    if n < 2:
+        return None
+    x = torch.arange(n, dtype=torch.float64) * 2 / r
+    af_spec = None if abs(af - 1.0) <= 2 * tol else float(_nice(af, rel_tol=4 * tol)[0])
+    tried = set()
+    for th in (theta, theta_coarse):
+        usable = th > 0
+        if usable.sum() < 2:
+            continue
+        # rounded frequencies are off by <= 2**-8 relative: a least-squares line through all pairs
+        A = torch.stack((torch.ones_like(x), x), 1)[usable]
+        sol = torch.linalg.lstsq(A, -torch.log(th[usable])[:, None]).solution.flatten()
+        factor, base = math.exp(sol[0].item()), math.exp(sol[1].item())
+        factors = [1.0] + ([f for f in _nice(factor, rel_tol=2e-2)[:3] if f > 1] if factor > 1.01 else [])
+        for bc in _nice(base, rel_tol=2e-2)[:4]:
+            for fc in factors:
+                if (bc, fc) in tried:
+                    continue
+                tried.add((bc, fc))
+                try:
+                    spec = RopeSpec(head_dim=D, rotary_dim=r, base=bc, layout=layout,
+                                    scaling=Linear(factor=fc) if fc > 1 else None, attention_factor=af_spec)
+                except RopeError:
+                    continue
+                inv32 = spec_inv_freq(spec, precision="hf")[0].float()
+                scale = spec_attention_factor(spec)
+                p32 = (pos.to(torch.float64) + offset).float()
+                for dt in _LOW_DTYPES:
+                    name = str(dt).replace("torch.", "")
+                    for mode in ("inv_freq", "angles"):
+                        if mode == "inv_freq":
+                            ang = p32[:, None] * inv32.to(dt).float()[None]
+                        else:
+                            ang = (p32.to(dt)[:, None] * inv32.to(dt)[None]).float()
+                        c = ang.cos().double() * scale
+                        s_ = ang.sin().double() * scale * direction
+                        err = torch.maximum((C - c).abs(), (S - s_).abs()).max().item()
+                        if err <= tol + 4 * _F32_EPS * max(af, 1.0):
+                            exact = ((pos.to(torch.float64) + offset)[:, None] * spec_inv_freq(spec)[0][None])
+                            worst = (ang.double() - exact).abs().max().item()
+                            what = (f"inv_freq is rounded to {name} (e.g. a frequency buffer that followed "
+                                    f"model.to({name}))" if mode == "inv_freq" else
+                                    f"the angles position * inv_freq are computed in {name} (e.g. under autocast)")
+                            return spec, f"{mode}:{name}", err, (
+                                f"{what}: angles off by up to {worst:.3g} rad at p={int(pos.max())}; the spec "
+                                f"is what it was meant to be")
+    return None
 
 
 def _dims_text(dims: list[int]) -> str:
