@@ -25,6 +25,7 @@ ZOO_ROWS = {
     "llama31_scaled": ("half", 128, "500000", "differs: base, scaling"),
     "halved_rotary_bug": ("half", 32, "10000", "differs: rotary_dim"),
     "offset_by_one": ("half", 128, "10000", "differs: offset"),
+    "bf16_inv_freq": ("half", 128, "10000", "differs: precision (bug)"),
 }
 
 USER_MODULE = '''
@@ -82,7 +83,7 @@ def test_zoo_table_and_fixes(capsys):
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["name", "head", "layout", "rotary_dim", "base", "scaling"]
     assert lines[0].endswith("verdict vs transformers Llama")
-    rows = {line.split()[0]: line for line in lines[2:12]}
+    rows = {line.split()[0]: line for line in lines[2:13]}
     assert set(rows) == set(ZOO_ROWS) == set(rk.zoo.ZOO)
     for name, (layout, r, base, verdict) in ZOO_ROWS.items():
         cells = rows[name].split()
@@ -90,9 +91,10 @@ def test_zoo_table_and_fixes(capsys):
         assert rows[name].rstrip().endswith(verdict), rows[name]
     fixes = [line for line in lines if line.startswith("* ")]
     # one fix per entry that differs from transformers, plus the Minimind pair, every one verified
-    assert len(fixes) == 10 and all("[verified]" in f for f in fixes)
+    assert len(fixes) == 11 and all("[verified]" in f for f in fixes)
     assert "permute_qk(w, n_heads=<n_heads>, head_dim=128, rotary_dim=128, src='interleaved', dst='half')" in out
     assert "offset_by_one is 1 position(s) ahead" in out
+    assert "keep bf16_inv_freq's inv_freq in float32" in out
 
 
 def test_zoo_json(capsys):

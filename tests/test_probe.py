@@ -29,7 +29,11 @@ ZOO_EXPECTED = {
     "llama31_scaled": (rk.RopeSpec(head_dim=128, base=500000.0, layout="half", scaling=L31), 0),
     "halved_rotary_bug": (rk.RopeSpec(head_dim=128, rotary_dim=32, base=10000.0, layout="half"), 0),
     "offset_by_one": (rk.RopeSpec(head_dim=128, base=10000.0, layout="half"), 1),
+    "bf16_inv_freq": (rk.RopeSpec(head_dim=128, base=10000.0, layout="half"), 0),
 }
+#: the zoo computes float32 angles the way transformers does (bit-compatible with precision="hf"),
+#: except the entry whose inv_freq was rounded to bfloat16
+ZOO_PRECISION = {name: "hf" for name in ZOO_EXPECTED} | {"bf16_inv_freq": "inv_freq:bfloat16"}
 
 
 def _in_dtype(fn, dtype):
@@ -51,8 +55,7 @@ def test_zoo_entry_exact_spec(name, dtype):
     fp = rk.fingerprint(fn, entry.head_dim, dtype=dtype)
     assert fp.spec == spec, fp.summary()
     assert fp.offset == offset and fp.direction == 1
-    # the zoo computes float32 angles the way transformers does: bit-compatible with precision="hf"
-    assert fp.precision == "hf"
+    assert fp.precision == ZOO_PRECISION[name]
     assert fp.residual <= torch.finfo(dtype).eps
     assert fp.inv_freq.dtype == torch.float64 and fp.inv_freq.numel() == spec.rotary_dim // 2
 

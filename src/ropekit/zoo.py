@@ -36,6 +36,7 @@ __all__ = [
     "llama31_scaled",
     "halved_rotary_bug",
     "offset_by_one",
+    "bf16_inv_freq",
 ]
 
 RopeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -201,6 +202,18 @@ def offset_by_one(head_dim: int = 128, base: float = 10000.0) -> RopeFn:
     return fn
 
 
+def bf16_inv_freq(head_dim: int = 128, base: float = 10000.0) -> RopeFn:
+    """transformers' rotate_half after ``model.to(torch.bfloat16)`` cast the ``inv_freq`` buffer:
+    the frequencies are rounded to bfloat16 (up to 0.4% off) and cast back to float32 for the
+    angles, which are then wrong by hundreds of radians at long positions."""
+    inv = _inv_freq_f32(head_dim, base).to(torch.bfloat16).float()
+
+    def fn(x, positions):
+        return _rotate_half_tail(x, _angles_f32(positions, inv), head_dim)
+
+    return fn
+
+
 # ---------------------------------------------------------------------------------------------
 # the catalogue
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +248,7 @@ ZOO: dict[str, ZooEntry] = {
         _entry("llama31_scaled", llama31_scaled, 128),
         _entry("halved_rotary_bug", halved_rotary_bug, 128),
         _entry("offset_by_one", offset_by_one, 128),
+        _entry("bf16_inv_freq", bf16_inv_freq, 128),
     )
 }
 

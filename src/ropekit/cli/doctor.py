@@ -140,10 +140,12 @@ def zoo_report(max_position: int = 2**20, all_pairs: bool = False):
 def _verdict(rep) -> str:
     if rep.equivalent:
         return "equivalent"
-    fields = [d.field for d in rep.differences]
-    if fields == ["precision"]:
+    if rep.precision_only:
         return "precision only"
-    return "differs: " + ", ".join(f for f in fields if f != "precision")
+    fields = [d.field for d in rep.differences]
+    low = [d for d in rep.differences if d.field == "precision" and not d.text.startswith("precision:")]
+    return "differs: " + ", ".join(f for f in fields if f != "precision") + (
+        ("" if fields == ["precision"] else ", ") + "precision (bug)" if low else "")
 
 
 def _scaling(fp) -> str:
