@@ -154,3 +154,14 @@ def test_public_names_survive_submodule_imports():
         importlib.import_module(mod)
     assert rk.compare.__module__ == "ropekit.comparison" and callable(rk.compare)
     assert callable(rk.diff_models) and callable(rk.fingerprint)
+
+
+def test_tolerance_follows_the_coarser_dtype():
+    # the same RoPE run in float32 and in bfloat16: equal to bf16 precision, and only to that
+    D = 64
+    fn = hf_rotate_half(D)
+    rep = rk.compare(fn, fn, D, dtype=torch.float32, dtype_b=torch.bfloat16)
+    assert rep.dtype == torch.bfloat16 and rep.equivalent, rep.report()
+    assert 0 < rep.max_abs_err <= 8 * torch.finfo(torch.bfloat16).eps * 5  # randn vectors: |x| < 5
+    # judged in float32 ulps the same bf16 rounding would be far out of tolerance
+    assert rep.max_abs_err / torch.finfo(torch.float32).eps > 1000
