@@ -94,6 +94,7 @@ class ModuleDiff:
     out_max: float
     diverged: bool
     in_max: float = 0.0
+    inputs_agree: bool = True  # fed the same values (within tolerance) in both models
 
     @property
     def rel_err(self) -> float:
@@ -196,8 +197,7 @@ def diff_models(
         rt = rtol if rtol is not None else 16 * float(torch.finfo(tol_dtype or torch.float32).eps)
         diverged = out_err > atol + rt * out_max
         inputs_agree = in_err <= atol + rt * in_max
-        rows.append(ModuleDiff(name, nb, in_err, out_err, out_max, diverged, in_max))
-        rows[-1].inputs_agree = inputs_agree
+        rows.append(ModuleDiff(name, nb, in_err, out_err, out_max, diverged, in_max, inputs_agree))
 
     # the divergence point: fed the same values, produced different ones
     first = next((r.name for r in rows if r.diverged and r.inputs_agree), None)
