@@ -52,6 +52,9 @@ def interleaved(x, positions):
     return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), -1).flatten(1).to(x.dtype)
 
 NOT_CALLABLE = 3
+
+def doubles(x, positions):
+    return x * 2
 '''
 
 
@@ -145,6 +148,8 @@ def test_single_operand_fingerprints(capsys, user_dir):
     assert rc == 0 and "interleaved r=64/128 base=10000" in out
     rc, out, _ = run(capsys, f"{mod}:interleaved", "--head-dim", "64", "--json")
     assert rc == 0 and json.loads(out)["layout"] == "interleaved"
+    rc, out, _ = run(capsys, f"{mod}:doubles", "--head-dim", "16")
+    assert rc == 1 and "no RoPE explains fn" in out and "not passed through" in out
 
 
 @pytest.mark.parametrize(
