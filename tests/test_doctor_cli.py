@@ -196,3 +196,23 @@ def test_entry_point_exit_codes():
                          capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 1, res.stderr
     assert "verdict: NOT equivalent" in res.stdout and "fix verified: yes" in res.stdout
+
+
+def test_meta_params_vs_transformers_config(capsys, tmp_path):
+    # the porting question itself: a Meta checkpoint's params.json against the transformers config
+    meta, hf = tmp_path / "meta", tmp_path / "hf"
+    meta.mkdir()
+    hf.mkdir()
+    (meta / "params.json").write_text(json.dumps({
+        "dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024,
+        "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0, "use_scaled_rope": True}))
+    (hf / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "rope_theta": 500000.0, "max_position_embeddings": 131072,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192}}))
+    rc, out, _ = run(capsys, str(hf), str(meta / "params.json"), "--n-heads", "32")
+    assert rc == 1
+    assert "why: layout: A half (pairs (i, i + r/2)), B interleaved (pairs (2i, 2i+1))" in out
+    assert "permute_qk(w, n_heads=32, head_dim=128, rotary_dim=128, src='interleaved', dst='half')" in out
+    assert "fix verified: yes" in out
