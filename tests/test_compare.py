@@ -49,7 +49,7 @@ def test_glm_rotary_dim_32_vs_16():
     assert not rep.equivalent and _fields(rep) == ["rotary_dim"]
     assert (rep.differences[0].a, rep.differences[0].b) == (32, 16)
     assert "rotary_dim to 32" in rep.fix and "partial_rotary_factor=0.5" in rep.fix
-    assert "2**1" in rep.explanation  # halved once: the repeated-partial-factor bug is named
+    assert "2x fewer" in rep.explanation and "applied once" in rep.explanation  # the repeated-factor bug
     assert rep.fix_verified is True
 
 

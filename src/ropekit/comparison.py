@@ -296,8 +296,8 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
         text = f"rotary_dim: {a} rotates {sa.rotary_dim} of {D} dims, {b} rotates {sb.rotary_dim}"
         k = math.log2(sa.rotary_dim / sb.rotary_dim) if sb.rotary_dim else 0
         if k >= 1 and k.is_integer():
-            text += (f" (a factor 2**{int(k)}: if that is not intended, check that partial_rotary_factor is "
-                     f"applied once, to head_dim, not to an already reduced rotary_dim)")
+            text += (f" ({2 ** int(k)}x fewer; if not intended, check that partial_rotary_factor is applied "
+                     f"once, to head_dim)")
         diffs.append(Difference("rotary_dim", sa.rotary_dim, sb.rotary_dim, text))
         config["rotary_dim"] = sa.rotary_dim
         fixes.append(f"set {_poss(b)} rotary_dim to {sa.rotary_dim} (partial_rotary_factor={sa.rotary_dim / D:g} of "
