@@ -474,7 +474,7 @@ def _precision_text(rep: Comparison, fa: Fingerprint, fb: Fingerprint, alone: bo
     if low:
         return "; ".join(f"{n}: {'inv_freq' if p.startswith('inv_freq') else 'angles'} rounded to "
                          f"{p.split(':')[1]}" for n, p in low) + (
-            f" (wrong by {rep.err_by_position[-1][1]:.2g} at p={rep.err_by_position[-1][0]}; not a convention "
+            f" (outputs off by {rep.err_by_position[-1][1]:.2g} at p={rep.err_by_position[-1][0]}; not a convention "
             f"difference: a precision bug)")
     if not alone:
         return text + " (a difference that grows with position)"
