@@ -211,7 +211,7 @@ def test_meta_params_vs_transformers_config(capsys, tmp_path):
         "rope_theta": 500000.0, "max_position_embeddings": 131072,
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 8192}}))
-    rc, out, _ = run(capsys, str(hf), str(meta / "params.json"), "--n-heads", "32")
+    rc, out, _ = run(capsys, str(hf), str(meta / "params.json"))  # n_heads read from params.json
     assert rc == 1
     assert "why: layout: A half (pairs (i, i + r/2)), B interleaved (pairs (2i, 2i+1))" in out
     assert "permute_qk(w, n_heads=32, head_dim=128, rotary_dim=128, src='interleaved', dst='half')" in out

@@ -103,6 +103,25 @@ def resolve(arg: str, head_dim: int | None, precision: str):
     )
 
 
+def config_heads(path: str) -> int | None:
+    """Attention heads named in a config.json / params.json (for the ``permute_qk`` fix), or None.
+    Read only; anything unexpected means "unknown", never an error (from_config already judged it)."""
+    candidates = [path] if os.path.isfile(path) else [os.path.join(path, n) for n in ("config.json", "params.json")]
+    for c in candidates:
+        if not (os.path.isfile(c) and c.endswith(".json")):
+            continue
+        try:
+            with open(c) as fh:
+                cfg = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        if isinstance(cfg, dict):
+            cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+            n = cfg.get("num_attention_heads", cfg.get("n_heads"))
+            return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # the zoo report
 # ---------------------------------------------------------------------------------------------
@@ -230,8 +249,11 @@ def run(args) -> int:
     name_b, fn_b, dim_b = resolve(args.b, args.head_dim, args.precision)
     if dim_a != dim_b:
         raise RopeError(f"head_dim differs: {name_a} has {dim_a}, {name_b} has {dim_b}; nothing to compare")
+    n_heads = args.n_heads
+    if n_heads is None:  # the fix permutes B's weights: B's config knows their head count
+        n_heads = next((n for n in (config_heads(x) for x in (args.b, args.a) if os.path.exists(x)) if n), None)
     rep = compare(fn_a, fn_b, dim_a, dtype=dtype, dtype_b=dtype_b, max_position=args.max_position,
-                  n_heads=args.n_heads, names=("A", "B"))
+                  n_heads=n_heads, names=("A", "B"))
     if args.json:
         print(json.dumps({"name_a": name_a, "name_b": name_b, **rep.to_dict()}, indent=2))
     else:
