@@ -314,3 +314,24 @@ def test_low_precision_frequencies_are_a_precision_bug_not_a_scaling(mode, dtype
     assert not rep.equivalent and not rep.precision_only and [d.field for d in rep.differences] == ["precision"]
     assert "precision bug" in rep.explanation and "float32" in rep.fix
     assert rep.fix_verified is True
+
+
+def test_transformers_dynamic_ntk_depends_on_the_probed_length():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama import modeling_llama as ml
+
+    cfg = transformers.LlamaConfig(hidden_size=256, num_attention_heads=4, max_position_embeddings=4096,
+                                   rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
+    emb = ml.LlamaRotaryEmbedding(cfg)
+
+    def fn(x, positions):
+        q = x[None, None]
+        cos, sin = emb(q, positions[None])
+        return ml.apply_rotary_pos_emb(q, q, cos, sin)[0][0, 0]
+
+    # within the original context: the plain RoPE
+    assert rk.fingerprint(fn, 64, max_position=4095).spec == rk.RopeSpec(head_dim=64, base=10000.0)
+    # one call up to 2**20: transformers' dynamic base, alpha = 2 * 2**20 / 4096 - 1 (to 5e-4) = 511
+    fp = rk.fingerprint(fn, 64)
+    assert fp.spec.scaling is None and fp.spec.base == pytest.approx(10000.0 * 511 ** (64 / 62), rel=1e-5)
+    assert any("NTK-by-alpha of base 10000 with alpha=511" in n for n in fp.notes), fp.notes

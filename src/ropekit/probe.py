@@ -27,6 +27,9 @@ Identifiability, and how the probe respects it:
   low_freq_factor, high_freq_factor) only as two ratios; yarn's (beta_fast, beta_slow, original
   context) only through the two ramp bounds.  The fit picks the conventional value of the free one
   (8192 for llama3, beta 32/1 for yarn) and says so in ``notes``.
+* Dynamic NTK scaling changes the base with the longest position *in the call*: one call up to
+  ``max_position`` sees a plain RoPE with the base of that length (and ``notes`` names it as
+  NTK-by-alpha); probe with ``max_position`` below the original context to see the unscaled base.
 
 >>> import ropekit as rk
 >>> fp = rk.fingerprint(rk.zoo.meta_complex(head_dim=64), head_dim=64)
