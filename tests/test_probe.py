@@ -210,8 +210,14 @@ def test_fn_errors_are_named():
     def broken(x, p):
         raise IndexError("position out of range")
 
-    with pytest.raises(rk.RopeError, match="IndexError: position out of range"):
+    with pytest.raises(rk.RopeError, match="IndexError: position out of range.*max_position"):
         rk.fingerprint(broken, 16)
+    # an implementation with a cached table of 4096 positions is probed below it when told so
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=16), 4096)
+    cached = lambda x, p: rk.apply_rope(x[None, :, None], cos[p], sin[p])[0, :, 0]  # noqa: E731
+    with pytest.raises(rk.RopeError, match="up to 1048576\\) raised IndexError"):
+        rk.fingerprint(cached, 16)
+    assert rk.fingerprint(cached, 16, max_position=4095).spec == rk.RopeSpec(head_dim=16)
     with pytest.raises(rk.RopeShapeError, match="shape"):
         rk.fingerprint(lambda x, p: x[:, :4], 16)
     with pytest.raises(rk.RopeShapeError, match="head_dim"):

@@ -88,9 +88,13 @@ def call_rope(fn: RopeFn, x: torch.Tensor, positions: torch.Tensor, name: str = 
     except RopeError:
         raise
     except Exception as exc:  # a user's function: say whose call failed and with what
+        hint = ""
+        if isinstance(exc, (IndexError, RuntimeError)) and int(positions.max()) > 8:
+            hint = (" (if fn only supports positions up to a cached length, probe below it: "
+                    "max_position=..., CLI --max-position)")
         raise RopeError(
             f"{name}(x[{x.shape[0]}, {x.shape[1]}] {x.dtype}, positions[{positions.shape[0]}] up to "
-            f"{int(positions.max())}) raised {type(exc).__name__}: {exc}"
+            f"{int(positions.max())}) raised {type(exc).__name__}: {exc}{hint}"
         ) from exc
     if not isinstance(y, torch.Tensor):
         raise RopeShapeError(f"{name} returned {type(y).__name__}; it must return the rotated tensor")
