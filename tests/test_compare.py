@@ -165,3 +165,24 @@ def test_tolerance_follows_the_coarser_dtype():
     assert 0 < rep.max_abs_err <= 8 * torch.finfo(torch.bfloat16).eps * 5  # randn vectors: |x| < 5
     # judged in float32 ulps the same bf16 rounding would be far out of tolerance
     assert rep.max_abs_err / torch.finfo(torch.float32).eps > 1000
+
+
+def test_the_suggested_permute_qk_call_makes_attention_scores_equal():
+    # run the fix text's own call on weights made for Meta's rotation, then score with transformers'
+    D, H, hidden = 32, 2, 24
+    rep = rk.compare(hf_rotate_half(D), meta_complex(D), D, n_heads=H)
+    call = rep.fix[rep.fix.index("ropekit.permute_qk("):].split(" for q_proj")[0]
+    g = torch.Generator().manual_seed(3)
+    wq, wk = torch.randn(H * D, hidden, generator=g), torch.randn(H * D, hidden, generator=g)
+    fixed = [eval(call, {"ropekit": rk, "w": w}) for w in (wq, wk)]  # noqa: S307 - our own fix text
+    x = torch.randn(6, hidden, generator=g)
+    p = torch.tensor([0, 1, 5, 100, 4096, 70000])
+
+    def scores(wq, wk, fn):
+        q = fn((x @ wq.T).view(6 * H, D), p.repeat_interleave(H)).view(6, H, D)
+        k = fn((x @ wk.T).view(6 * H, D), p.repeat_interleave(H)).view(6, H, D)
+        return torch.einsum("ihd,jhd->hij", q.double(), k.double())
+
+    meta, hf = scores(wq, wk, meta_complex(D)), scores(*fixed, hf_rotate_half(D))
+    assert (meta - hf).abs().max() <= 1e-4 * meta.abs().max()
+    assert (meta - scores(wq, wk, hf_rotate_half(D))).abs().max() > 0.1 * meta.abs().max()  # unfixed differs
