@@ -49,8 +49,8 @@ _LAZY = {
     "permute_qk": "ropekit.permute",
     # doctor
     "fingerprint": "ropekit.probe",
-    "compare": "ropekit.compare",
-    "diff_models": "ropekit.compare",
+    "compare": "ropekit.comparison",  # not ropekit.compare: a submodule of that name would shadow the function
+    "diff_models": "ropekit.layerdiff",
 }
 _SUBMODULES = {"hf", "zoo", "kernels", "dialects", "convert", "plot"}
 

@@ -1,14 +1,63 @@
-"""`ropekit convert` (not implemented yet)."""
+"""`ropekit convert SRC DST`: move a checkpoint between RoPE layouts and formats (streaming, atomic)."""
 
 from __future__ import annotations
 
-from ..errors import RopeError
+import signal
+
+EXAMPLES = """examples:
+  ropekit convert llama-hf/ llama-meta/ --to meta --verify
+  ropekit convert llama-meta/ llama-hf/ --to hf
+  ropekit convert model/ model-interleaved/ --layout interleaved
+  ropekit convert old.safetensors new.safetensors --inv-freq drop
+  ropekit convert model/ model2/ --inv-freq verify --spec spec.json --dry-run
+"""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="(not implemented yet)")
+    import argparse
+
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a checkpoint between RoPE layouts (half/interleaved) and formats (hf/meta)",
+        description=(
+            "Convert a checkpoint between q/k layouts and formats. Tensors RoPE does not touch are copied "
+            "byte for byte; q/k rows are permuted exactly. Streams one tensor at a time and writes DST "
+            "atomically (a hidden sibling renamed at the end); SRC is only read."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("src", help="transformers dir, Meta dir (params.json + consolidated.*.pth) or state-dict file")
+    p.add_argument("dst", help="output path (must not exist unless --force; not inside SRC)")
+    p.add_argument("--layout", choices=["half", "interleaved", "neox", "gptj"], help="q/k layout of DST")
+    p.add_argument("--to", choices=["hf", "meta"], help="format of DST (default: SRC's)")
+    p.add_argument("--inv-freq", default="keep", choices=["keep", "drop", "add", "verify"],
+                   help="stored rotary_emb.inv_freq / rope.freqs: keep them, drop them, add the spec's exact "
+                        "ones, or verify them against the spec (default: keep)")  # fmt: skip
+    p.add_argument("--spec", help="RopeSpec JSON (ropekit spec --json) for --inv-freq add/verify and --verify")
+    p.add_argument("--config", help="config.json / params.json with the head counts of a state-dict SRC")
+    p.add_argument("--src-layout", choices=["half", "interleaved", "neox", "gptj"], help="q/k layout of a state-dict SRC")
+    p.add_argument("--verify", action="store_true", help="after writing, compare attention scores q.k per layer of SRC and DST")
+    p.add_argument("--force", action="store_true", help="replace an existing DST")
+    p.add_argument("--dry-run", action="store_true", help="print which tensors would change; write nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt  # unwinds through the converter's cleanup like Ctrl-C
+
+
 def run(args) -> int:
-    raise RopeError("'ropekit convert' is not implemented yet")
+    from ..convert import convert
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        convert(
+            args.src, args.dst, layout=args.layout, to=args.to, inv_freq=args.inv_freq, spec=args.spec,
+            config=args.config, src_layout=args.src_layout, force=args.force, dry_run=args.dry_run,
+            verify=args.verify, progress=not args.no_progress,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0

@@ -1,0 +1,609 @@
+"""Checkpoint conversion between RoPE layouts and formats: plan, stream, write atomically.
+
+1. **plan**: for every source tensor decide copy / permute / rename / drop, and which
+   ``inv_freq`` tensors to add — from names and the attention geometry only, no data read.
+2. **stream**: one tensor at a time.  The output header (safetensors) or zip layout (``.pth``,
+   see ``formats.meta.PthWriter``) is laid out first, so every tensor has its own byte range and
+   peak memory is a few tensors, not the checkpoint.  Untouched tensors are copied byte for byte
+   in the kernel (``copy_file_range``, runs of them in one call; where a file system cannot,
+   through user space, and the report says so); a new safetensors header is padded so that those
+   bytes keep their in-page offset, which the kernel copies 2.5x faster.  Meanwhile a helper
+   thread reads the q/k tensors by byte range (not memory-mapped: mapped pages would stay
+   resident until the end), reorders their rows (exact, any dtype) and writes them.
+3. **atomic**: everything goes to a hidden sibling ``.DST.ropekit-partial-PID`` that is renamed to
+   DST at the end; any failure (or Ctrl-C / SIGTERM from the CLI) removes it.  SRC is only read.
+
+>>> import os, tempfile, torch, ropekit as rk
+>>> from safetensors.torch import save_file
+>>> d = tempfile.mkdtemp(); src = os.path.join(d, "sd.safetensors")
+>>> wq = torch.randn(4 * 8, 16)
+>>> save_file({"layers.0.attention.wq.weight": wq, "norm.weight": torch.ones(16)}, src)
+>>> cfg = os.path.join(d, "params.json")
+>>> _ = open(cfg, "w").write('{"dim": 32, "n_heads": 4, "n_layers": 1}')
+>>> rep = rk.convert.convert(src, os.path.join(d, "half.safetensors"), layout="half", config=cfg, progress=False)
+>>> rep.permuted, rep.copied
+(1, 1)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import RopeCheckpointError, RopeSpecError
+from .formats import open_checkpoint
+from .formats.base import UNSUPPORTED_FAMILIES, Checkpoint, permute_tensor, role_of
+from .spec import RopeSpec, normalize_layout
+
+__all__ = ["convert", "ConvertReport", "Step", "plan", "INV_FREQ_POLICIES"]
+
+INV_FREQ_POLICIES = ("keep", "drop", "add", "verify")
+PARTIAL = ".ropekit-partial-"
+META_FAMILIES = ("llama", "mistral")
+
+
+@dataclass
+class Step:
+    """What happens to one destination tensor (or to a dropped source tensor)."""
+
+    action: str  # "copy" | "permute" | "drop" | "add"
+    src: str | None
+    dst: str | None
+    role: str | None = None
+    dtype: torch.dtype | None = None
+    shape: tuple[int, ...] | None = None
+    make: Callable[[], torch.Tensor] | None = None  # "add": produces the tensor
+
+    def describe(self) -> str:
+        if self.action == "add":
+            return f"add      {self.dst} {list(self.shape)} {str(self.dtype).removeprefix('torch.')}"
+        if self.action == "drop":
+            return f"drop     {self.src}"
+        arrow = "" if self.src == self.dst else f" -> {self.dst}"
+        return f"{self.action:8s} {self.src}{arrow}"
+
+
+@dataclass
+class ConvertReport:
+    src: str
+    dst: str
+    src_format: str
+    dst_format: str
+    src_layout: str
+    dst_layout: str
+    copied: int = 0
+    permuted: int = 0
+    renamed: int = 0
+    dropped: int = 0
+    added: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    inv_freq_max_abs: float | None = None
+    verify_max_abs: float | None = None
+    verify_max_rel: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# spec (for inv_freq add/verify and --verify)
+# ---------------------------------------------------------------------------------------------
+
+
+def _spec_for(ckpt: Checkpoint, spec, why: str) -> RopeSpec:
+    if isinstance(spec, RopeSpec):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        try:
+            return RopeSpec.from_json(Path(spec).read_text())
+        except (OSError, ValueError) as exc:
+            raise RopeSpecError(f"--spec {spec}: not a RopeSpec JSON file ({exc})") from None
+    if ckpt.config:
+        from .dialects import from_config
+
+        try:
+            return from_config(ckpt.config)
+        except RopeSpecError as exc:
+            raise RopeSpecError(f"{why} needs the model's RoPE spec and the config could not give it ({exc}); pass --spec") from None
+    raise RopeSpecError(f"{why} needs the model's RoPE spec: pass --spec spec.json (or --config)")
+
+
+# ---------------------------------------------------------------------------------------------
+# plan
+# ---------------------------------------------------------------------------------------------
+
+
+def _target(ckpt: Checkpoint, layout: str | None, to: str | None) -> tuple[str, str]:
+    dst_fmt = ckpt.fmt if to is None else to
+    if dst_fmt not in ("hf", "meta", "state_dict"):
+        raise RopeCheckpointError(f"--to={to!r} is not a format; use 'hf' or 'meta'")
+    if (ckpt.fmt == "state_dict") != (dst_fmt == "state_dict"):
+        raise RopeCheckpointError(f"cannot convert a {ckpt.fmt} checkpoint to {dst_fmt}: --to converts between 'hf' and 'meta' directories")
+    if layout is not None:
+        dst_layout = normalize_layout(layout)
+    elif dst_fmt == "meta":
+        dst_layout = "interleaved"
+    elif dst_fmt == "hf" and ckpt.fmt == "meta":
+        dst_layout = "half"  # what transformers' rotate_half expects
+    else:
+        dst_layout = ckpt.layout
+    if dst_fmt == "meta" and dst_layout != "interleaved":
+        raise RopeCheckpointError("Meta checkpoints are interleaved by definition (Meta rotates complex pairs); drop --layout half or --to meta")
+    return dst_fmt, dst_layout
+
+
+def _inv_freq_name(qname: str, dst_fmt: str, meta_names: bool) -> str:
+    if meta_names:
+        return "rope.freqs"
+    parts = qname.split(".")
+    # ...layers.3.self_attn.q_proj.weight -> ...layers.3.self_attn.rotary_emb.inv_freq (transformers v4's place)
+    return ".".join(parts[:-2] + ["rotary_emb", "inv_freq"])
+
+
+def plan(ckpt: Checkpoint, dst_fmt: str, dst_layout: str, inv_freq: str = "keep", spec: RopeSpec | None = None):
+    """[(dst file, [Step])] and the dropped steps.  Reads names, dtypes and shapes only."""
+    from .formats.meta import check_meta_expressible, hf_to_meta_name, meta_to_hf_name
+
+    if inv_freq not in INV_FREQ_POLICIES:
+        raise RopeCheckpointError(f"--inv-freq={inv_freq!r} must be one of {INV_FREQ_POLICIES}")
+    g = ckpt.geometry
+    permute = dst_layout != ckpt.layout
+    if permute and g is None:
+        raise RopeCheckpointError(f"changing the layout of {ckpt.path} needs its head counts: pass --config config.json|params.json")
+    if g is not None and permute and g.family in UNSUPPORTED_FAMILIES:
+        raise RopeCheckpointError(
+            f"model_type={g.family!r}: convert does not permute its q/k tensors yet; use ropekit.permute.{UNSUPPORTED_FAMILIES[g.family]}"
+        )
+    if ckpt.fmt == "hf" and dst_fmt == "meta":
+        if g.family not in META_FAMILIES:
+            raise RopeCheckpointError(f"model_type={g.family!r} has no Meta checkpoint form (only {', '.join(META_FAMILIES)})")
+        check_meta_expressible(ckpt.config, g)
+        rename = hf_to_meta_name
+    elif ckpt.fmt == "meta" and dst_fmt == "hf":
+        rename = meta_to_hf_name
+    else:
+        rename = None
+    meta_names = dst_fmt == "meta" or (dst_fmt == "state_dict" and any(".attention.wq." in n for n in ckpt.names()))
+
+    dropped: list[Step] = []
+    shards: list[tuple[str, list[Step]]] = []
+    seen_inv = None
+    found_qk = False
+    added: set[str] = set()
+
+    def add_inv_freq_after(name: str, steps: list[Step]) -> None:
+        """--inv-freq add: one table per attention layer (transformers v4), one per model (Meta),
+        placed right after the layer's q projection weight."""
+        if inv_freq != "add" or role_of(name) not in ("q", "qkv_neox", "qkv_concat"):
+            return
+        if not name.endswith(".weight") or "lora_" in name:
+            return
+        step = _add_step(name, dst_fmt, meta_names, spec, ckpt)
+        if step.dst not in added:
+            added.add(step.dst)
+            steps.append(step)
+    for file, names in ckpt.shards:
+        steps: list[Step] = []
+        for name in names:
+            role = role_of(name)
+            dtype, shape = ckpt.info(name)
+            if role == "inv_freq":
+                if inv_freq in ("drop", "add"):
+                    dropped.append(Step("drop", name, None, role))
+                    continue
+                if rename is not None:  # Meta keeps one rope.freqs, transformers one per layer
+                    if dst_fmt == "meta":
+                        if seen_inv is not None:
+                            dropped.append(Step("drop", name, None, role))
+                            continue
+                        seen_inv = name
+                        steps.append(Step("copy", name, "rope.freqs", role, dtype, shape))
+                    else:
+                        for i in range(g.n_layers):
+                            steps.append(Step("copy", name, f"model.layers.{i}.self_attn.rotary_emb.inv_freq", role, dtype, shape))
+                    continue
+            dst = rename(name) if rename is not None else name
+            if role in ("q", "k", "qkv_neox", "qkv_concat"):
+                found_qk = True
+                if permute:
+                    if ".lora_A" in name:  # pragma: no cover - role_of never says q/k for lora_A
+                        raise AssertionError(name)
+                    expected = g.heads_for(role) * g.head_dim
+                    if role == "qkv_neox":
+                        expected = 3 * g.n_heads * g.head_dim
+                    elif role == "qkv_concat":
+                        expected = (g.n_heads + 2 * g.n_kv_heads) * g.head_dim
+                    if not shape or shape[0] != expected:
+                        raise RopeCheckpointError(
+                            f"tensor {name} has shape {list(shape)} but {role} needs {expected} rows "
+                            f"(heads {g.heads_for(role) if role in ('q', 'k') else g.n_heads} x head_dim {g.head_dim}"
+                            f"{'' if role not in ('q', 'k') else ', n_kv_heads for k'}); check num_attention_heads / num_key_value_heads"
+                        )
+                    steps.append(Step("permute", name, dst, role, dtype, shape))
+                    add_inv_freq_after(name, steps)
+                    continue
+            steps.append(Step("copy", name, dst, role, dtype, shape))
+            add_inv_freq_after(name, steps)
+        shards.append((file, steps))
+    if dst_fmt == "meta" and rename is not None:
+        dsts = {s.dst for _, steps in shards for s in steps}
+        if "output.weight" not in dsts and "tok_embeddings.weight" in dsts:
+            # transformers ties lm_head to the embedding without storing it; Meta always stores output
+            emb = next(s for _, steps in shards for s in steps if s.dst == "tok_embeddings.weight")
+            shards[-1][1].append(Step("copy", emb.src, "output.weight", None, emb.dtype, emb.shape))
+    if permute and not found_qk:
+        raise RopeCheckpointError(f"{ckpt.path}: no q/k projection tensors found (looked for q_proj/k_proj, wq/wk, query_key_value, qkv_proj)")
+    return shards, dropped
+
+
+def _add_step(qname: str, dst_fmt: str, meta_names: bool, spec: RopeSpec, ckpt: Checkpoint) -> Step:
+    from .frequencies import inv_freq as inv_freq_of
+
+    def make():
+        # the exact float64 frequencies, rounded once to float32 (the dtype transformers keeps them in)
+        return inv_freq_of(spec)[0].to(torch.float32)
+
+    name = _inv_freq_name(qname, dst_fmt, meta_names)
+    return Step("add", None, name, "inv_freq", torch.float32, (spec.n_pairs,), make)
+
+
+# ---------------------------------------------------------------------------------------------
+# inv_freq verification
+# ---------------------------------------------------------------------------------------------
+
+
+def verify_inv_freq(ckpt: Checkpoint, spec: RopeSpec) -> tuple[float, int]:
+    """Max |stored - exact| over every stored inv_freq; RopeCheckpointError when one is off by more
+    than its dtype can explain (32 ulp for fp32/fp64: transformers computes them in fp32 with pow;
+    2 ulp for 16-bit)."""
+    from .frequencies import inv_freq as inv_freq_of
+
+    exact, _ = inv_freq_of(spec)
+    worst, count = 0.0, 0
+    for name in ckpt.names():
+        if role_of(name) != "inv_freq":
+            continue
+        stored = ckpt.tensor(name)
+        count += 1
+        if stored.shape != exact.shape:
+            raise RopeCheckpointError(f"tensor {name} has shape {list(stored.shape)} but the spec has {exact.numel()} frequencies (rotary_dim={spec.rotary_dim})")
+        diff = (stored.to(torch.float64) - exact).abs()
+        rel = (diff / exact.abs().clamp_min(1e-300)).max().item()
+        eps = torch.finfo(stored.dtype).eps
+        tol = (32 if stored.element_size() >= 4 else 2) * eps
+        worst = max(worst, diff.max().item())
+        if rel > tol:
+            i = int((diff / exact.abs().clamp_min(1e-300)).argmax())
+            raise RopeCheckpointError(
+                f"tensor {name} disagrees with the spec (base={spec.base:g}, rotary_dim={spec.rotary_dim}, "
+                f"scaling={spec.scaling.kind if spec.scaling else None}): max |diff| {diff.max().item():.3e}, "
+                f"relative {rel:.3e} > {tol:.1e} (frequency {i}: stored {stored[i].item():.9g}, expected {exact[i].item():.9g})"
+            )
+    return worst, count
+
+
+# ---------------------------------------------------------------------------------------------
+# paths and atomic output
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_paths(src: Path, dst: Path, force: bool) -> None:
+    src_r, dst_r = src.resolve(), dst.resolve()
+    if dst_r == src_r or src_r in dst_r.parents:
+        raise RopeCheckpointError(f"DST {dst} is inside SRC {src}; write the conversion next to it")
+    if dst_r in src_r.parents:
+        raise RopeCheckpointError(f"SRC {src} is inside DST {dst}; replacing DST would delete SRC")
+    if dst.exists() and not force:
+        raise RopeCheckpointError(f"DST {dst} exists; pass --force to replace it")
+    if not dst_r.parent.is_dir():
+        raise FileNotFoundError(f"the parent directory of DST {dst} does not exist")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_partials(dst: Path) -> None:
+    """A run killed with SIGKILL cannot clean up; the next run for the same DST does."""
+    for p in dst.parent.glob(f".{dst.name}{PARTIAL}*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _install(tmp: Path, dst: Path, is_file: bool) -> None:
+    staged = tmp / dst.name if is_file else tmp
+    old = None
+    if dst.exists() or dst.is_symlink():
+        old = dst.parent / f".{dst.name}.ropekit-old-{os.getpid()}"
+        os.rename(dst, old)
+    try:
+        os.rename(staged, dst)
+    except BaseException:
+        if old is not None:
+            os.rename(old, dst)
+        raise
+    if is_file:
+        tmp.rmdir()
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _tensor_for(ckpt: Checkpoint, step: Step, src_layout: str, dst_layout: str) -> torch.Tensor:
+    if step.action == "add":
+        return step.make()
+    t = ckpt.tensor(step.src)
+    if step.action == "permute":
+        t = permute_tensor(t, step.role, ckpt.geometry, src_layout, dst_layout, step.src)
+    return t
+
+
+def _alignment(ckpt: Checkpoint, steps: list[Step]) -> int | None:
+    """Where the data of a new safetensors file should start (mod a page) so that the most
+    pass-through bytes keep their in-page offset: the kernel copies those 2.5x faster."""
+    from .formats.safetensors_io import best_alignment
+
+    pairs, rel = [], 0
+    for s in steps:
+        nbytes = torch.Size(s.shape).numel() * torch.empty((), dtype=s.dtype).element_size()
+        rng = ckpt.byte_range(s.src) if s.action == "copy" else None
+        if rng is not None:
+            pairs.append((rng[1], rel, nbytes))
+        rel += nbytes
+    return best_alignment(pairs)
+
+
+def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, progress, after_tensor):
+    from tqdm.auto import tqdm
+
+    from .formats.hf import LAYOUT_KEY, hf_config_with_layout, plan_shards, write_hf
+    from .formats.meta import PthWriter, hf_config_from_meta, params_from_hf, write_params
+    from .formats.safetensors_io import SafetensorsWriter, tensor_bytes
+
+    all_steps = [s for _, steps in shards for s in steps]
+    total = sum(torch.Size(s.shape).numel() * torch.empty((), dtype=s.dtype).element_size() for s in all_steps)
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="convert", disable=not progress, file=sys.stderr)
+
+    def done(step, nbytes):
+        report.bytes_written += nbytes
+        bar.update(nbytes)
+        if after_tensor is not None:
+            after_tensor(step)
+
+    def stream(writer, steps):
+        try:
+            _stream(writer, steps)
+        finally:
+            if writer.fallback and not any(n.startswith("pass-through") for n in report.notes):
+                report.notes.append(f"pass-through tensors were copied through user space, not in the kernel ({writer.fallback})")
+
+    def _stream(writer, steps):
+        from concurrent.futures import ThreadPoolExecutor
+
+        ranges = [ckpt.byte_range(s.src) if s.action == "copy" else None for s in steps]
+        made = [i for i, r in enumerate(ranges) if r is None]  # tensors read (and permuted) in Python
+        # Writers place every tensor at its own offset, so the work splits in two: this thread has
+        # the kernel copy the untouched bytes, a helper thread reads, permutes and writes the
+        # others (all of it releases the GIL).  At most two such tensors are in flight, so peak
+        # memory stays a few tensors.
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ropekit-write")
+        futures: dict[int, object] = {}
+
+        def make_and_write(step):
+            t = _tensor_for(ckpt, step, ckpt.layout, dst_layout)
+            writer.write_tensor(step.dst, t)
+            return tensor_bytes(t).nbytes
+
+        def ahead(k: int) -> None:
+            if k < len(made) and made[k] not in futures:
+                futures[made[k]] = pool.submit(make_and_write, steps[made[k]])
+
+        try:
+            ahead(0)
+            k = 0
+            for i, (step, rng) in enumerate(zip(steps, ranges)):
+                if rng is not None:
+                    writer.copy_range(step.dst, *rng)
+                    report.copied += 1
+                    report.renamed += step.src != step.dst
+                    done(step, rng[2] - rng[1])
+                    continue
+                ahead(k + 1)
+                writer.flush()  # the pending kernel copy runs while the helper works
+                nbytes = futures.pop(i).result()
+                k += 1
+                report.permuted += step.action == "permute"
+                report.added += step.action == "add"
+                report.copied += step.action == "copy"
+                report.renamed += step.action != "add" and step.src != step.dst
+                done(step, nbytes)
+            writer.flush()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    try:
+        if dst_fmt == "hf":
+            entries = [(s.dst, s.dtype, s.shape) for _, steps in shards for s in steps]
+            if ckpt.fmt == "hf":
+                layout_changed = ckpt.config.get(LAYOUT_KEY, "half") != dst_layout
+                config = hf_config_with_layout(ckpt.config, dst_layout)
+                config_bytes = None if layout_changed else (ckpt.path / "config.json").read_bytes()
+                out_shards = [(f, [(s.dst, s.dtype, s.shape) for s in steps]) for f, steps in shards]
+                metadata = ckpt.metadata
+                index_extra = {k: v for k, v in (ckpt.index or {}).items() if k != "weight_map"} if ckpt.index else None
+                by_file = {f: steps for f, steps in shards}
+            else:  # from Meta
+                shapes = {n: ckpt.info(n)[1] for n in ckpt.names()}
+                config = hf_config_with_layout(hf_config_from_meta(ckpt.config, ckpt.geometry, shapes, ckpt.info(ckpt.names()[0])[0]), dst_layout)
+                config_bytes, metadata, index_extra = None, {}, None
+                out_shards = plan_shards(entries)
+                flat = {s.dst: s for _, steps in shards for s in steps}
+                by_file = {f: [flat[n] for n, _, _ in ents] for f, ents in out_shards}
+            aligns = {f: _alignment(ckpt, by_file[f]) for f, _ in out_shards}
+            writers = write_hf(tmp, out_shards, config, metadata, index_extra, config_bytes, aligns)
+            for f, writer in writers.items():
+                try:
+                    stream(writer, by_file[f])
+                    writer.close()
+                finally:
+                    writer.abort()
+        elif dst_fmt == "meta":
+            steps = [s for _, st in shards for s in st]
+            writer = PthWriter(tmp / "consolidated.00.pth", [(s.dst, s.dtype, s.shape) for s in steps])
+            try:
+                stream(writer, steps)
+                writer.close()
+            finally:
+                writer.abort()
+            if ckpt.fmt == "hf":
+                w1 = next(s for s in steps if s.dst == "layers.0.feed_forward.w1.weight")
+                write_params(tmp / "params.json", params_from_hf(ckpt.config, ckpt.geometry, w1.shape[0]))
+            else:
+                shutil.copyfile(ckpt.path / "params.json", tmp / "params.json")
+        else:  # state dict file
+            (file, steps), = shards
+            out = tmp / dst.name
+            entries = [(s.dst, s.dtype, s.shape) for s in steps]
+            if out.suffix == ".safetensors":
+                writer = SafetensorsWriter(out, entries, ckpt.file.metadata if ckpt.file else {"format": "pt"}, _alignment(ckpt, steps))
+            else:
+                writer = PthWriter(out, entries)
+            try:
+                stream(writer, steps)
+                writer.close()
+            finally:
+                writer.abort()
+        # auxiliary files (tokenizer, generation config, ...) travel unchanged
+        for rel in ckpt.aux_files:
+            if dst_fmt == "meta" and rel == "checklist.chk":
+                report.notes.append("checklist.chk not copied: its checksums describe the source files")
+                continue
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ckpt.path / rel, target)
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver
+# ---------------------------------------------------------------------------------------------
+
+
+def convert(
+    src,
+    dst,
+    *,
+    layout: str | None = None,
+    to: str | None = None,
+    inv_freq: str = "keep",
+    spec=None,
+    config=None,
+    src_layout: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    verify: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    after_tensor: Callable[[Step], None] | None = None,
+) -> ConvertReport:
+    """Convert checkpoint ``src`` into ``dst`` (see the module docstring and ``ropekit convert --help``).
+
+    layout: target q/k layout (``"half"`` / ``"interleaved"``); default: the format's own
+    (Meta: interleaved, transformers: half) or the source's.  to: ``"hf"`` or ``"meta"``.
+    inv_freq: ``keep`` | ``drop`` | ``add`` (the spec's exact frequencies, float32) | ``verify``
+    (stored frequencies against the spec; error when off).  spec: a RopeSpec or a path to its JSON,
+    for add/verify/--verify (default: ``from_config`` of the checkpoint's config).
+    config / src_layout: head counts and q/k layout of a plain state-dict file.
+    after_tensor: called after each tensor is written (progress hooks, tests).
+    """
+    log = log or (lambda line: print(line, file=sys.stderr))
+    t0 = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise FileNotFoundError(f"SRC {src} does not exist")
+    _check_paths(src, dst, force)
+    ckpt = open_checkpoint(src, config=config, layout=src_layout)
+    dst_fmt, dst_layout = _target(ckpt, layout, to)
+    need_spec = inv_freq in ("add", "verify")
+    the_spec = _spec_for(ckpt, spec, f"--inv-freq {inv_freq}") if need_spec else None
+    shards, dropped = plan(ckpt, dst_fmt, dst_layout, inv_freq, the_spec)
+    if getattr(ckpt, "layout_guessed", False) and dst_layout != ckpt.layout:
+        log(f"source layout: {ckpt.layout} (from the tensor names; pass --src-layout to say otherwise)")
+    report = ConvertReport(str(src), str(dst), ckpt.fmt, dst_fmt, ckpt.layout, dst_layout)
+    report.dropped = len(dropped)
+
+    if inv_freq == "verify":
+        worst, count = verify_inv_freq(ckpt, the_spec)
+        report.inv_freq_max_abs = worst
+        if count:
+            log(f"inv_freq verify: {count} stored tensor(s) match the spec, max |diff| {worst:.3e}")
+        else:
+            log("inv_freq verify: the checkpoint stores no inv_freq tensors; nothing to check")
+
+    if dry_run:
+        changes = [s for _, steps in shards for s in steps if s.action != "copy" or s.src != s.dst] + dropped
+        log(f"dry run: {ckpt.fmt} ({ckpt.layout}) -> {dst_fmt} ({dst_layout}); {len(changes)} tensor(s) change:")
+        for s in changes:
+            log("  " + s.describe())
+        return report
+
+    is_file = dst_fmt == "state_dict"
+    _remove_stale_partials(dst)
+    tmp = dst.parent / f".{dst.name}{PARTIAL}{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        _write(ckpt, tmp, dst, dst_fmt, dst_layout, shards, report, progress, after_tensor)
+        _install(tmp, dst, is_file)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report.seconds = time.perf_counter() - t0
+    for note in report.notes:
+        log(note)
+    log(
+        f"converted {ckpt.fmt} ({ckpt.layout}) -> {dst_fmt} ({dst_layout}): {report.permuted} permuted, "
+        f"{report.copied} copied, {report.added} added, {report.dropped} dropped; "
+        f"{report.bytes_written / 2**20:.1f} MiB in {report.seconds:.2f} s"
+    )
+    if verify:
+        from .convert_verify import compare_scores
+
+        spec_v = the_spec
+        if spec_v is None:
+            try:
+                spec_v = _spec_for(ckpt, spec, "--verify")
+            except RopeSpecError as exc:
+                g = ckpt.geometry
+                spec_v = RopeSpec(head_dim=g.head_dim, rotary_dim=g.rotary_dim)
+                log(f"verify: no model spec ({str(exc).split(';')[0]}); using base 10000 for the check (layout errors show with any frequencies)")
+        dst_ckpt = open_checkpoint(dst, config=config, layout=dst_layout if is_file else None)
+        max_abs, max_rel, per_layer = compare_scores(ckpt, dst_ckpt, spec_v)
+        report.verify_max_abs, report.verify_max_rel = max_abs, max_rel
+        log(f"verify: attention scores q.k on random inputs, {len(per_layer)} layer(s): max |diff| {max_abs:.3e} (relative {max_rel:.3e})")
+        if max_rel > 1e-9:
+            worst = max(per_layer, key=lambda kv: kv[1])
+            raise RopeCheckpointError(f"verify failed: layer {worst[0]} attention scores differ by {worst[1]:.3e} (relative {max_rel:.3e})")
+    return report
