@@ -42,6 +42,7 @@ _LAZY = {
     # tables -> rotation
     "apply_rope": "ropekit.apply",
     "apply_rope_qk": "ropekit.apply",
+    "apply_rope_qkv": "ropekit.apply",
     # the transformers-compatible module
     "RotaryEmbedding": "ropekit.module",
     # interop
