@@ -1,5 +1,6 @@
 """``ropekit bench``: side-by-side RoPE speed in one run, printed as a table and saved as CSV + PNG.
 
+examples:
     ropekit bench                         # CPU: time / clone() for ropekit, transformers, Meta
     ropekit bench --shapes S=4096 --dtypes float32
     ropekit bench --gpu                   # also the GPU table (needs CUDA): GB/s, % of copy
