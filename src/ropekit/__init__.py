@@ -42,14 +42,15 @@ _LAZY = {
     # tables -> rotation
     "apply_rope": "ropekit.apply",
     "apply_rope_qk": "ropekit.apply",
+    "apply_rope_qkv": "ropekit.apply",
     # the transformers-compatible module
     "RotaryEmbedding": "ropekit.module",
     # interop
     "permute_qk": "ropekit.permute",
     # doctor
     "fingerprint": "ropekit.probe",
-    "compare": "ropekit.compare",
-    "diff_models": "ropekit.compare",
+    "compare": "ropekit.comparison",  # not ropekit.compare: a submodule of that name would shadow the function
+    "diff_models": "ropekit.layerdiff",
 }
 _SUBMODULES = {"hf", "zoo", "kernels", "dialects", "convert", "plot"}
 

@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ropekit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `ropekit doctor | head`: the reader left; stop quietly.  Point stdout at devnull so the
+        # interpreter's final flush does not raise a second time (Python docs, "SIGPIPE").
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,204 @@
+"""The fused CPU path: the reference contract as one ``torch.compile``d expression per variant.
+
+RoPE is memory-bound: the floor is one read and one write of x.  Eager torch spends a full pass
+over memory per operator (slice, multiply, subtract, cat...); inductor fuses the whole expression
+into one C++ loop.  The expression is shaped for the vectorizer (measured on 2 cores, S=4096,
+32 heads x 128): the half layout as ``cat(o1, o2, tail)`` of contiguous halves; the interleaved
+layout as ``x * cos2 + swap_pairs(x) * sin2`` (the naive strided ``stack`` form ran 4x slower
+in bf16).
+
+Compiled variants are cached under an explicit key holding *everything that changes the code*:
+device type, x dtype, table dtype, layout and in/out of place (shapes and strides stay symbolic,
+``dynamic=True``, and the direction is a runtime sign; torch's guards still recompile on anything
+else that changes).  Each key gets its own code object, so one variant's recompiles never evict
+another's.
+
+In place is not cheaper here: each output element depends on another element of the same
+buffer, so inductor computes the rotated dims into a temporary and copies them back.
+
+When no C++ compiler is available (or compilation fails), the path falls back to the reference,
+*visibly*: a warning on the ``ropekit`` logger and ``status()`` says so.
+
+>>> import torch
+>>> from ropekit.kernels.cpu import status
+>>> sorted(status())
+['compiled_variants', 'fallback_reason']
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import types
+
+import torch
+
+from .reference import compute_dtype, rotate_reference
+
+__all__ = ["rotate_cpu", "rotate_qk_cpu", "status", "cache_key"]
+
+log = logging.getLogger("ropekit")
+
+_COMPILED: dict[tuple, object] = {}
+_FALLBACK: dict[str, str | None] = {"reason": None}
+
+
+def _rotate_half(x4, cos, sin, pos, sign, inplace: bool):
+    n = cos.shape[-1]
+    math = compute_dtype(x4.dtype)
+    c = cos[pos].unsqueeze(2).to(math)  # [B, S, 1, R]: gathered once per token, shared by heads
+    s = sin[pos].unsqueeze(2).to(math) * sign  # sign -1: the inverse rotation, same code
+    x1 = x4[..., :n].to(math)
+    x2 = x4[..., n : 2 * n].to(math)
+    o1 = (x1 * c - x2 * s).to(x4.dtype)
+    o2 = (x2 * c + x1 * s).to(x4.dtype)
+    if inplace:  # the tail (dims >= 2n) is neither read nor written
+        x4[..., : 2 * n] = torch.cat([o1, o2], -1)
+        return x4
+    return torch.cat([o1, o2, x4[..., 2 * n :]], -1)
+
+
+def _rotate_interleaved(x4, cos, sin, pos, sign, inplace: bool):
+    n = cos.shape[-1]
+    math = compute_dtype(x4.dtype)
+    c = cos[pos].unsqueeze(2).to(math)
+    s = sin[pos].unsqueeze(2).to(math) * sign
+    # out[2i] = x[2i] c - x[2i+1] s ; out[2i+1] = x[2i+1] c + x[2i] s  as one elementwise loop
+    c2 = torch.stack([c, c], -1).flatten(-2)
+    s2 = torch.stack([-s, s], -1).flatten(-2)
+    xr = x4[..., : 2 * n].to(math)
+    swapped = xr.unflatten(-1, (n, 2)).flip(-1).flatten(-2)
+    rotated = (xr * c2 + swapped * s2).to(x4.dtype)
+    if inplace:
+        x4[..., : 2 * n] = rotated
+        return x4
+    return torch.cat([rotated, x4[..., 2 * n :]], -1)
+
+
+def _rotate_qk(q4, k4, cos, sin, pos, sign, inplace: bool):
+    # q and k in one compiled call: one guard check and one dispatch instead of two
+    return _rotate_half(q4, cos, sin, pos, sign, inplace), _rotate_half(k4, cos, sin, pos, sign, inplace)
+
+
+def _rotate_qk_interleaved(q4, k4, cos, sin, pos, sign, inplace: bool):
+    return (_rotate_interleaved(q4, cos, sin, pos, sign, inplace),
+            _rotate_interleaved(k4, cos, sin, pos, sign, inplace))  # fmt: skip
+
+
+_BASES = {(False, 1): _rotate_half, (True, 1): _rotate_interleaved, (False, 2): _rotate_qk, (True, 2): _rotate_qk_interleaved}
+
+
+def cache_key(x4: torch.Tensor, cos: torch.Tensor, *, interleaved: bool, inplace: bool, n_tensors: int = 1) -> tuple:
+    """Everything that changes the generated code (shapes and strides are symbolic; the direction
+    is a runtime sign tensor, so forward and backward share one compiled variant)."""
+    return (x4.device.type, x4.dtype, cos.dtype, bool(interleaved), bool(inplace), int(n_tensors))
+
+
+def _compiled(key: tuple):
+    fn = _COMPILED.get(key)
+    if fn is None:
+        base = _BASES[(key[3], key[5])]
+        # a fresh code object per key: torch's recompile limit counts per code object
+        name = "_rope_" + "_".join(str(k).replace("torch.", "") for k in key)
+        code = base.__code__.replace(co_name=name)
+        fresh = types.FunctionType(code, base.__globals__, name, base.__defaults__, base.__closure__)
+        fn = _COMPILED[key] = torch.compile(fresh, dynamic=True, fullgraph=True)
+    return fn
+
+
+class _CompileSettings:
+    """Dynamo settings for the duration of one call, restored afterwards (set by hand: the
+    generic ``config.patch`` costs ~35 us per call, as much as the compiled call itself).
+
+    Sizes 0 and 1 are specialized by torch (batch 1, one head, decode's one token), so one variant
+    may legitimately see a dozen shape classes: allow them explicitly; and no "duck" sizing
+    (S == H by chance must not become a guard)."""
+
+    def __enter__(self):
+        from torch.fx.experimental import _config as fx_config
+
+        dynamo = torch._dynamo.config
+        self._saved = (dynamo.recompile_limit, fx_config.use_duck_shape)
+        dynamo.recompile_limit, fx_config.use_duck_shape = max(64, self._saved[0]), False
+
+    def __exit__(self, *exc):
+        from torch.fx.experimental import _config as fx_config
+
+        torch._dynamo.config.recompile_limit, fx_config.use_duck_shape = self._saved
+        return False
+
+
+_COMPILER: dict[str, str | None] = {}
+
+
+def _no_compiler() -> str | None:
+    # looked up once per process: scanning PATH costs ~40 us, more than a small compiled call
+    if "reason" not in _COMPILER:
+        found = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+        _COMPILER["reason"] = None if found else "no C++ compiler found on PATH (inductor needs one)"
+    return _COMPILER["reason"]
+
+
+def _fall_back(reason: str) -> None:
+    if _FALLBACK["reason"] is None:
+        log.warning("ropekit: cpu backend falls back to the reference rotation (slower): %s", reason)
+    _FALLBACK["reason"] = reason
+
+
+def status() -> dict:
+    """What the CPU path is doing: compiled variant keys, and why it fell back (None if it has not).
+
+    >>> from ropekit.kernels.cpu import status
+    >>> status()["fallback_reason"] is None or isinstance(status()["fallback_reason"], str)
+    True
+    """
+    return {"compiled_variants": list(_COMPILED), "fallback_reason": _FALLBACK["reason"]}
+
+
+def _contiguous(out: torch.Tensor, inplace: bool) -> torch.Tensor:
+    # the op's fake promises a contiguous result; inductor may keep x's strides instead (a
+    # pointwise result of a strided view), so make the promise true
+    return out if inplace or out.is_contiguous() else out.contiguous()
+
+
+def _run_compiled(tensors, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool):
+    """The compiled variant for one tensor or for (q, k); None when it cannot run (fell back)."""
+    reason = _FALLBACK["reason"] or _no_compiler()
+    if reason is None:
+        key = cache_key(tensors[0], cos, interleaved=interleaved, inplace=inplace, n_tensors=len(tensors))
+        sign = torch.tensor(-1.0 if inverse else 1.0, dtype=compute_dtype(tensors[0].dtype))
+        try:
+            with _CompileSettings():
+                # pos is small: a contiguous copy spares a recompile per stride pattern
+                out = _compiled(key)(*tensors, cos, sin, pos.contiguous(), sign, bool(inplace))
+            outs = out if len(tensors) > 1 else (out,)
+            return tuple(_contiguous(o, inplace) for o in outs)
+        except Exception as exc:  # inductor/toolchain failure: say so once, then use the reference
+            if not _is_compile_failure(exc):
+                raise
+            reason = f"torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    _fall_back(reason)
+    return None
+
+
+def rotate_cpu(x4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool) -> torch.Tensor:
+    """The kernel contract of ``kernels.reference``, fused by inductor (see the module docstring)."""
+    out = _run_compiled([x4], cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace)
+    if out is None:
+        return rotate_reference(x4, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace)
+    return out[0]
+
+
+def rotate_qk_cpu(q4, k4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool):
+    """q and k (same dtype) in one compiled call."""
+    kw = dict(interleaved=interleaved, inverse=inverse, inplace=inplace)
+    out = _run_compiled([q4, k4], cos, sin, pos, **kw) if q4.dtype == k4.dtype else None
+    if out is None:
+        return rotate_cpu(q4, cos, sin, pos, **kw), rotate_cpu(k4, cos, sin, pos, **kw)
+    return out
+
+
+def _is_compile_failure(exc: Exception) -> bool:
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return isinstance(exc, (BackendCompilerFailed, OSError)) or "CppCompileError" in type(exc).__name__

@@ -1,0 +1,161 @@
+"""The rotation as ``torch.library`` custom ops: one opaque node for ``torch.compile`` (no graph
+break, a fake implementation for tracing) with autograd whose backward is the inverse rotation
+by the same kernel (the rotation is orthogonal: its Jacobian transposed is the rotation by -angle,
+and the pass-through tail passes its gradient through).
+
+Ops (``backend`` names the implementation: ``"reference"``, ``"cpu"``, ``"triton"``, or
+``"triton_freqs"``, for which ``cos`` holds ``triton.turns_fixed_point(inv_freq)`` and ``sin``
+the attention factor as a one-element float64 tensor):
+
+* ``ropekit::rope(x, cos, sin, pos, interleaved, inverse, backend) -> y``
+* ``ropekit::rope_qk(q, k, cos, sin, pos, ...) -> (q', k')``   (one launch on triton)
+* ``ropekit::rope_`` / ``ropekit::rope_qk_``: in place (mutate their inputs; not differentiable)
+
+>>> import torch, ropekit as rk
+>>> from ropekit.kernels import ops
+>>> cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=4), 3)
+>>> x = torch.randn(1, 3, 2, 4)
+>>> pos = torch.arange(3)[None]
+>>> y = torch.ops.ropekit.rope(x, cos, sin, pos, False, False, "reference")
+>>> torch.allclose(torch.ops.ropekit.rope(y, cos, sin, pos, False, True, "reference"), x, atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .reference import rotate_reference
+
+__all__ = ["rope", "rope_", "rope_qk", "rope_qk_", "IMPLEMENTATIONS"]
+
+IMPLEMENTATIONS = ("reference", "cpu", "triton", "triton_freqs")
+
+
+def _single(backend: str):
+    if backend == "reference":
+        return rotate_reference
+    if backend == "cpu":
+        from .cpu import rotate_cpu
+
+        return rotate_cpu
+    if backend in ("triton", "triton_freqs"):
+        from .triton import rotate_triton
+
+        return rotate_triton
+    raise ValueError(f"backend={backend!r} must be one of {IMPLEMENTATIONS}")
+
+
+def _extra(backend: str, sin: Tensor) -> dict:
+    # the in-kernel-angle mode: sin carries the attention factor (kept a tensor so that the op
+    # schema stays the same for every backend)
+    return {"source": "freqs", "factor": float(sin.reshape(-1)[0])} if backend == "triton_freqs" else {}
+
+
+def _run(x, cos, sin, pos, interleaved, inverse, backend, inplace):
+    return _single(backend)(
+        x, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace, **_extra(backend, sin)
+    )
+
+
+def _run_qk(q, k, cos, sin, pos, interleaved, inverse, backend, inplace):
+    if backend in ("triton", "triton_freqs"):
+        from .triton import rotate_qk_triton
+
+        return rotate_qk_triton(
+            q, k, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace, **_extra(backend, sin)
+        )
+    if backend == "cpu":
+        from .cpu import rotate_qk_cpu
+
+        return rotate_qk_cpu(q, k, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace)
+    return (
+        _run(q, cos, sin, pos, interleaved, inverse, backend, inplace),
+        _run(k, cos, sin, pos, interleaved, inverse, backend, inplace),
+    )
+
+
+# --- out of place, differentiable -------------------------------------------------------------
+
+
+@torch.library.custom_op("ropekit::rope", mutates_args=())
+def rope(x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, interleaved: bool, inverse: bool, backend: str) -> Tensor:
+    return _run(x, cos, sin, pos, interleaved, inverse, backend, inplace=False)
+
+
+def _like(x: Tensor, backend: str) -> Tensor:
+    # the cpu path returns inductor's contiguous result; the others keep x's memory order
+    return x.new_empty(x.shape) if backend == "cpu" else torch.empty_like(x)
+
+
+@rope.register_fake
+def _(x, cos, sin, pos, interleaved, inverse, backend):
+    return _like(x, backend)
+
+
+def _setup(ctx, inputs, output):
+    _, cos, sin, pos, interleaved, inverse, backend = inputs
+    ctx.save_for_backward(cos, sin, pos)
+    ctx.interleaved, ctx.inverse, ctx.backend = interleaved, inverse, backend
+
+
+def _rope_backward(ctx, grad):
+    cos, sin, pos = ctx.saved_tensors
+    gx = rope(grad, cos, sin, pos, ctx.interleaved, not ctx.inverse, ctx.backend)
+    return gx, None, None, None, None, None, None
+
+
+rope.register_autograd(_rope_backward, setup_context=_setup)
+
+
+@torch.library.custom_op("ropekit::rope_qk", mutates_args=())
+def rope_qk(
+    q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, interleaved: bool, inverse: bool, backend: str
+) -> tuple[Tensor, Tensor]:
+    return _run_qk(q, k, cos, sin, pos, interleaved, inverse, backend, inplace=False)
+
+
+@rope_qk.register_fake
+def _(q, k, cos, sin, pos, interleaved, inverse, backend):
+    return _like(q, backend), _like(k, backend)
+
+
+def _setup_qk(ctx, inputs, output):
+    _, _, cos, sin, pos, interleaved, inverse, backend = inputs
+    ctx.save_for_backward(cos, sin, pos)
+    ctx.interleaved, ctx.inverse, ctx.backend = interleaved, inverse, backend
+
+
+def _rope_qk_backward(ctx, gq, gk):
+    cos, sin, pos = ctx.saved_tensors
+    gq, gk = rope_qk(gq, gk, cos, sin, pos, ctx.interleaved, not ctx.inverse, ctx.backend)
+    return gq, gk, None, None, None, None, None, None
+
+
+rope_qk.register_autograd(_rope_qk_backward, setup_context=_setup_qk)
+
+
+# --- in place ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("ropekit::rope_", mutates_args=("x",))
+def rope_(x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, interleaved: bool, inverse: bool, backend: str) -> None:
+    _run(x, cos, sin, pos, interleaved, inverse, backend, inplace=True)
+
+
+@rope_.register_fake
+def _(x, cos, sin, pos, interleaved, inverse, backend):
+    return None
+
+
+@torch.library.custom_op("ropekit::rope_qk_", mutates_args=("q", "k"))
+def rope_qk_(
+    q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, interleaved: bool, inverse: bool, backend: str
+) -> None:
+    _run_qk(q, k, cos, sin, pos, interleaved, inverse, backend, inplace=True)
+
+
+@rope_qk_.register_fake
+def _(q, k, cos, sin, pos, interleaved, inverse, backend):
+    return None
