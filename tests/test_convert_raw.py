@@ -294,3 +294,14 @@ def test_cli_meta_to_hf_does_not_import_torch(tmp_path):
     assert code == 0 and mods == "[]", (mods, err)
     back, orig = read_all(tmp_path / "back"), read_all(src)
     assert back.keys() == orig.keys() and all(same_bytes(back[n], orig[n]) for n in orig)
+
+
+def test_building_the_cli_parser_imports_no_torch():
+    """Every command registers its options without torch, so `ropekit convert` can run without it."""
+    from ropekit.bench import CPU_SHAPES
+    from ropekit.cli.bench import SHAPE_NAMES
+
+    assert SHAPE_NAMES == tuple(s.name for s in CPU_SHAPES)
+    code = "import sys; from ropekit.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
