@@ -13,6 +13,13 @@
 3. **atomic**: everything goes to a hidden sibling ``.DST.ropekit-partial-PID`` that is renamed to
    DST at the end; any failure (or Ctrl-C / SIGTERM from the CLI) removes it.  SRC is only read.
 
+Between safetensors checkpoints the whole conversion works on bytes and never imports torch
+(``formats/raw.py``): importing it takes longer than copying a 2 GB checkpoint.  A permuted
+tensor is read by ``preadv`` straight into its new row order; a shard whose tensors all stay in
+place (a layout change) is copied whole in one kernel call, like ``cp``, and the q/k tensors are
+written over it.  torch comes in only for what needs numbers or pickles: ``--inv-freq add`` /
+``verify``, ``--verify`` and Meta ``.pth`` files.
+
 >>> import os, tempfile, torch, ropekit as rk
 >>> from safetensors.torch import save_file
 >>> d = tempfile.mkdtemp(); src = os.path.join(d, "sd.safetensors")
@@ -35,10 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .errors import RopeCheckpointError, RopeSpecError
-from .formats import open_checkpoint
+from .formats import open_checkpoint, raw
 from .formats.base import UNSUPPORTED_FAMILIES, Checkpoint, permute_tensor, role_of
 from .spec import RopeSpec, normalize_layout
 
@@ -57,13 +62,17 @@ class Step:
     src: str | None
     dst: str | None
     role: str | None = None
-    dtype: torch.dtype | None = None
+    dtype: str | None = None  # safetensors' name ("BF16"; formats/raw.py), so planning needs no torch
     shape: tuple[int, ...] | None = None
-    make: Callable[[], torch.Tensor] | None = None  # "add": produces the tensor
+    make: Callable[[], "torch.Tensor"] | None = None  # noqa: F821  "add": produces the tensor
+
+    @property
+    def nbytes(self) -> int:
+        return raw.nbytes(self.dtype, self.shape)
 
     def describe(self) -> str:
         if self.action == "add":
-            return f"add      {self.dst} {list(self.shape)} {str(self.dtype).removeprefix('torch.')}"
+            return f"add      {self.dst} {list(self.shape)} {raw.torch_name(self.dtype)}"
         if self.action == "drop":
             return f"drop     {self.src}"
         arrow = "" if self.src == self.dst else f" -> {self.dst}"
@@ -148,8 +157,6 @@ def _inv_freq_name(qname: str, dst_fmt: str, meta_names: bool) -> str:
 
 def plan(ckpt: Checkpoint, dst_fmt: str, dst_layout: str, inv_freq: str = "keep", spec: RopeSpec | None = None):
     """[(dst file, [Step])] and the dropped steps.  Reads names, dtypes and shapes only."""
-    from .formats.meta import check_meta_expressible, hf_to_meta_name, meta_to_hf_name
-
     if inv_freq not in INV_FREQ_POLICIES:
         raise RopeCheckpointError(f"--inv-freq={inv_freq!r} must be one of {INV_FREQ_POLICIES}")
     g = ckpt.geometry
@@ -163,9 +170,13 @@ def plan(ckpt: Checkpoint, dst_fmt: str, dst_layout: str, inv_freq: str = "keep"
     if ckpt.fmt == "hf" and dst_fmt == "meta":
         if g.family not in META_FAMILIES:
             raise RopeCheckpointError(f"model_type={g.family!r} has no Meta checkpoint form (only {', '.join(META_FAMILIES)})")
+        from .formats.meta import check_meta_expressible, hf_to_meta_name
+
         check_meta_expressible(ckpt.config, g)
         rename = hf_to_meta_name
     elif ckpt.fmt == "meta" and dst_fmt == "hf":
+        from .formats.meta import meta_to_hf_name
+
         rename = meta_to_hf_name
     else:
         rename = None
@@ -192,7 +203,7 @@ def plan(ckpt: Checkpoint, dst_fmt: str, dst_layout: str, inv_freq: str = "keep"
         steps: list[Step] = []
         for name in names:
             role = role_of(name)
-            dtype, shape = ckpt.info(name)
+            dtype, shape = ckpt.raw_info(name)
             if role == "inv_freq":
                 if inv_freq in ("drop", "add"):
                     dropped.append(Step("drop", name, None, role))
@@ -246,11 +257,13 @@ def _add_step(qname: str, dst_fmt: str, meta_names: bool, spec: RopeSpec, ckpt: 
     from .frequencies import inv_freq as inv_freq_of
 
     def make():
+        import torch
+
         # the exact float64 frequencies, rounded once to float32 (the dtype transformers keeps them in)
         return inv_freq_of(spec)[0].to(torch.float32)
 
     name = _inv_freq_name(qname, dst_fmt, meta_names)
-    return Step("add", None, name, "inv_freq", torch.float32, (spec.n_pairs,), make)
+    return Step("add", None, name, "inv_freq", "F32", (spec.n_pairs,), make)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +275,8 @@ def verify_inv_freq(ckpt: Checkpoint, spec: RopeSpec) -> tuple[float, int]:
     """Max |stored - exact| over every stored inv_freq; RopeCheckpointError when one is off by more
     than its dtype can explain (32 ulp for fp32/fp64: transformers computes them in fp32 with pow;
     2 ulp for 16-bit)."""
+    import torch
+
     from .frequencies import inv_freq as inv_freq_of
 
     exact, _ = inv_freq_of(spec)
@@ -349,7 +364,7 @@ def _install(tmp: Path, dst: Path, is_file: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _tensor_for(ckpt: Checkpoint, step: Step, src_layout: str, dst_layout: str) -> torch.Tensor:
+def _tensor_for(ckpt: Checkpoint, step: Step, src_layout: str, dst_layout: str):
     if step.action == "add":
         return step.make()
     t = ckpt.tensor(step.src)
@@ -365,7 +380,7 @@ def _alignment(ckpt: Checkpoint, steps: list[Step]) -> int | None:
 
     pairs, rel = [], 0
     for s in steps:
-        nbytes = torch.Size(s.shape).numel() * torch.empty((), dtype=s.dtype).element_size()
+        nbytes = s.nbytes
         rng = ckpt.byte_range(s.src) if s.action == "copy" else None
         if rng is not None:
             pairs.append((rng[1], rel, nbytes))
@@ -373,16 +388,40 @@ def _alignment(ckpt: Checkpoint, steps: list[Step]) -> int | None:
     return best_alignment(pairs)
 
 
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+#: permute q/k tensors as bytes (formats/raw.py) where they have a byte range; False: through
+#: torch (``permute_tensor``), which the tests use to check both give the same bytes
+RAW_PERMUTE = True
+
+
+def _raw_permutable(ckpt: Checkpoint, step: Step, writer) -> tuple[str, int, int] | None:
+    if not RAW_PERMUTE or step.action != "permute" or not hasattr(writer, "write_bytes"):
+        return None
+    return ckpt.byte_range(step.src)
+
+
 def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, progress, after_tensor):
-    from tqdm.auto import tqdm
+    from concurrent.futures import ThreadPoolExecutor
 
     from .formats.hf import LAYOUT_KEY, hf_config_with_layout, plan_shards, write_hf
-    from .formats.meta import PthWriter, hf_config_from_meta, params_from_hf, write_params
     from .formats.safetensors_io import SafetensorsWriter, tensor_bytes
 
     all_steps = [s for _, steps in shards for s in steps]
-    total = sum(torch.Size(s.shape).numel() * torch.empty((), dtype=s.dtype).element_size() for s in all_steps)
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="convert", disable=not progress, file=sys.stderr)
+    total = sum(s.nbytes for s in all_steps)
+    rows = raw.RowReader()  # buffers reused across tensors and shards
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="convert", file=sys.stderr)
+    else:
+        bar = _NoBar()
 
     def done(step, nbytes):
         report.bytes_written += nbytes
@@ -390,56 +429,82 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
         if after_tensor is not None:
             after_tensor(step)
 
-    def stream(writer, steps):
+    def note_fallback(writer):
+        if writer.fallback and not any(n.startswith("pass-through") for n in report.notes):
+            report.notes.append(f"pass-through tensors were copied through user space, not in the kernel ({writer.fallback})")
+
+    # Writers place every tensor at its own offset, so the work splits in two: this thread has
+    # the kernel copy the untouched bytes (or a whole shard, see SafetensorsWriter(clone=)), a
+    # helper thread reads the others, permutes and writes them, one at a time, so peak memory
+    # stays one tensor (all of it releases the GIL).  A shard is finished (its helper work waited
+    # for, the file closed) only after the next one's copies are issued: the helper writes one
+    # shard's q/k while the kernel copies the next.
+    pool = ThreadPoolExecutor(1, thread_name_prefix="ropekit-write")
+
+    def make_and_write(writer, step) -> int:  # helper thread
+        rng = _raw_permutable(ckpt, step, writer)
+        if rng is not None:  # bytes in, bytes out: no torch
+
+            def order():
+                return raw.row_order(step.role, ckpt.geometry, ckpt.layout, dst_layout, step.shape[0])
+
+            handle, data = rows.read(writer.source_fd(rng[0]), rng[1], rng[2], (step.role, step.shape), order, rng[0])
+            try:
+                writer.write_bytes(step.dst, data)
+                return data.nbytes
+            finally:
+                rows.release(handle)
+        t = _tensor_for(ckpt, step, ckpt.layout, dst_layout)
+        writer.write_tensor(step.dst, t)
+        return tensor_bytes(t).nbytes
+
+    def start(writer, steps) -> Callable[[], None]:
+        """Issue one file's work; returns the function that finishes it."""
+        writer.flush()  # a clone is copied now, before the helper writes anything over it
+        futures = []
+        for step in steps:
+            rng = ckpt.byte_range(step.src) if step.action == "copy" else None
+            if rng is None:
+                futures.append((step, pool.submit(make_and_write, writer, step)))
+                continue
+            writer.copy_range(step.dst, *rng)
+            report.copied += 1
+            report.renamed += step.src != step.dst
+            done(step, rng[2] - rng[1])
+        writer.flush()
+
+        def finish():
+            try:
+                for step, future in futures:
+                    nbytes = future.result()
+                    report.permuted += step.action == "permute"
+                    report.added += step.action == "add"
+                    report.copied += step.action == "copy"
+                    report.renamed += step.action != "add" and step.src != step.dst
+                    done(step, nbytes)
+                writer.close()
+            finally:
+                note_fallback(writer)
+
+        return finish
+
+    def stream_all(writers_steps) -> None:
+        """[(writer, steps)]: stream every file, then close it; on any failure the helper is
+        stopped before the files are closed (it may be writing into one)."""
         try:
-            _stream(writer, steps)
-        finally:
-            if writer.fallback and not any(n.startswith("pass-through") for n in report.notes):
-                report.notes.append(f"pass-through tensors were copied through user space, not in the kernel ({writer.fallback})")
-
-    def _stream(writer, steps):
-        from concurrent.futures import ThreadPoolExecutor
-
-        ranges = [ckpt.byte_range(s.src) if s.action == "copy" else None for s in steps]
-        made = [i for i, r in enumerate(ranges) if r is None]  # tensors read (and permuted) in Python
-        # Writers place every tensor at its own offset, so the work splits in two: this thread has
-        # the kernel copy the untouched bytes, a helper thread reads, permutes and writes the
-        # others (all of it releases the GIL).  At most two such tensors are in flight, so peak
-        # memory stays a few tensors.
-        pool = ThreadPoolExecutor(1, thread_name_prefix="ropekit-write")
-        futures: dict[int, object] = {}
-
-        def make_and_write(step):
-            t = _tensor_for(ckpt, step, ckpt.layout, dst_layout)
-            writer.write_tensor(step.dst, t)
-            return tensor_bytes(t).nbytes
-
-        def ahead(k: int) -> None:
-            if k < len(made) and made[k] not in futures:
-                futures[made[k]] = pool.submit(make_and_write, steps[made[k]])
-
-        try:
-            ahead(0)
-            k = 0
-            for i, (step, rng) in enumerate(zip(steps, ranges)):
-                if rng is not None:
-                    writer.copy_range(step.dst, *rng)
-                    report.copied += 1
-                    report.renamed += step.src != step.dst
-                    done(step, rng[2] - rng[1])
-                    continue
-                ahead(k + 1)
-                writer.flush()  # the pending kernel copy runs while the helper works
-                nbytes = futures.pop(i).result()
-                k += 1
-                report.permuted += step.action == "permute"
-                report.added += step.action == "add"
-                report.copied += step.action == "copy"
-                report.renamed += step.action != "add" and step.src != step.dst
-                done(step, nbytes)
-            writer.flush()
+            previous = None
+            for writer, steps in writers_steps:
+                finish = start(writer, steps)
+                if previous is not None:
+                    previous()
+                previous = finish
+            if previous is not None:
+                previous()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            for writer, _ in writers_steps:
+                writer.abort()
+                note_fallback(writer)
 
     try:
         if dst_fmt == "hf":
@@ -453,28 +518,25 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
                 index_extra = {k: v for k, v in (ckpt.index or {}).items() if k != "weight_map"} if ckpt.index else None
                 by_file = {f: steps for f, steps in shards}
             else:  # from Meta
-                shapes = {n: ckpt.info(n)[1] for n in ckpt.names()}
-                config = hf_config_with_layout(hf_config_from_meta(ckpt.config, ckpt.geometry, shapes, ckpt.info(ckpt.names()[0])[0]), dst_layout)
+                from .formats.meta import hf_config_from_meta
+
+                shapes = {n: ckpt.raw_info(n)[1] for n in ckpt.names()}
+                dtype = raw.torch_name(ckpt.raw_info(ckpt.names()[0])[0])
+                config = hf_config_with_layout(hf_config_from_meta(ckpt.config, ckpt.geometry, shapes, dtype), dst_layout)
                 config_bytes, metadata, index_extra = None, {}, None
                 out_shards = plan_shards(entries)
                 flat = {s.dst: s for _, steps in shards for s in steps}
                 by_file = {f: [flat[n] for n, _, _ in ents] for f, ents in out_shards}
             aligns = {f: _alignment(ckpt, by_file[f]) for f, _ in out_shards}
-            writers = write_hf(tmp, out_shards, config, metadata, index_extra, config_bytes, aligns)
-            for f, writer in writers.items():
-                try:
-                    stream(writer, by_file[f])
-                    writer.close()
-                finally:
-                    writer.abort()
+            clones = ckpt.files if ckpt.fmt == "hf" else None  # same file names: maybe the same bytes but q/k
+            writers = write_hf(tmp, out_shards, config, metadata, index_extra, config_bytes, aligns, clones)
+            stream_all([(writer, by_file[f]) for f, writer in writers.items()])
         elif dst_fmt == "meta":
+            from .formats.meta import PthWriter, params_from_hf, write_params
+
             steps = [s for _, st in shards for s in st]
             writer = PthWriter(tmp / "consolidated.00.pth", [(s.dst, s.dtype, s.shape) for s in steps])
-            try:
-                stream(writer, steps)
-                writer.close()
-            finally:
-                writer.abort()
+            stream_all([(writer, steps)])
             if ckpt.fmt == "hf":
                 w1 = next(s for s in steps if s.dst == "layers.0.feed_forward.w1.weight")
                 write_params(tmp / "params.json", params_from_hf(ckpt.config, ckpt.geometry, w1.shape[0]))
@@ -485,14 +547,12 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
             out = tmp / dst.name
             entries = [(s.dst, s.dtype, s.shape) for s in steps]
             if out.suffix == ".safetensors":
-                writer = SafetensorsWriter(out, entries, ckpt.file.metadata if ckpt.file else {"format": "pt"}, _alignment(ckpt, steps))
+                writer = SafetensorsWriter(out, entries, ckpt.file.metadata if ckpt.file else {"format": "pt"}, _alignment(ckpt, steps), ckpt.file)
             else:
+                from .formats.meta import PthWriter
+
                 writer = PthWriter(out, entries)
-            try:
-                stream(writer, steps)
-                writer.close()
-            finally:
-                writer.abort()
+            stream_all([(writer, steps)])
         # auxiliary files (tokenizer, generation config, ...) travel unchanged
         for rel in ckpt.aux_files:
             if dst_fmt == "meta" and rel == "checklist.chk":
@@ -502,6 +562,7 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ckpt.path / rel, target)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
 
 

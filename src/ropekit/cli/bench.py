@@ -16,9 +16,12 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
           "float16": "float16", "fp16": "float16"}  # fmt: skip
 
 
-def register(subparsers) -> None:
-    from ..bench import CPU_SHAPES
+#: ropekit.bench's CPU_SHAPES names, repeated so that building the parser does not import torch
+#: (`ropekit convert` between safetensors files never needs it); a test checks they agree
+SHAPE_NAMES = ("S=512", "S=4096", "S=16384", "decode B=32")
 
+
+def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
         help="side-by-side speed of RoPE implementations (CSV + PNG)",
@@ -27,7 +30,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", default=os.path.join("benchmarks", "results"),
                    help="folder for speed_cpu.csv / .png and speed_gpu.csv (default: %(default)s)")  # fmt: skip
-    p.add_argument("--shapes", default=",".join(s.name for s in CPU_SHAPES),
+    p.add_argument("--shapes", default=",".join(SHAPE_NAMES),
                    help="comma-separated CPU shapes (default: all: %(default)s)")  # fmt: skip
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None,

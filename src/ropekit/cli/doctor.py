@@ -17,8 +17,6 @@ import json
 import os
 import sys
 
-import torch
-
 from ..errors import RopeError
 
 EXAMPLE = """examples:
@@ -29,7 +27,9 @@ EXAMPLE = """examples:
 
 exit codes: 0 equivalent (or the zoo report), 1 not equivalent (or no RoPE found), 2 bad input"""
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+#: --dtype choices (torch dtype names): torch is imported when the command runs, not when
+#: `ropekit` builds its parser (`ropekit convert` between safetensors files never needs it)
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def register(subparsers) -> None:
@@ -221,8 +221,10 @@ def run(args) -> int:
         raise RopeError(f"--max-position={args.max_position} must be >= 16")
     if args.head_dim is not None and args.head_dim < 2:
         raise RopeError(f"--head-dim={args.head_dim} must be >= 2")
-    dtype = DTYPES[args.dtype]
-    dtype_b = DTYPES[args.dtype_b] if args.dtype_b else dtype
+    import torch
+
+    dtype = getattr(torch, args.dtype)
+    dtype_b = getattr(torch, args.dtype_b) if args.dtype_b else dtype
     if args.a is None:
         rows, fixes = zoo_report(args.max_position, args.all_pairs)
         if args.json:

@@ -17,10 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import RopeCheckpointError, RopeShapeError
-from ..permute import permute_neox_qkv, permute_phi3_qkv, permute_qk
 from ..spec import normalize_layout
 
 __all__ = ["Geometry", "Checkpoint", "role_of", "layer_of", "permute_tensor", "ROLES"]
@@ -113,8 +110,10 @@ class Geometry:
         return self.n_kv_heads if role == "k" else self.n_heads
 
 
-def permute_tensor(t: torch.Tensor, role: str, g: Geometry, src: str, dst: str, name: str) -> torch.Tensor:
+def permute_tensor(t, role: str, g: Geometry, src: str, dst: str, name: str):
     """Move the q/k rows of one stored tensor (any role) from layout src to dst."""
+    from ..permute import permute_neox_qkv, permute_phi3_qkv, permute_qk  # torch
+
     if role in ("q", "k"):
         return permute_qk(t, g.heads_for(role), g.head_dim, g.rotary_dim, src, dst, name=name)
     if role == "qkv_neox":
@@ -140,10 +139,18 @@ class Checkpoint:
     def names(self) -> list[str]:
         return [n for _, names in self.shards for n in names]
 
-    def info(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+    def info(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:  # noqa: F821 (torch: only where the format needs it)
         raise NotImplementedError
 
-    def tensor(self, name: str) -> torch.Tensor:
+    def raw_info(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """(safetensors dtype name, shape): like ``info`` without needing torch where the format
+        does not (safetensors)."""
+        from .raw import dtype_name
+
+        dtype, shape = self.info(name)
+        return dtype_name(dtype), shape
+
+    def tensor(self, name: str):
         raise NotImplementedError
 
     def byte_range(self, name: str) -> tuple[str, int, int] | None:

@@ -12,9 +12,8 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ..errors import RopeCheckpointError
+from . import raw
 from .base import Checkpoint, Geometry, list_aux
 from .safetensors_io import SafetensorsFile, SafetensorsWriter
 
@@ -83,6 +82,10 @@ class HFCheckpoint(Checkpoint):
         i = self.files[self._where[name]].infos[name]
         return i.dtype, i.shape
 
+    def raw_info(self, name):
+        i = self.files[self._where[name]].infos[name]
+        return i.dtype_name, i.shape
+
     def tensor(self, name):
         return self.files[self._where[name]].tensor(name)
 
@@ -108,10 +111,11 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def write_hf(dst: Path, shards, config: dict, metadata: dict, index_extra: dict | None, config_bytes: bytes | None,
-             aligns: dict | None = None):  # fmt: skip
+             aligns: dict | None = None, clones: dict | None = None):  # fmt: skip
     """Open one streaming writer per shard.  ``shards``: [(file, [(name, dtype, shape), ...])].
     Returns {file: SafetensorsWriter}; the config and index are written immediately (small).
-    ``aligns``: {file: data-start residue} for ``SafetensorsWriter(align=...)``."""
+    ``aligns``: {file: data-start residue} for ``SafetensorsWriter(align=...)``; ``clones``: {file:
+    source SafetensorsFile} for ``SafetensorsWriter(clone=...)``."""
     os.makedirs(dst, exist_ok=True)
     if config_bytes is not None:  # unchanged config: keep the user's bytes exactly
         (dst / "config.json").write_bytes(config_bytes)
@@ -119,7 +123,7 @@ def write_hf(dst: Path, shards, config: dict, metadata: dict, index_extra: dict 
         write_json(dst / "config.json", config)
     writers = {}
     for f, entries in shards:
-        writers[f] = SafetensorsWriter(dst / f, entries, metadata.get(f) or {"format": "pt"}, (aligns or {}).get(f))
+        writers[f] = SafetensorsWriter(dst / f, entries, metadata.get(f) or {"format": "pt"}, (aligns or {}).get(f), (clones or {}).get(f))
     if len(shards) > 1 or index_extra is not None:
         index = dict(index_extra or {})
         index["metadata"] = dict(index.get("metadata") or {})
@@ -133,7 +137,7 @@ def plan_shards(entries, max_bytes: int = MAX_SHARD_BYTES):
     """Split [(name, dtype, shape)] into transformers-named shards of at most max_bytes each."""
     groups, current, size = [], [], 0
     for name, dtype, shape in entries:
-        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        nbytes = raw.nbytes(dtype, shape)
         if current and size + nbytes > max_bytes:
             groups.append(current)
             current, size = [], 0

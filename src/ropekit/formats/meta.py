@@ -1,8 +1,8 @@
 """Meta Llama directories: ``params.json`` + ``consolidated.NN.pth`` (one per model-parallel rank).
 
 Meta's reference code rotates q/k as complex numbers, i.e. in the interleaved layout, so a Meta
-directory is interleaved by definition.  ``.pth`` files are opened with ``weights_only=True`` (no
-code runs while unpickling) and memory-mapped.  Model-parallel shards are merged on read: column-
+directory is interleaved by definition.  ``.pth`` files are never unpickled with code execution:
+their layout is read by a restricted unpickler (``torch_zip``) or ``torch.load(weights_only=True)``.  Model-parallel shards are merged on read: column-
 parallel weights (wq, wk, wv, w1, w3, output) along dim 0, row-parallel ones (wo, w2) along dim 1,
 the embedding along whichever dim its shard shape says (Llama 2 split the model dim, Llama 3 the
 vocabulary), norms replicated.  Writing produces a single ``consolidated.00.pth``.
@@ -15,10 +15,9 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
 from ..errors import RopeCheckpointError
 from .base import Checkpoint, Geometry, list_aux
+from .raw import torch_dtype, torch_name
 
 __all__ = ["MetaCheckpoint", "PthFile", "PthWriter", "is_meta_dir", "hf_to_meta_name", "meta_to_hf_name", "params_from_hf",
            "hf_config_from_meta", "check_meta_expressible"]
@@ -117,12 +116,12 @@ class MetaCheckpoint(Checkpoint):
             dim, first = self._concat_dim(name), self.parts[0][name]
             for f, part in zip(files[1:], self.parts[1:]):
                 t = part[name]
-                same = t.dtype == first.dtype and t.dim() == first.dim()
+                same = _dtype_name(t) == _dtype_name(first) and t.dim() == first.dim()
                 same = same and all(a == b for d, (a, b) in enumerate(zip(t.shape, first.shape)) if d != dim)
                 if not same:
                     raise RopeCheckpointError(
-                        f"tensor {name} is {str(t.dtype).removeprefix('torch.')}{list(t.shape)} in {f} but "
-                        f"{str(first.dtype).removeprefix('torch.')}{list(first.shape)} in {files[0]}; model-parallel shards must agree"
+                        f"tensor {name} is {torch_name(_dtype_name(t))}{list(t.shape)} in {f} but "
+                        f"{torch_name(_dtype_name(first))}{list(first.shape)} in {files[0]}; model-parallel shards must agree"
                         + ("" if dim is None else f" outside dim {dim}, along which they are concatenated")
                     )
         # one logical checkpoint; it is written back as a single file
@@ -143,12 +142,16 @@ class MetaCheckpoint(Checkpoint):
         return None  # norms, rope.freqs, biases of row-parallel layers: replicated
 
     def info(self, name):
+        dtype, shape = self.raw_info(name)
+        return torch_dtype(dtype), shape
+
+    def raw_info(self, name):
         t = self.parts[0][name]
         dim = self._concat_dim(name)
         shape = list(t.shape)
         if dim is not None:
             shape[dim] = sum(p[name].shape[dim] for p in self.parts)
-        return t.dtype, tuple(shape)
+        return _dtype_name(t), tuple(shape)
 
     def _read(self, i: int, name: str) -> torch.Tensor:
         return self.files[i].tensor(name)
@@ -157,6 +160,8 @@ class MetaCheckpoint(Checkpoint):
         dim = self._concat_dim(name)
         if dim is None:
             return self._read(0, name)
+        import torch
+
         return torch.cat([self._read(i, name) for i in range(len(self.parts))], dim=dim)
 
     def byte_range(self, name):
@@ -166,10 +171,12 @@ class MetaCheckpoint(Checkpoint):
 class PthFile:
     """One ``torch.save`` file opened for streaming.
 
-    Its layout (names, dtypes, shapes, byte offsets) comes from a weights-only load on the meta
-    device: no tensor data is read until it is needed, and then one tensor at a time, by byte
-    range (a memory map would keep every page it touched resident until the end).  Tensors
-    stored as strided views of a larger storage come from torch's own memory-mapped load.
+    Its layout (names, dtypes, shapes, byte offsets) comes from the file's pickle, read without
+    torch and without running code (``formats/torch_zip.py``), or, for anything that reader does
+    not know, from a weights-only load on the meta device.  No tensor data is read until it is
+    needed, and then one tensor at a time, by byte range (a memory map would keep every page it
+    touched resident until the end).  Tensors stored as strided views of a larger storage come
+    from torch's own memory-mapped load.
 
     >>> import os, tempfile, torch
     >>> p = os.path.join(tempfile.mkdtemp(), "sd.pt")
@@ -180,16 +187,27 @@ class PthFile:
     """
 
     def __init__(self, path, what: str = "PyTorch checkpoint"):
+        from .torch_zip import read_layout
+
         self.path = Path(path)
+        self._mapped: dict | None = None
+        # a plain state dict's layout is read without torch (formats/torch_zip.py); anything else
+        # goes to torch.load, which also says what is wrong with it
+        records = read_layout(self.path)
+        if records is not None:
+            self.layout: dict = records
+            self.ranges = {n: (r.start, r.end) for n, r in records.items() if r.is_contiguous()}
+            return
+        import torch
+
         try:
             sd = torch.load(self.path, map_location="meta", weights_only=True)
         except Exception as exc:  # a pickle that is not plain tensors, or a truncated zip
             raise RopeCheckpointError(f"{self.path} is not a weights-only {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise RopeCheckpointError(f"{self.path} does not hold a flat dict of tensors")
-        self.layout: dict = sd
+        self.layout = sd
         self.ranges = _byte_ranges(sd, self.path)
-        self._mapped: dict | None = None
 
     def names(self) -> list[str]:
         return list(self.layout)
@@ -198,20 +216,33 @@ class PthFile:
         t = self.layout[name]
         return t.dtype, tuple(t.shape)
 
+    def raw_info(self, name: str):
+        t = self.layout[name]
+        return _dtype_name(t), tuple(t.shape)
+
     def tensor(self, name: str) -> torch.Tensor:
         from .safetensors_io import read_range
 
         rng = self.ranges.get(name)
         if rng is not None:
             t = self.layout[name]
-            return read_range(str(self.path), rng[0], rng[1], t.dtype, t.shape)
+            return read_range(str(self.path), rng[0], rng[1], _dtype_name(t), t.shape)
         if self._mapped is None:  # a strided view of a larger storage: torch materializes it
+            import torch
+
             self._mapped = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         return self._mapped[name]
 
     def byte_range(self, name: str):
         rng = self.ranges.get(name)
         return None if rng is None else (str(self.path), rng[0], rng[1])
+
+
+def _dtype_name(t) -> str:
+    """safetensors dtype name of a TensorRecord (no torch) or a meta tensor."""
+    from .raw import dtype_name
+
+    return getattr(t, "dtype_name", None) or dtype_name(t.dtype)
 
 
 def _byte_ranges(layout: dict, path: Path) -> dict:
@@ -305,7 +336,7 @@ def _hf_rope_parameters(params: dict) -> dict:
     return rope
 
 
-def hf_config_from_meta(params: dict, geometry: Geometry, shapes: dict, dtype: torch.dtype) -> dict:
+def hf_config_from_meta(params: dict, geometry: Geometry, shapes: dict, dtype) -> dict:
     """A transformers LlamaConfig dict for a Meta checkpoint (sizes read from the tensors)."""
     rope = _hf_rope_parameters(params)
     return {
@@ -346,10 +377,15 @@ class PthWriter:
     """
 
     def __init__(self, path, entries):
+        import torch
+
         from .safetensors_io import SourceFiles
 
         self.path = os.fspath(path)
-        placeholders = {name: torch.empty(shape, dtype=dtype) for name, dtype, shape in entries}
+        from .raw import torch_dtype
+
+        # dtypes: torch.dtype or safetensors names (the converter plans with names)
+        placeholders = {name: torch.empty(shape, dtype=torch_dtype(dtype)) for name, dtype, shape in entries}
         with torch.serialization.skip_data():
             torch.save(placeholders, self.path)
         del placeholders
@@ -363,6 +399,10 @@ class PthWriter:
         self._sources = SourceFiles()
         self.total_size = sum(self.sizes.values())
 
+    def source_fd(self, path: str) -> int:
+        """An open descriptor of source file ``path`` (kept open until close / abort)."""
+        return self._sources.get(path).fileno()
+
     def _check(self, name: str, nbytes: int) -> int:
         if self.sizes[name] != nbytes:
             raise RuntimeError(f"tensor {name!r} has {nbytes} bytes, the file reserved {self.sizes[name]}")  # a bug
@@ -371,7 +411,11 @@ class PthWriter:
     def write_tensor(self, name: str, t: torch.Tensor) -> None:
         from .safetensors_io import tensor_bytes
 
-        data = tensor_bytes(t)
+        self.write_bytes(name, tensor_bytes(t))
+
+    def write_bytes(self, name: str, data) -> None:
+        """Write the raw bytes of tensor ``name`` (a bytes-like object of exactly its size)."""
+        data = memoryview(data).cast("B")
         offset = self._check(name, data.nbytes)
         while data.nbytes:
             n = os.pwrite(self._f.fileno(), data, offset)

@@ -57,6 +57,12 @@ class StateDictCheckpoint(Checkpoint):
             return i.dtype, i.shape
         return self.sd.info(name)
 
+    def raw_info(self, name):
+        if self.file is not None:
+            i = self.file.infos[name]
+            return i.dtype_name, i.shape
+        return self.sd.raw_info(name)
+
     def tensor(self, name):
         return self.file.tensor(name) if self.file is not None else self.sd.tensor(name)
 
