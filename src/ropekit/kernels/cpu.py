@@ -35,7 +35,7 @@ import torch
 
 from .reference import compute_dtype, rotate_reference
 
-__all__ = ["rotate_cpu", "rotate_qk_cpu", "status", "cache_key"]
+__all__ = ["rotate_cpu", "rotate_qk_cpu", "rotate_many_cpu", "status", "cache_key"]
 
 log = logging.getLogger("ropekit")
 
@@ -196,6 +196,14 @@ def rotate_qk_cpu(q4, k4, cos, sin, pos, *, interleaved: bool, inverse: bool, in
     if out is None:
         return rotate_cpu(q4, cos, sin, pos, **kw), rotate_cpu(k4, cos, sin, pos, **kw)
     return out
+
+
+def rotate_many_cpu(tensors, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool):
+    """One tensor or (q, k) of one dtype in one compiled call (the reference when it fell back)."""
+    kw = dict(interleaved=interleaved, inverse=inverse, inplace=inplace)
+    if len(tensors) == 2:
+        return list(rotate_qk_cpu(tensors[0], tensors[1], cos, sin, pos, **kw))
+    return [rotate_cpu(t, cos, sin, pos, **kw) for t in tensors]
 
 
 def _is_compile_failure(exc: Exception) -> bool:
