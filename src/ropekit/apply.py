@@ -339,52 +339,46 @@ _LAYOUTS = {None: False, "half": False, "neox": False, "interleaved": True, "gpt
 
 
 def _lean(tensors, cos, sin, *, layout, format, positions, offsets, cu_seqlens, inplace, inverse, backend, spec):
-    """The rotated tensors by ``kernels.eager`` (bit for bit the reference, a third of its
-    operators, no custom-op dispatch, one position read), or None when this call needs the
-    general path: anything unusual (bad arguments included, so that the general path raises its
-    clear errors), a gradient, torch.compile, or a tensor big enough for the compiled kernel."""
-    if backend is not None or spec is not None or cu_seqlens is not None or format not in FORMATS:
+    """The rotated tensors without the op dispatch, or None when this call needs the general
+    path: anything unusual (bad arguments included, so that the general path raises its clear
+    errors), a gradient, or torch.compile.  Small tensors go to ``kernels.eager`` (bit for bit
+    the reference in a third of its operators, cos/sin rows gathered once for q and k, no host
+    read of the positions); big ones straight to the compiled kernel."""
+    if backend is not None or spec is not None or cu_seqlens is not None or torch.compiler.is_compiling():
         return None
     x = tensors[0]
-    if not (isinstance(cos, torch.Tensor) and isinstance(sin, torch.Tensor) and cos.dim() == 2
-            and cos.shape == sin.shape and cos.is_floating_point() and sin.is_floating_point()):  # fmt: skip
+    if not (type(cos) is torch.Tensor and type(sin) is torch.Tensor and cos.dim() == 2 and cos.shape == sin.shape
+            and cos.is_floating_point() and sin.is_floating_point() and cos.is_cpu and sin.is_cpu):  # fmt: skip
         return None
-    want = 3 if format == "thd" else 4
+    want = 3 if format == "thd" else 4 if format in FORMATS else -1
+    grad = torch.is_grad_enabled() and (cos.requires_grad or sin.requires_grad)
     for t in tensors:
-        if not (isinstance(t, torch.Tensor) and t.dim() == want and t.dtype == x.dtype and t.is_cpu):
+        if not (type(t) is torch.Tensor and t.dim() == want and t.dtype == x.dtype and t.is_cpu):
             return None
-    if not (x.is_floating_point() and cos.is_cpu and sin.is_cpu) or layout not in _LAYOUTS:
-        return None
-    if torch.compiler.is_compiling():
-        return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (*tensors, cos, sin)):
-        return None
+        grad = grad or (t.requires_grad and torch.is_grad_enabled())
     n_rows, n = cos.shape
-    if n == 0 or 2 * n > x.shape[-1]:
+    D = x.shape[-1]
+    if grad or layout not in _LAYOUTS or not x.is_floating_point() or n == 0 or 2 * n > D:
         return None
     views = [t.unsqueeze(0) if format == "thd" else t.transpose(1, 2) if format == "bhsd" else t for t in tensors]
     B, S = views[0].shape[:2]
     for v in views[1:]:
-        if v.shape[:2] != (B, S) or v.shape[-1] != x.shape[-1]:
+        if v.shape[:2] != (B, S) or v.shape[-1] != D:
             return None
     if positions is not None:
-        if offsets is not None or not isinstance(positions, torch.Tensor) or not positions.is_cpu:
+        if offsets is not None or type(positions) is not torch.Tensor or not positions.is_cpu:
             return None
         if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
             return None
         if positions.shape == (S,):
             positions = positions[None]
-        elif positions.shape != (B, S) and not (format == "thd" and positions.shape == (1, S)):
+        elif positions.shape != (B, S):  # thd: B is 1, so [1, T] is covered too
             return None
-        if positions.numel():
-            lo, hi = torch.aminmax(positions)  # the one host read of this call
-            if lo.item() < 0 or hi.item() >= n_rows:
-                return None  # the general path names the offending position
         idx = positions if positions.dtype == torch.int64 else positions.long()
     else:
         if offsets is None:
             start = 0
-        elif isinstance(offsets, int) and not isinstance(offsets, bool):
+        elif type(offsets) is int:
             start = offsets
         else:
             return None
@@ -397,17 +391,24 @@ def _lean(tensors, cos, sin, *, layout, format, positions, offsets, cu_seqlens, 
         from .kernels.cpu import rotate_many_cpu
 
         if idx is None:
-            idx = torch.arange(start, start + S).expand(B, S)
+            idx = torch.arange(start, start + S)[None]
+        elif idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < n_rows):
+            return None  # the general path names the offending position
         outs = rotate_many_cpu(views, cos, sin, idx.expand(B, S), interleaved=interleaved, inverse=bool(inverse),
                                inplace=inplace)  # fmt: skip
     else:
         if idx is None:
             c, s = cos[None, start : start + S], sin[None, start : start + S]  # views: no gather
         else:
-            flat = idx.reshape(-1)  # once for q and k (index_select: cheaper than advanced indexing)
-            c, s = cos.index_select(0, flat).view(*idx.shape, n), sin.index_select(0, flat).view(*idx.shape, n)
+            flat = idx.reshape(-1)  # gathered once for q and k
+            try:  # index_select checks every row is in [0, n_rows) without a host read of the positions
+                c, s = cos.index_select(0, flat), sin.index_select(0, flat)
+            except IndexError:
+                return None  # the general path names the offending position
+            c, s = c.view(*idx.shape, n), s.view(*idx.shape, n)
         math = compute_dtype(x.dtype)
-        c, s = c.to(math), s.to(math)
+        if c.dtype != math:
+            c, s = c.to(math), s.to(math)
         outs = rotate_lean(views, c, s, interleaved=interleaved, inverse=bool(inverse), inplace=inplace)
     return [t if inplace else _restore(o, format) for t, o in zip(tensors, outs)]
 
