@@ -179,3 +179,30 @@ def test_big_tensors_call_the_compiled_kernel_directly(monkeypatch, lean_calls, 
     for y, x64, b in zip(out, (q, k), before):
         assert_close_to(_canonical(y, "bhsd"), rope_fp64(x64.to(dtype), inv, pos, layout), dtype)
         assert torch.equal(y[..., 16:], b[..., 16:])  # the tail: untouched in place, copied out of place
+
+
+def test_cpu_in_place_reuses_its_scratch_and_leaves_the_tail(monkeypatch):
+    """In place on the compiled path: rotary dims into a per-thread scratch buffer, copied back;
+    the buffer is reused (no fresh pages per call) unless it would exceed SCRATCH_MAX_BYTES."""
+    from ropekit.kernels import cpu
+
+    spec = rk.RopeSpec(head_dim=32, rotary_dim=16)
+    cos, sin = rk.cos_sin(spec, P)
+    g = torch.Generator().manual_seed(9)
+    q64, k64 = torch.randn(1, 6, 3, 32, generator=g, dtype=torch.float64), torch.randn(1, 6, 1, 32, generator=g, dtype=torch.float64)
+    inv, _ = rk.inv_freq(spec)
+    pointers = []
+    for _ in range(2):
+        q, k = q64.float(), k64.float()
+        tails = q[..., 16:].clone(), k[..., 16:].clone()
+        assert rk.apply_rope_qk(q, k, cos, sin, offsets=5, inplace=True, backend="cpu")[0] is q
+        pointers.append(cpu._SCRATCH.buffers[torch.float32].data_ptr())
+        for y, x64, tail in zip((q, k), (q64, k64), tails):
+            assert_close_to(y, rope_fp64(x64.float(), inv, torch.arange(5, 11)[None], "half"))
+            assert torch.equal(y[..., 16:], tail)
+    assert pointers[0] == pointers[1]
+    monkeypatch.setattr(cpu, "SCRATCH_MAX_BYTES", 64)  # too big to keep: a fresh buffer, not cached
+    q, k = q64.float(), k64.float()
+    rk.apply_rope_qk(q, k, cos, sin, offsets=5, inplace=True, backend="cpu")
+    assert cpu._SCRATCH.buffers[torch.float32].data_ptr() == pointers[0]
+    assert_close_to(q, rope_fp64(q64.float(), inv, torch.arange(5, 11)[None], "half"))

@@ -13,8 +13,11 @@ device type, x dtype, table dtype, layout and in/out of place (shapes and stride
 else that changes).  Each key gets its own code object, so one variant's recompiles never evict
 another's.
 
-In place is not cheaper here: each output element depends on another element of the same
-buffer, so inductor computes the rotated dims into a temporary and copies them back.
+In place: each output element depends on another element of the same buffer, so inductor cannot
+rotate a buffer into itself; it would compute into a fresh temporary every call, whose
+first-touch page faults cost several times the rotation.  So in place rotates the rotary dims
+into a scratch buffer kept per thread (up to ``SCRATCH_MAX_BYTES``) and copies them back: two
+passes, no fresh memory (the tail is neither read nor written).
 
 When no C++ compiler is available (or compilation fails), the path falls back to the reference,
 *visibly*: a warning on the ``ropekit`` logger and ``status()`` says so.
@@ -28,7 +31,9 @@ When no C++ compiler is available (or compilation fails), the path falls back to
 from __future__ import annotations
 
 import logging
+import math
 import shutil
+import threading
 import types
 
 import torch
@@ -85,7 +90,47 @@ def _rotate_qk_interleaved(q4, k4, cos, sin, pos, sign, inplace: bool):
             _rotate_interleaved(k4, cos, sin, pos, sign, inplace))  # fmt: skip
 
 
-_BASES = {(False, 1): _rotate_half, (True, 1): _rotate_interleaved, (False, 2): _rotate_qk, (True, 2): _rotate_qk_interleaved}
+def _rotate_into(x4, cos, sin, pos, sign, out, interleaved: bool):
+    # in place, step 1: the rotated dims into a separate buffer (step 2, the copy back, is eager).
+    # Each half is stored by its own copy_: a cat here would be materialized in a fresh buffer
+    n = cos.shape[-1]
+    math = compute_dtype(x4.dtype)
+    c = cos[pos].unsqueeze(2).to(math)
+    s = sin[pos].unsqueeze(2).to(math) * sign
+    if interleaved:
+        x1, x2, o1, o2 = x4[..., 0 : 2 * n : 2], x4[..., 1 : 2 * n : 2], out[..., 0::2], out[..., 1::2]
+    else:
+        x1, x2, o1, o2 = x4[..., :n], x4[..., n : 2 * n], out[..., :n], out[..., n:]
+    x1, x2 = x1.to(math), x2.to(math)
+    o1.copy_((x1 * c - x2 * s).to(out.dtype))
+    o2.copy_((x2 * c + x1 * s).to(out.dtype))
+
+
+def _rotate_half_into(x4, cos, sin, pos, sign, out):
+    _rotate_into(x4, cos, sin, pos, sign, out, False)
+
+
+def _rotate_interleaved_into(x4, cos, sin, pos, sign, out):
+    _rotate_into(x4, cos, sin, pos, sign, out, True)
+
+
+def _rotate_qk_into(q4, k4, cos, sin, pos, sign, out_q, out_k):
+    _rotate_into(q4, cos, sin, pos, sign, out_q, False)
+    _rotate_into(k4, cos, sin, pos, sign, out_k, False)
+
+
+def _rotate_qk_interleaved_into(q4, k4, cos, sin, pos, sign, out_q, out_k):
+    _rotate_into(q4, cos, sin, pos, sign, out_q, True)
+    _rotate_into(k4, cos, sin, pos, sign, out_k, True)
+
+
+# (interleaved, tensors, in place) -> the function compiled for that variant
+_BASES = {
+    (False, 1, False): _rotate_half, (True, 1, False): _rotate_interleaved,
+    (False, 2, False): _rotate_qk, (True, 2, False): _rotate_qk_interleaved,
+    (False, 1, True): _rotate_half_into, (True, 1, True): _rotate_interleaved_into,
+    (False, 2, True): _rotate_qk_into, (True, 2, True): _rotate_qk_interleaved_into,
+}  # fmt: skip
 
 
 def cache_key(x4: torch.Tensor, cos: torch.Tensor, *, interleaved: bool, inplace: bool, n_tensors: int = 1) -> tuple:
@@ -97,7 +142,7 @@ def cache_key(x4: torch.Tensor, cos: torch.Tensor, *, interleaved: bool, inplace
 def _compiled(key: tuple):
     fn = _COMPILED.get(key)
     if fn is None:
-        base = _BASES[(key[3], key[5])]
+        base = _BASES[(key[3], key[5], key[4])]
         # a fresh code object per key: torch's recompile limit counts per code object
         name = "_rope_" + "_".join(str(k).replace("torch.", "") for k in key)
         code = base.__code__.replace(co_name=name)
@@ -168,9 +213,11 @@ def _run_compiled(tensors, cos, sin, pos, *, interleaved: bool, inverse: bool, i
         key = cache_key(tensors[0], cos, interleaved=interleaved, inplace=inplace, n_tensors=len(tensors))
         sign = torch.tensor(-1.0 if inverse else 1.0, dtype=compute_dtype(tensors[0].dtype))
         try:
+            if inplace:
+                return _run_into(key, tensors, cos, sin, pos, sign)
             with _CompileSettings():
                 # pos is small: a contiguous copy spares a recompile per stride pattern
-                out = _compiled(key)(*tensors, cos, sin, pos.contiguous(), sign, bool(inplace))
+                out = _compiled(key)(*tensors, cos, sin, pos.contiguous(), sign, False)
             outs = out if len(tensors) > 1 else (out,)
             return tuple(_contiguous(o, inplace) for o in outs)
         except Exception as exc:  # inductor/toolchain failure: say so once, then use the reference
@@ -179,6 +226,44 @@ def _run_compiled(tensors, cos, sin, pos, *, interleaved: bool, inverse: bool, i
             reason = f"torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     _fall_back(reason)
     return None
+
+
+#: in place keeps one scratch buffer per thread for reuse up to this size (bytes, all tensors)
+SCRATCH_MAX_BYTES = 128 << 20
+_SCRATCH = threading.local()
+
+
+def _scratch(shapes, dtype) -> list[torch.Tensor]:
+    """Buffers for the rotated dims, reused from call to call: a fresh buffer's first-touch page
+    faults cost more than the rotation itself on a CPU (several times a ``copy_``)."""
+    sizes = [math.prod(s) for s in shapes]
+    total = sum(sizes) * dtype.itemsize
+    if total > SCRATCH_MAX_BYTES:  # too big to keep: a fresh one for this call only
+        flat = torch.empty(sum(sizes), dtype=dtype)
+    else:
+        flat = getattr(_SCRATCH, "buffers", {}).get(dtype)
+        if flat is None or flat.numel() < sum(sizes):
+            flat = torch.empty(sum(sizes), dtype=dtype)
+            _SCRATCH.buffers = {dtype: flat}  # one kept at a time: the latest dtype
+    views, at = [], 0
+    for shape, size in zip(shapes, sizes):
+        views.append(flat[at : at + size].view(shape))
+        at += size
+    return views
+
+
+def _run_into(key, tensors, cos, sin, pos, sign):
+    """In place as two passes without a fresh allocation: the compiled rotation of the rotary dims
+    into reused scratch, then one copy back (the tail is neither read nor written).  Inductor
+    cannot rotate a buffer into itself (each element needs its partner's old value), and the
+    temporary it would allocate instead faults in fresh pages on every call."""
+    r = 2 * cos.shape[-1]
+    scratch = _scratch([(*t.shape[:-1], r) for t in tensors], tensors[0].dtype)
+    with _CompileSettings():
+        _compiled(key)(*tensors, cos, sin, pos.contiguous(), sign, *scratch)
+    for t, sc in zip(tensors, scratch):
+        t[..., :r].copy_(sc)
+    return tuple(tensors)
 
 
 def rotate_cpu(x4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool) -> torch.Tensor:
