@@ -16,7 +16,7 @@ another's.
 In place: each output element depends on another element of the same buffer, so inductor cannot
 rotate a buffer into itself; it would compute into a fresh temporary every call, whose
 first-touch page faults cost several times the rotation.  So in place rotates the rotary dims
-into a scratch buffer kept per thread (up to ``SCRATCH_MAX_BYTES``) and copies them back: two
+into scratch buffers kept per thread (up to ``SCRATCH_MAX_BYTES``) and copies them back: two
 passes, no fresh memory (the tail is neither read nor written).
 
 When no C++ compiler is available (or compilation fails), the path falls back to the reference,
@@ -90,38 +90,38 @@ def _rotate_qk_interleaved(q4, k4, cos, sin, pos, sign, inplace: bool):
             _rotate_interleaved(k4, cos, sin, pos, sign, inplace))  # fmt: skip
 
 
-def _rotate_into(x4, cos, sin, pos, sign, out, interleaved: bool):
-    # in place, step 1: the rotated dims into a separate buffer (step 2, the copy back, is eager).
-    # Each half is stored by its own copy_: a cat here would be materialized in a fresh buffer
+def _rotate_into(x4, cos, sin, pos, sign, out1, out2, interleaved: bool):
+    # in place, step 1: each rotated half into its own buffer (step 2, the copy back, is eager).
+    # Two plain outputs fuse into one unmasked loop; a cat, or two copies into one buffer, would
+    # be materialized in a fresh buffer or computed under masks
     n = cos.shape[-1]
     math = compute_dtype(x4.dtype)
     c = cos[pos].unsqueeze(2).to(math)
     s = sin[pos].unsqueeze(2).to(math) * sign
     if interleaved:
-        x1, x2, o1, o2 = x4[..., 0 : 2 * n : 2], x4[..., 1 : 2 * n : 2], out[..., 0::2], out[..., 1::2]
+        x1, x2 = x4[..., 0 : 2 * n : 2].to(math), x4[..., 1 : 2 * n : 2].to(math)
     else:
-        x1, x2, o1, o2 = x4[..., :n], x4[..., n : 2 * n], out[..., :n], out[..., n:]
-    x1, x2 = x1.to(math), x2.to(math)
-    o1.copy_((x1 * c - x2 * s).to(out.dtype))
-    o2.copy_((x2 * c + x1 * s).to(out.dtype))
+        x1, x2 = x4[..., :n].to(math), x4[..., n : 2 * n].to(math)
+    out1.copy_((x1 * c - x2 * s).to(out1.dtype))
+    out2.copy_((x2 * c + x1 * s).to(out2.dtype))
 
 
-def _rotate_half_into(x4, cos, sin, pos, sign, out):
-    _rotate_into(x4, cos, sin, pos, sign, out, False)
+def _rotate_half_into(x4, cos, sin, pos, sign, o1, o2):
+    _rotate_into(x4, cos, sin, pos, sign, o1, o2, False)
 
 
-def _rotate_interleaved_into(x4, cos, sin, pos, sign, out):
-    _rotate_into(x4, cos, sin, pos, sign, out, True)
+def _rotate_interleaved_into(x4, cos, sin, pos, sign, o1, o2):
+    _rotate_into(x4, cos, sin, pos, sign, o1, o2, True)
 
 
-def _rotate_qk_into(q4, k4, cos, sin, pos, sign, out_q, out_k):
-    _rotate_into(q4, cos, sin, pos, sign, out_q, False)
-    _rotate_into(k4, cos, sin, pos, sign, out_k, False)
+def _rotate_qk_into(q4, k4, cos, sin, pos, sign, q1, q2, k1, k2):
+    _rotate_into(q4, cos, sin, pos, sign, q1, q2, False)
+    _rotate_into(k4, cos, sin, pos, sign, k1, k2, False)
 
 
-def _rotate_qk_interleaved_into(q4, k4, cos, sin, pos, sign, out_q, out_k):
-    _rotate_into(q4, cos, sin, pos, sign, out_q, True)
-    _rotate_into(k4, cos, sin, pos, sign, out_k, True)
+def _rotate_qk_interleaved_into(q4, k4, cos, sin, pos, sign, q1, q2, k1, k2):
+    _rotate_into(q4, cos, sin, pos, sign, q1, q2, True)
+    _rotate_into(k4, cos, sin, pos, sign, k1, k2, True)
 
 
 # (interleaved, tensors, in place) -> the function compiled for that variant
@@ -257,12 +257,15 @@ def _run_into(key, tensors, cos, sin, pos, sign):
     into reused scratch, then one copy back (the tail is neither read nor written).  Inductor
     cannot rotate a buffer into itself (each element needs its partner's old value), and the
     temporary it would allocate instead faults in fresh pages on every call."""
-    r = 2 * cos.shape[-1]
-    scratch = _scratch([(*t.shape[:-1], r) for t in tensors], tensors[0].dtype)
+    n = cos.shape[-1]
+    scratch = _scratch([(*t.shape[:-1], n) for t in tensors for _ in (0, 1)], tensors[0].dtype)
     with _CompileSettings():
         _compiled(key)(*tensors, cos, sin, pos.contiguous(), sign, *scratch)
-    for t, sc in zip(tensors, scratch):
-        t[..., :r].copy_(sc)
+    interleaved = key[3]
+    for i, t in enumerate(tensors):
+        first, second = (t[..., 0 : 2 * n : 2], t[..., 1 : 2 * n : 2]) if interleaved else (t[..., :n], t[..., n : 2 * n])
+        first.copy_(scratch[2 * i])
+        second.copy_(scratch[2 * i + 1])
     return tuple(tensors)
 
 
