@@ -183,7 +183,8 @@ def test_big_tensors_call_the_compiled_kernel_directly(monkeypatch, lean_calls, 
 
 def test_cpu_in_place_reuses_its_scratch_and_leaves_the_tail(monkeypatch):
     """In place on the compiled path: rotary dims into a per-thread scratch buffer, copied back;
-    the buffer is reused (no fresh pages per call) unless it would exceed SCRATCH_MAX_BYTES."""
+    the buffer is reused (no fresh pages per call), and a sequence too big for SCRATCH_MAX_BYTES
+    goes through it in chunks of tokens."""
     from ropekit.kernels import cpu
 
     spec = rk.RopeSpec(head_dim=32, rotary_dim=16)
@@ -201,8 +202,10 @@ def test_cpu_in_place_reuses_its_scratch_and_leaves_the_tail(monkeypatch):
             assert_close_to(y, rope_fp64(x64.float(), inv, torch.arange(5, 11)[None], "half"))
             assert torch.equal(y[..., 16:], tail)
     assert pointers[0] == pointers[1]
-    monkeypatch.setattr(cpu, "SCRATCH_MAX_BYTES", 64)  # too big to keep: a fresh buffer, not cached
+    monkeypatch.setattr(cpu, "SCRATCH_MAX_BYTES", 300)  # one token of q and k = 256 bytes: 6 chunks
     q, k = q64.float(), k64.float()
     rk.apply_rope_qk(q, k, cos, sin, offsets=5, inplace=True, backend="cpu")
-    assert cpu._SCRATCH.buffers[torch.float32].data_ptr() == pointers[0]
-    assert_close_to(q, rope_fp64(q64.float(), inv, torch.arange(5, 11)[None], "half"))
+    assert cpu._SCRATCH.buffers[torch.float32].data_ptr() == pointers[0]  # the same buffer, partly used
+    for y, x64 in zip((q, k), (q64, k64)):
+        assert_close_to(y, rope_fp64(x64.float(), inv, torch.arange(5, 11)[None], "half"))
+        assert torch.equal(y[..., 16:], x64.float()[..., 16:])

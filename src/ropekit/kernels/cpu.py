@@ -16,8 +16,9 @@ another's.
 In place: each output element depends on another element of the same buffer, so inductor cannot
 rotate a buffer into itself; it would compute into a fresh temporary every call, whose
 first-touch page faults cost several times the rotation.  So in place rotates the rotary dims
-into scratch buffers kept per thread (up to ``SCRATCH_MAX_BYTES``) and copies them back: two
-passes, no fresh memory (the tail is neither read nor written).
+into a scratch buffer kept per thread (at most ``SCRATCH_MAX_BYTES``; longer sequences go in
+chunks of tokens) and copies them back: two passes, no fresh memory (the tail is neither read
+nor written).
 
 When no C++ compiler is available (or compilation fails), the path falls back to the reference,
 *visibly*: a warning on the ``ropekit`` logger and ``status()`` says so.
@@ -228,23 +229,21 @@ def _run_compiled(tensors, cos, sin, pos, *, interleaved: bool, inverse: bool, i
     return None
 
 
-#: in place keeps one scratch buffer per thread for reuse up to this size (bytes, all tensors)
-SCRATCH_MAX_BYTES = 128 << 20
+#: in place rotates through one reused scratch buffer per thread of at most this many bytes
+#: (longer sequences go in chunks of tokens)
+SCRATCH_MAX_BYTES = 64 << 20
 _SCRATCH = threading.local()
 
 
 def _scratch(shapes, dtype) -> list[torch.Tensor]:
-    """Buffers for the rotated dims, reused from call to call: a fresh buffer's first-touch page
-    faults cost more than the rotation itself on a CPU (several times a ``copy_``)."""
+    """Buffers for the rotated dims, reused from call to call (one per thread, grown on demand,
+    at most ``SCRATCH_MAX_BYTES`` plus one token's worth): a fresh buffer's first-touch page faults
+    cost more than the rotation itself on a CPU (several times a ``copy_``)."""
     sizes = [math.prod(s) for s in shapes]
-    total = sum(sizes) * dtype.itemsize
-    if total > SCRATCH_MAX_BYTES:  # too big to keep: a fresh one for this call only
+    flat = getattr(_SCRATCH, "buffers", {}).get(dtype)
+    if flat is None or flat.numel() < sum(sizes):
         flat = torch.empty(sum(sizes), dtype=dtype)
-    else:
-        flat = getattr(_SCRATCH, "buffers", {}).get(dtype)
-        if flat is None or flat.numel() < sum(sizes):
-            flat = torch.empty(sum(sizes), dtype=dtype)
-            _SCRATCH.buffers = {dtype: flat}  # one kept at a time: the latest dtype
+        _SCRATCH.buffers = {dtype: flat}  # one kept at a time: the latest dtype
     views, at = [], 0
     for shape, size in zip(shapes, sizes):
         views.append(flat[at : at + size].view(shape))
@@ -254,18 +253,25 @@ def _scratch(shapes, dtype) -> list[torch.Tensor]:
 
 def _run_into(key, tensors, cos, sin, pos, sign):
     """In place as two passes without a fresh allocation: the compiled rotation of the rotary dims
-    into reused scratch, then one copy back (the tail is neither read nor written).  Inductor
+    into reused scratch, then a copy back (the tail is neither read nor written).  Inductor
     cannot rotate a buffer into itself (each element needs its partner's old value), and the
-    temporary it would allocate instead faults in fresh pages on every call."""
+    temporary it would allocate instead faults in fresh pages on every call.  Sequences whose
+    rotary dims exceed ``SCRATCH_MAX_BYTES`` go in chunks of tokens, so the scratch stays bounded."""
     n = cos.shape[-1]
-    scratch = _scratch([(*t.shape[:-1], n) for t in tensors for _ in (0, 1)], tensors[0].dtype)
-    with _CompileSettings():
-        _compiled(key)(*tensors, cos, sin, pos.contiguous(), sign, *scratch)
+    B, S = tensors[0].shape[:2]
+    per_token = sum(B * t.shape[2] * 2 * n for t in tensors) * tensors[0].element_size()
+    step = max(1, min(S, SCRATCH_MAX_BYTES // max(1, per_token)))
     interleaved = key[3]
-    for i, t in enumerate(tensors):
-        first, second = (t[..., 0 : 2 * n : 2], t[..., 1 : 2 * n : 2]) if interleaved else (t[..., :n], t[..., n : 2 * n])
-        first.copy_(scratch[2 * i])
-        second.copy_(scratch[2 * i + 1])
+    pos = pos.contiguous()
+    for at in range(0, S, step):
+        chunk = [t[:, at : at + step] for t in tensors]
+        scratch = _scratch([(*t.shape[:-1], n) for t in chunk for _ in (0, 1)], tensors[0].dtype)
+        with _CompileSettings():
+            _compiled(key)(*chunk, cos, sin, pos[:, at : at + step], sign, *scratch)
+        for i, t in enumerate(chunk):
+            first, second = (t[..., 0 : 2 * n : 2], t[..., 1 : 2 * n : 2]) if interleaved else (t[..., :n], t[..., n : 2 * n])
+            first.copy_(scratch[2 * i])
+            second.copy_(scratch[2 * i + 1])
     return tuple(tensors)
 
 
