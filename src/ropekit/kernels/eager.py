@@ -47,6 +47,8 @@ def rotate_lean(tensors, c: torch.Tensor, s: torch.Tensor, *, interleaved: bool,
     # pair axis: (2, n) for the half layout (x1 = dims [0, n), x2 = [n, 2n)), (n, 2) interleaved
     split, axis = ((n, 2), -1) if interleaved else ((2, n), -2)
     cb = c.unsqueeze(2).unsqueeze(axis)  # [B, S, 1, n, 1] or [B, S, 1, 1, n]
+    if tensors[0].dtype != c.dtype and len(tensors) > 1:
+        return _rotate_lean_joint(tensors, cb, s_first, s_second, split, axis, inplace)
     outs = []
     for x in tensors:
         xr = x if r == x.shape[-1] else x.narrow(-1, 0, r)
@@ -65,5 +67,33 @@ def rotate_lean(tensors, c: torch.Tensor, s: torch.Tensor, *, interleaved: bool,
             ov.copy_(xv.mul_(cb).add_(p))  # xv is our own float32 copy: reuse it
         if not inplace and r < x.shape[-1]:
             out.narrow(-1, r, x.shape[-1] - r).copy_(x.narrow(-1, r, x.shape[-1] - r))  # the tail passes through
+        outs.append(out)
+    return outs
+
+
+def _rotate_lean_joint(tensors, cb, s_first, s_second, split, axis, inplace):
+    """bf16/fp16 q and k: both are cast into one float32 buffer (heads side by side), rotated by
+    one set of operators and rounded back into their outputs: half the operator launches."""
+    r = split[0] * split[1]
+    x = tensors[0]
+    heads = [t.shape[2] for t in tensors]
+    xf = torch.empty(*x.shape[:2], sum(heads), r, dtype=cb.dtype, device=x.device)
+    parts = xf.split(heads, 2)
+    for t, part in zip(tensors, parts):
+        part.copy_(t if r == t.shape[-1] else t.narrow(-1, 0, r))
+    xv = xf.view(*xf.shape[:-1], *split)
+    p = torch.empty_like(xv)
+    torch.mul(xv.select(axis, 1), s_first, out=p.select(axis, 0))
+    torch.mul(xv.select(axis, 0), s_second, out=p.select(axis, 1))
+    xv.mul_(cb).add_(p)  # float32 sums, rounded once when copied into each output
+    outs = []
+    for t, part in zip(tensors, parts):
+        out = t if inplace else torch.empty_like(t)
+        if r == t.shape[-1]:
+            out.copy_(part)
+        else:
+            out.narrow(-1, 0, r).copy_(part)
+            if not inplace:
+                out.narrow(-1, r, t.shape[-1] - r).copy_(t.narrow(-1, r, t.shape[-1] - r))
         outs.append(out)
     return outs
