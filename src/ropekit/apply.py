@@ -245,7 +245,10 @@ def select_backend(x: torch.Tensor, backend: str | None) -> tuple[str, KernelFn]
     """The kernel for ``x``: ``backend`` when named, otherwise the best available for its device
     (CUDA: ``"triton"`` when importable; CPU: ``"cpu"``, the compiled path, for tensors of at
     least ``CPU_COMPILE_MIN_NUMEL`` elements and ``"reference"`` below, where compiling would cost
-    more than it saves; any other device: ``"reference"``).
+    more than it saves; any other device: ``"reference"``).  On CPU, a call that wants no gradient
+    and is not being traced by torch.compile skips the custom-op dispatch: ``"reference"`` then
+    runs as ``kernels.eager`` (the same floats in a third of the operators) and ``"cpu"`` calls
+    the compiled kernel directly.
 
     >>> import torch
     >>> from ropekit.apply import select_backend
