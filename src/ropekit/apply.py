@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 
 from .errors import RopePositionError, RopeShapeError
-from .kernels.reference import rotate_reference
+from .kernels.eager import rotate_lean
+from .kernels.reference import compute_dtype, rotate_reference
 from .spec import normalize_layout
 from .tables import as_positions
 
@@ -244,7 +245,10 @@ def select_backend(x: torch.Tensor, backend: str | None) -> tuple[str, KernelFn]
     """The kernel for ``x``: ``backend`` when named, otherwise the best available for its device
     (CUDA: ``"triton"`` when importable; CPU: ``"cpu"``, the compiled path, for tensors of at
     least ``CPU_COMPILE_MIN_NUMEL`` elements and ``"reference"`` below, where compiling would cost
-    more than it saves; any other device: ``"reference"``).
+    more than it saves; any other device: ``"reference"``).  On CPU, a call that wants no gradient
+    and is not being traced by torch.compile skips the custom-op dispatch: ``"reference"`` then
+    runs as ``kernels.eager`` (the same floats in a third of the operators) and ``"cpu"`` calls
+    the compiled kernel directly.
 
     >>> import torch
     >>> from ropekit.apply import select_backend
@@ -330,6 +334,88 @@ def _prepare(tensors, names, cos, sin, *, spec, layout, format, positions, offse
     return views, layout, cos, sin, pos, name
 
 
+# ---------------------------------------------------------------------------------------------
+# the lean eager path: small tensors, no gradient, outside torch.compile
+# ---------------------------------------------------------------------------------------------
+
+_LAYOUTS = {None: False, "half": False, "neox": False, "interleaved": True, "gptj": True}
+
+
+def _lean(tensors, cos, sin, *, layout, format, positions, offsets, cu_seqlens, inplace, inverse, backend, spec):
+    """The rotated tensors without the op dispatch, or None when this call needs the general
+    path: anything unusual (bad arguments included, so that the general path raises its clear
+    errors), a gradient, or torch.compile.  Small tensors go to ``kernels.eager`` (bit for bit
+    the reference in a third of its operators, cos/sin rows gathered once for q and k, no host
+    read of the positions); big ones straight to the compiled kernel."""
+    if backend is not None or spec is not None or cu_seqlens is not None or torch.compiler.is_compiling():
+        return None
+    x = tensors[0]
+    if not (type(cos) is torch.Tensor and type(sin) is torch.Tensor and cos.dim() == 2 and cos.shape == sin.shape
+            and cos.is_floating_point() and sin.is_floating_point() and cos.is_cpu and sin.is_cpu):  # fmt: skip
+        return None
+    want = 3 if format == "thd" else 4 if format in FORMATS else -1
+    grad = torch.is_grad_enabled() and (cos.requires_grad or sin.requires_grad)
+    for t in tensors:
+        if not (type(t) is torch.Tensor and t.dim() == want and t.dtype == x.dtype and t.is_cpu):
+            return None
+        grad = grad or (t.requires_grad and torch.is_grad_enabled())
+    n_rows, n = cos.shape
+    D = x.shape[-1]
+    if grad or layout not in _LAYOUTS or not x.is_floating_point() or n == 0 or 2 * n > D:
+        return None
+    views = [t.unsqueeze(0) if format == "thd" else t.transpose(1, 2) if format == "bhsd" else t for t in tensors]
+    B, S = views[0].shape[:2]
+    for v in views[1:]:
+        if v.shape[:2] != (B, S) or v.shape[-1] != D:
+            return None
+    if positions is not None:
+        if offsets is not None or type(positions) is not torch.Tensor or not positions.is_cpu:
+            return None
+        if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
+            return None
+        if positions.shape == (S,):
+            positions = positions[None]
+        elif positions.shape != (B, S):  # thd: B is 1, so [1, T] is covered too
+            return None
+        idx = positions if positions.dtype == torch.int64 else positions.long()
+    else:
+        if offsets is None:
+            start = 0
+        elif type(offsets) is int:
+            start = offsets
+        else:
+            return None
+        if start < 0 or start + S > n_rows:
+            return None
+        idx = None
+    interleaved = _LAYOUTS[layout]
+    if x.numel() >= CPU_COMPILE_MIN_NUMEL:
+        # big enough for the compiled kernel: call it directly (its own guards are the dispatch)
+        from .kernels.cpu import rotate_many_cpu
+
+        if idx is None:
+            idx = torch.arange(start, start + S)[None]
+        elif idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < n_rows):
+            return None  # the general path names the offending position
+        outs = rotate_many_cpu(views, cos, sin, idx.expand(B, S), interleaved=interleaved, inverse=bool(inverse),
+                               inplace=inplace)  # fmt: skip
+    else:
+        if idx is None:
+            c, s = cos[None, start : start + S], sin[None, start : start + S]  # views: no gather
+        else:
+            flat = idx.reshape(-1)  # gathered once for q and k
+            try:  # index_select checks every row is in [0, n_rows) without a host read of the positions
+                c, s = cos.index_select(0, flat), sin.index_select(0, flat)
+            except IndexError:
+                return None  # the general path names the offending position
+            c, s = c.view(*idx.shape, n), s.view(*idx.shape, n)
+        math = compute_dtype(x.dtype)
+        if c.dtype != math:
+            c, s = c.to(math), s.to(math)
+        outs = rotate_lean(views, c, s, interleaved=interleaved, inverse=bool(inverse), inplace=inplace)
+    return [t if inplace else _restore(o, format) for t, o in zip(tensors, outs)]
+
+
 def _guard_inplace_grad(inplace: bool, tensors) -> None:
     if inplace and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         raise RopeShapeError("inplace=True cannot be differentiated; use inplace=False when gradients are needed")
@@ -356,6 +442,10 @@ def _restore(y4: torch.Tensor, format: str) -> torch.Tensor:
 def _rotate(x, cos, sin, *, layout, format, positions, offsets, cu_seqlens, inplace, inverse, backend, name, spec=None):
     from .kernels import ops
 
+    lean = _lean([x], cos, sin, layout=layout, format=format, positions=positions, offsets=offsets,
+                 cu_seqlens=cu_seqlens, inplace=inplace, inverse=inverse, backend=backend, spec=spec)  # fmt: skip
+    if lean is not None:
+        return lean[0]
     _guard_inplace_grad(inplace, [x])
     (x4,), layout, cos, sin, pos, impl = _prepare(
         [x], [name], cos, sin, spec=spec, layout=layout, format=format, positions=positions,
@@ -433,6 +523,10 @@ def _rotate_qk(q, k, cos, sin, *, names=("q", "k"), layout, format, positions, o
                inplace, inverse, backend, spec):  # fmt: skip
     from .kernels import ops
 
+    lean = _lean([q, k], cos, sin, layout=layout, format=format, positions=positions, offsets=offsets,
+                 cu_seqlens=cu_seqlens, inplace=inplace, inverse=inverse, backend=backend, spec=spec)  # fmt: skip
+    if lean is not None:
+        return lean[0], lean[1]
     _guard_inplace_grad(inplace, [q, k])
     (q4, k4), layout, cos, sin, pos, impl = _prepare(
         [q, k], list(names), cos, sin, spec=spec, layout=layout, format=format, positions=positions,

@@ -8,7 +8,9 @@ and one decode step (one new token for each of 32 sequences, each at its own pos
 Providers (all rotate q and k by the same angles, out of place; the table says which ran):
 
 * ``ropekit``: ``apply_rope_qk`` on bshd tensors, compact fp32 tables (auto backend: the compiled
-  CPU path for big tensors, the reference below ``CPU_COMPILE_MIN_NUMEL``); also in place;
+  CPU kernel for big tensors, the reference's arithmetic in its lean eager form below
+  ``CPU_COMPILE_MIN_NUMEL``; both without the custom-op dispatch when no gradient is wanted);
+  also in place;
 * ``hf eager``: transformers' ``apply_rotary_pos_emb`` on bhsd tensors with duplicated tables cast
   to the input dtype, exactly as transformers' Llama calls it;
 * ``hf compiled``: ``torch.compile`` of that function;
@@ -138,6 +140,9 @@ def cpu_providers(shape: Shape, dtype: torch.dtype) -> dict[str, tuple[Callable[
     q, k, pos, cos, sin = _inputs(shape, dtype)
     positions = pos if shape.decode else None
     auto = select_backend(q, None)[0]
+    # what auto runs for a CPU call without gradients: the lean eager form of the reference, or
+    # the compiled kernel called directly (no op dispatch)
+    auto = "reference (lean eager)" if auto == "reference" else auto
     out: dict[str, tuple[Callable[[], object], str]] = {
         "clone": (lambda: (q.clone(), k.clone()), "q.clone(), k.clone()"),
         "ropekit": (lambda: rk.apply_rope_qk(q, k, cos, sin, positions=positions), f"apply_rope_qk, backend={auto}"),

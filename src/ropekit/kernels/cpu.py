@@ -13,8 +13,12 @@ device type, x dtype, table dtype, layout and in/out of place (shapes and stride
 else that changes).  Each key gets its own code object, so one variant's recompiles never evict
 another's.
 
-In place is not cheaper here: each output element depends on another element of the same
-buffer, so inductor computes the rotated dims into a temporary and copies them back.
+In place: each output element depends on another element of the same buffer, so inductor cannot
+rotate a buffer into itself; it would compute into a fresh temporary every call, whose
+first-touch page faults cost several times the rotation.  So in place rotates the rotary dims
+into a scratch buffer kept per thread (at most ``SCRATCH_MAX_BYTES``; longer sequences go in
+chunks of tokens) and copies them back: two passes, no fresh memory (the tail is neither read
+nor written).
 
 When no C++ compiler is available (or compilation fails), the path falls back to the reference,
 *visibly*: a warning on the ``ropekit`` logger and ``status()`` says so.
@@ -28,14 +32,16 @@ When no C++ compiler is available (or compilation fails), the path falls back to
 from __future__ import annotations
 
 import logging
+import math
 import shutil
+import threading
 import types
 
 import torch
 
 from .reference import compute_dtype, rotate_reference
 
-__all__ = ["rotate_cpu", "rotate_qk_cpu", "status", "cache_key"]
+__all__ = ["rotate_cpu", "rotate_qk_cpu", "rotate_many_cpu", "status", "cache_key"]
 
 log = logging.getLogger("ropekit")
 
@@ -85,7 +91,47 @@ def _rotate_qk_interleaved(q4, k4, cos, sin, pos, sign, inplace: bool):
             _rotate_interleaved(k4, cos, sin, pos, sign, inplace))  # fmt: skip
 
 
-_BASES = {(False, 1): _rotate_half, (True, 1): _rotate_interleaved, (False, 2): _rotate_qk, (True, 2): _rotate_qk_interleaved}
+def _rotate_into(x4, cos, sin, pos, sign, out1, out2, interleaved: bool):
+    # in place, step 1: each rotated half into its own buffer (step 2, the copy back, is eager).
+    # Two plain outputs fuse into one unmasked loop; a cat, or two copies into one buffer, would
+    # be materialized in a fresh buffer or computed under masks
+    n = cos.shape[-1]
+    math = compute_dtype(x4.dtype)
+    c = cos[pos].unsqueeze(2).to(math)
+    s = sin[pos].unsqueeze(2).to(math) * sign
+    if interleaved:
+        x1, x2 = x4[..., 0 : 2 * n : 2].to(math), x4[..., 1 : 2 * n : 2].to(math)
+    else:
+        x1, x2 = x4[..., :n].to(math), x4[..., n : 2 * n].to(math)
+    out1.copy_((x1 * c - x2 * s).to(out1.dtype))
+    out2.copy_((x2 * c + x1 * s).to(out2.dtype))
+
+
+def _rotate_half_into(x4, cos, sin, pos, sign, o1, o2):
+    _rotate_into(x4, cos, sin, pos, sign, o1, o2, False)
+
+
+def _rotate_interleaved_into(x4, cos, sin, pos, sign, o1, o2):
+    _rotate_into(x4, cos, sin, pos, sign, o1, o2, True)
+
+
+def _rotate_qk_into(q4, k4, cos, sin, pos, sign, q1, q2, k1, k2):
+    _rotate_into(q4, cos, sin, pos, sign, q1, q2, False)
+    _rotate_into(k4, cos, sin, pos, sign, k1, k2, False)
+
+
+def _rotate_qk_interleaved_into(q4, k4, cos, sin, pos, sign, q1, q2, k1, k2):
+    _rotate_into(q4, cos, sin, pos, sign, q1, q2, True)
+    _rotate_into(k4, cos, sin, pos, sign, k1, k2, True)
+
+
+# (interleaved, tensors, in place) -> the function compiled for that variant
+_BASES = {
+    (False, 1, False): _rotate_half, (True, 1, False): _rotate_interleaved,
+    (False, 2, False): _rotate_qk, (True, 2, False): _rotate_qk_interleaved,
+    (False, 1, True): _rotate_half_into, (True, 1, True): _rotate_interleaved_into,
+    (False, 2, True): _rotate_qk_into, (True, 2, True): _rotate_qk_interleaved_into,
+}  # fmt: skip
 
 
 def cache_key(x4: torch.Tensor, cos: torch.Tensor, *, interleaved: bool, inplace: bool, n_tensors: int = 1) -> tuple:
@@ -97,7 +143,7 @@ def cache_key(x4: torch.Tensor, cos: torch.Tensor, *, interleaved: bool, inplace
 def _compiled(key: tuple):
     fn = _COMPILED.get(key)
     if fn is None:
-        base = _BASES[(key[3], key[5])]
+        base = _BASES[(key[3], key[5], key[4])]
         # a fresh code object per key: torch's recompile limit counts per code object
         name = "_rope_" + "_".join(str(k).replace("torch.", "") for k in key)
         code = base.__code__.replace(co_name=name)
@@ -168,9 +214,11 @@ def _run_compiled(tensors, cos, sin, pos, *, interleaved: bool, inverse: bool, i
         key = cache_key(tensors[0], cos, interleaved=interleaved, inplace=inplace, n_tensors=len(tensors))
         sign = torch.tensor(-1.0 if inverse else 1.0, dtype=compute_dtype(tensors[0].dtype))
         try:
+            if inplace:
+                return _run_into(key, tensors, cos, sin, pos, sign)
             with _CompileSettings():
                 # pos is small: a contiguous copy spares a recompile per stride pattern
-                out = _compiled(key)(*tensors, cos, sin, pos.contiguous(), sign, bool(inplace))
+                out = _compiled(key)(*tensors, cos, sin, pos.contiguous(), sign, False)
             outs = out if len(tensors) > 1 else (out,)
             return tuple(_contiguous(o, inplace) for o in outs)
         except Exception as exc:  # inductor/toolchain failure: say so once, then use the reference
@@ -179,6 +227,52 @@ def _run_compiled(tensors, cos, sin, pos, *, interleaved: bool, inverse: bool, i
             reason = f"torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     _fall_back(reason)
     return None
+
+
+#: in place rotates through one reused scratch buffer per thread of at most this many bytes
+#: (longer sequences go in chunks of tokens)
+SCRATCH_MAX_BYTES = 64 << 20
+_SCRATCH = threading.local()
+
+
+def _scratch(shapes, dtype) -> list[torch.Tensor]:
+    """Buffers for the rotated dims, reused from call to call (one per thread, grown on demand,
+    at most ``SCRATCH_MAX_BYTES`` plus one token's worth): a fresh buffer's first-touch page faults
+    cost more than the rotation itself on a CPU (several times a ``copy_``)."""
+    sizes = [math.prod(s) for s in shapes]
+    flat = getattr(_SCRATCH, "buffers", {}).get(dtype)
+    if flat is None or flat.numel() < sum(sizes):
+        flat = torch.empty(sum(sizes), dtype=dtype)
+        _SCRATCH.buffers = {dtype: flat}  # one kept at a time: the latest dtype
+    views, at = [], 0
+    for shape, size in zip(shapes, sizes):
+        views.append(flat[at : at + size].view(shape))
+        at += size
+    return views
+
+
+def _run_into(key, tensors, cos, sin, pos, sign):
+    """In place as two passes without a fresh allocation: the compiled rotation of the rotary dims
+    into reused scratch, then a copy back (the tail is neither read nor written).  Inductor
+    cannot rotate a buffer into itself (each element needs its partner's old value), and the
+    temporary it would allocate instead faults in fresh pages on every call.  Sequences whose
+    rotary dims exceed ``SCRATCH_MAX_BYTES`` go in chunks of tokens, so the scratch stays bounded."""
+    n = cos.shape[-1]
+    B, S = tensors[0].shape[:2]
+    per_token = sum(B * t.shape[2] * 2 * n for t in tensors) * tensors[0].element_size()
+    step = max(1, min(S, SCRATCH_MAX_BYTES // max(1, per_token)))
+    interleaved = key[3]
+    pos = pos.contiguous()
+    for at in range(0, S, step):
+        chunk = [t[:, at : at + step] for t in tensors]
+        scratch = _scratch([(*t.shape[:-1], n) for t in chunk for _ in (0, 1)], tensors[0].dtype)
+        with _CompileSettings():
+            _compiled(key)(*chunk, cos, sin, pos[:, at : at + step], sign, *scratch)
+        for i, t in enumerate(chunk):
+            first, second = (t[..., 0 : 2 * n : 2], t[..., 1 : 2 * n : 2]) if interleaved else (t[..., :n], t[..., n : 2 * n])
+            first.copy_(scratch[2 * i])
+            second.copy_(scratch[2 * i + 1])
+    return tuple(tensors)
 
 
 def rotate_cpu(x4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool) -> torch.Tensor:
@@ -196,6 +290,14 @@ def rotate_qk_cpu(q4, k4, cos, sin, pos, *, interleaved: bool, inverse: bool, in
     if out is None:
         return rotate_cpu(q4, cos, sin, pos, **kw), rotate_cpu(k4, cos, sin, pos, **kw)
     return out
+
+
+def rotate_many_cpu(tensors, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool):
+    """One tensor or (q, k) of one dtype in one compiled call (the reference when it fell back)."""
+    kw = dict(interleaved=interleaved, inverse=inverse, inplace=inplace)
+    if len(tensors) == 2:
+        return list(rotate_qk_cpu(tensors[0], tensors[1], cos, sin, pos, **kw))
+    return [rotate_cpu(t, cos, sin, pos, **kw) for t in tensors]
 
 
 def _is_compile_failure(exc: Exception) -> bool:
