@@ -159,6 +159,8 @@ _STORAGE_OF = {v: k for k, v in _STORAGES.items()}
 _ZIP64_AT = 0xFFFFFFFF
 #: payloads start on a page unless a source asks for another in-page offset (see PthZipWriter)
 _PAGE = 4096
+#: zip flag bit 11: names are UTF-8 (the archive folder is the file's name, as torch.save does)
+_UTF8 = 0x800
 #: the least alignment a payload gets: every dtype's element size, as safetensors guarantees
 _MIN_ALIGN = 8
 
@@ -227,15 +229,14 @@ def _local_header(name: bytes, size: int, crc: int, pad_to: int | None, at: int)
             pad = pad if pad >= 4 else pad + _PAGE
             extra += struct.pack("<HH", 0x4246, pad - 4) + b"Z" * (pad - 4)
     small = 0xFFFFFFFF if z64 else size
-    return struct.pack("<IHHHHHIIIHH", 0x04034B50, 45 if z64 else 20, 0, 0, 0, 0, crc, small, small, len(name), len(extra)) + name + extra
+    return struct.pack("<IHHHHHIIIHH", 0x04034B50, 45 if z64 else 20, _UTF8, 0, 0, 0, crc, small, small, len(name), len(extra)) + name + extra
 
 
 def _central_entry(name: bytes, size: int, crc: int, at: int) -> bytes:
     z64 = [v for v in (size, size, at) if v >= _ZIP64_AT]  # the order the zip64 field lists them in
     extra = struct.pack("<HH", 1, 8 * len(z64)) + struct.pack(f"<{len(z64)}Q", *z64) if z64 else b""
-    big = 0xFFFFFFFF
-    fields = (min(size, big) if size < _ZIP64_AT else big, min(at, big) if at < _ZIP64_AT else big)
-    return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45 if z64 else 20, 0, 0, 0, 0, crc, fields[0], fields[0],
+    fields = [v if v < _ZIP64_AT else 0xFFFFFFFF for v in (size, at)]  # the real value is in the zip64 field
+    return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45 if z64 else 20, _UTF8, 0, 0, 0, crc, fields[0], fields[0],
                        len(name), len(extra), 0, 0, 0, 0, fields[1]) + name + extra  # fmt: skip
 
 
@@ -250,40 +251,47 @@ def _end_records(count: int, cd_at: int, cd_size: int) -> bytes:
 
 def plan_pth(entries, archive: str = "archive", align: dict | None = None):
     """Lay out a torch.save zip holding ``entries`` [(name, dtype name, shape)], one storage per
-    tensor.  Returns (head, tail, tail_at, offsets): the bytes before the first payload are
-    spread over the file as [(offset, bytes)] in ``head``; ``tail`` (version record, central
-    directory) goes at ``tail_at``; ``offsets`` {name: payload offset}.  ``align`` {name: wanted
+    tensor.  Returns (head, tail, tail_at, offsets): ``head`` [(file offset, bytes)] is
+    everything before and between the payloads (records, local headers); ``tail`` (the last
+    records, the central directory) goes at ``tail_at``; ``offsets`` {name: payload offset}.  ``align`` {name: wanted
     payload offset mod 4096, a multiple of 8}; others start on a page.
 
     >>> head, tail, tail_at, offsets = plan_pth([("w", "F32", (2, 3))], "x")
     >>> offsets["w"] % 4096, tail_at - offsets["w"]
     (0, 24)
     """
+    import hashlib
     import zlib
 
     from .raw import nbytes
 
     align = align or {}
     pkl = state_dict_pickle(entries)
-    records: list[tuple[str, bytes | None, int, int | None]] = [("data.pkl", pkl, len(pkl), None), ("byteorder", b"little", 6, None)]
-    records += [(f"data/{i}", None, nbytes(d, s), align.get(n, 0)) for i, (n, d, s) in enumerate(entries)]
-    ident = str(int.from_bytes(zlib.crc32(pkl).to_bytes(4, "little") * 5, "little")).rjust(40, "0")[:40]
-    records += [("version", b"3\n", 2, None), (".data/serialization_id", ident.encode(), 40, None)]
+    # (record name, its bytes, or for a tensor payload (tensor name, nbytes, wanted offset mod a page))
+    before = [("data.pkl", pkl), ("byteorder", b"little")]
+    payloads = [(f"data/{i}", (n, nbytes(d, s), align.get(n, 0))) for i, (n, d, s) in enumerate(entries)]
+    ident = str(int(hashlib.sha256(pkl).hexdigest(), 16))[:40]  # torch writes 40 decimal digits
+    after = [("version", b"3\n"), (".data/serialization_id", ident.encode())]
     head, tail, central, offsets, at, tail_at = [], [], [], {}, 0, None
-    for i, (rel, data, size, pad_to) in enumerate(records):
+    for rel, what in before + payloads + after:
         name = f"{archive}/{rel}".encode()
-        crc = zlib.crc32(data) if data is not None else 0  # torch.load checks no CRC (set_crc32_options(False) files)
-        if pad_to is None and data is not None and rel == "version":
-            tail_at = at
-        local = _local_header(name, size, crc, pad_to if pad_to is not None else (None if data is not None else 0), at)
-        central.append(_central_entry(name, size, crc, at))
-        piece = local + (data or b"")
-        (tail if tail_at is not None else head).append((at, piece))
-        if data is None:
-            offsets[entries[i - 2][0]] = at + len(local)
-        at += len(piece) if data is not None else len(local) + size
+        if isinstance(what, bytes):  # a small record, written now, with its CRC
+            crc = zlib.crc32(what)
+            piece = _local_header(name, len(what), crc, None, at) + what
+            central.append(_central_entry(name, len(what), crc, at))
+            if rel == "version":
+                tail_at = at  # everything from here on follows the last payload
+            (tail if tail_at is not None else head).append(piece if tail_at is not None else (at, piece))
+            at += len(piece)
+        else:  # a payload: only its header now; CRC 0, as torch.load checks none
+            tensor, size, pad_to = what
+            local = _local_header(name, size, 0, pad_to, at)
+            central.append(_central_entry(name, size, 0, at))
+            head.append((at, local))
+            offsets[tensor] = at + len(local)
+            at += len(local) + size
     cd = b"".join(central)
-    tail_bytes = b"".join(p for _, p in tail) + cd + _end_records(len(records), at, len(cd))
+    tail_bytes = b"".join(tail) + cd + _end_records(len(central), at, len(cd))
     return head, tail_bytes, tail_at, offsets
 
 
