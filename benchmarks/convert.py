@@ -5,9 +5,9 @@ directory, then alternates `cp -r SRC X` and `ropekit convert SRC Y ...` (each i
 so peak RSS is the converter's own, interpreter and torch included) for a few repeats, and reports
 median wall times, throughput ratio vs cp, and peak RSS against the goal 2 x largest tensor + 300 MB.
 The ratio that counts is the whole process (what a user waits for); the converter's own timer is
-shown next to it.  Each case also says whether the process imported torch (safetensors ->
-safetensors does not; Meta .pth files need it).  ropekit's modules are byte-compiled first, as
-`pip install` does: otherwise every run would pay for compiling them (PYTHONDONTWRITEBYTECODE).
+shown next to it.  Each case also says whether the process imported torch (none of these
+should: .pth files are read and written as bytes; --verify would).  ropekit's modules are
+byte-compiled first, as `pip install` does: otherwise every run would pay for compiling them (PYTHONDONTWRITEBYTECODE).
 
     python benchmarks/convert.py [--gb 2] [--repeats 3] [--dir /tmp]
 
@@ -191,7 +191,7 @@ def main() -> int:
 
         cases = [
             ("hf half -> hf interleaved", src, ["--layout", "interleaved"]),
-            ("hf -> meta (torch.save)", src, ["--to", "meta"]),
+            ("hf -> meta", src, ["--to", "meta"]),
             ("meta -> hf", meta, ["--to", "hf"]),
         ]
         for label, source, extra in cases:

@@ -305,3 +305,128 @@ def test_building_the_cli_parser_imports_no_torch():
     code = "import sys; from ropekit.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))"
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.save files written without torch (formats/torch_zip.py: PthZipWriter)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_both_ways(path):
+    """torch.load weights-only, plain and memory-mapped: the two must agree."""
+    plain = torch.load(path, weights_only=True)
+    mapped = torch.load(path, weights_only=True, mmap=True)
+    assert list(plain) == list(mapped) and all(same_bytes(plain[k], mapped[k]) for k in plain)
+    return plain
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_pth_writer_equals_torch_save_path(tmp_path, monkeypatch, dtype):
+    """hf -> meta with the byte writer and with torch.save: the same tensors, one storage each."""
+    from ropekit.formats.torch_zip import read_layout
+
+    src = make_hf_dir(tmp_path / "src", hf_tensors(dtype, bias=True))
+    outs = {}
+    for flag in (True, False):
+        monkeypatch.setattr(rkconvert, "RAW_PTH", flag)
+        dst = tmp_path / f"meta-{flag}"
+        rkconvert.convert(src, dst, **quiet(to="meta"))
+        outs[flag] = dst / "consolidated.00.pth"
+    a, b = load_both_ways(outs[True]), load_both_ways(outs[False])
+    assert list(a) == list(b) and all(a[k].dtype == b[k].dtype == dtype and same_bytes(a[k], b[k]) for k in a)
+    for path in outs.values():  # no tensor shares a storage with another, in either file
+        keys = [r.key for r in read_layout(path).values()]
+        assert len(set(keys)) == len(keys)
+    # and against an independent reading: the safetensors library + ropekit.permute
+    orig = read_all(src)
+    from ropekit.formats.meta import hf_to_meta_name
+
+    for name, t in orig.items():
+        if ".q_proj." in name or ".k_proj." in name:
+            t = permute_qk(t, H if ".q_proj." in name else KV, D, D, "half", "interleaved")
+        assert same_bytes(a[hf_to_meta_name(name)], t), name
+
+
+def test_pth_payloads_keep_the_sources_in_page_offset(tmp_path):
+    """Copied tensors start at their source's offset mod 4096 (when that is a multiple of 8: the
+    alignment every dtype needs), all others on a page, so the kernel copies at full speed."""
+    from ropekit.formats.meta import hf_to_meta_name
+    from ropekit.formats.safetensors_io import SafetensorsFile
+    from ropekit.formats.torch_zip import read_layout
+
+    tensors = hf_tensors(torch.bfloat16, bias=True)
+    tensors["model.layers.0.input_layernorm.weight"] = torch.ones(3, dtype=torch.bfloat16)  # 6 bytes: shifts the rest off 8
+    src = make_hf_dir(tmp_path / "src", tensors)
+    rkconvert.convert(src, tmp_path / "meta", **quiet(to="meta"))
+    layout = read_layout(tmp_path / "meta" / "consolidated.00.pth")
+    checked = {"source": 0, "moved": 0, "unaligned": 0}
+    for shard in sorted(src.glob("*.safetensors")):
+        for name, info in SafetensorsFile(shard).infos.items():
+            rec = layout[hf_to_meta_name(name)]
+            moved = ".q_proj." in name or ".k_proj." in name
+            if not moved and info.start % 8 == 0:
+                assert rec.start % 4096 == info.start % 4096, name
+                checked["source"] += 1
+            else:
+                assert rec.start % 4096 == 0, name
+                checked["moved" if moved else "unaligned"] += 1
+    assert all(checked.values()), checked  # every case was seen
+
+
+def test_state_dict_pickle_equals_torch_saves(tmp_path):
+    """The hand-written pickle unpickles (restricted, as torch_zip reads) to what torch.save's does,
+    and uses protocol-2 opcodes only."""
+    import io
+    import pickletools
+    import zipfile
+
+    from ropekit.formats import torch_zip
+
+    sd = {"a": torch.randn(3, 5), "b.bf16": torch.randn(300, 2).bfloat16(), "c": torch.randn(2, 2, 2).half(),
+          "scalar": torch.tensor(2.0), "empty": torch.zeros(0, 4), "big": torch.zeros(70000, dtype=torch.int8),
+          "i64": torch.arange(3), "bool": torch.tensor([True, False])}  # fmt: skip
+    torch.save(sd, tmp_path / "ref.pth")
+    with zipfile.ZipFile(tmp_path / "ref.pth") as z:
+        ref = torch_zip._Unpickler(io.BytesIO(z.read("ref/data.pkl"))).load()
+    mine = torch_zip.state_dict_pickle([(k, raw.dtype_name(v.dtype), tuple(v.shape)) for k, v in sd.items()])
+    assert torch_zip._Unpickler(io.BytesIO(mine)).load() == ref
+    assert max(op.proto for op, _, _ in pickletools.genops(mine)) <= 2
+
+
+def test_pth_zip_writer_many_tensors_and_zip64(tmp_path, monkeypatch):
+    """More than 1000 tensors (SETITEMS batches) and zip64 records (forced: real files need 4 GiB)
+    load with torch.load, plain and memory-mapped, and with Python's zipfile."""
+    import zipfile
+
+    from ropekit.formats import torch_zip
+
+    sd = {f"t{i}": torch.full((i % 7 + 1,), float(i), dtype=torch.float32 if i % 2 else torch.bfloat16) for i in range(1003)}
+    for z64 in (False, True):
+        if z64:
+            monkeypatch.setattr(torch_zip, "_ZIP64_AT", 0)
+        path = tmp_path / f"z{z64}.pth"
+        w = torch_zip.PthZipWriter(path, [(k, v.dtype, v.shape) for k, v in sd.items()], align={"t1": 8, "t2": 3})
+        for k, v in sd.items():
+            w.write_tensor(k, v)
+        w.close()
+        got = load_both_ways(path)
+        assert list(got) == list(sd) and all(same_bytes(got[k], sd[k]) for k in sd)
+        layout = torch_zip.read_layout(path)
+        assert layout["t1"].start % 4096 == 8 and layout["t2"].start % 4096 == 0  # 3 is no dtype's alignment
+        with zipfile.ZipFile(path) as z:
+            assert z.read(f"z{z64}/version") == b"3\n" and z.read(f"z{z64}/byteorder") == b"little"
+            assert (z.infolist()[2].extra[:2] == b"\x01\x00") is z64  # the zip64 field comes first
+
+
+def test_cli_hf_to_meta_does_not_import_torch(tmp_path):
+    src = make_hf_dir(tmp_path / "src", hf_tensors(torch.bfloat16, bias=True))
+    code, mods, err = run_cli(src, tmp_path / "meta", "--to", "meta")
+    assert code == 0 and mods == "[]", (mods, err)
+    got, orig = load_both_ways(tmp_path / "meta" / "consolidated.00.pth"), read_all(src)
+    from ropekit.formats.meta import hf_to_meta_name
+
+    assert len(got) == len(orig)
+    for name, t in orig.items():
+        if ".q_proj." in name or ".k_proj." in name:
+            t = permute_qk(t, H if ".q_proj." in name else KV, D, D, "half", "interleaved")
+        assert same_bytes(got[hf_to_meta_name(name)], t), name

@@ -3,11 +3,12 @@
 1. **plan**: for every source tensor decide copy / permute / rename / drop, and which
    ``inv_freq`` tensors to add — from names and the attention geometry only, no data read.
 2. **stream**: one tensor at a time.  The output header (safetensors) or zip layout (``.pth``,
-   see ``formats.meta.PthWriter``) is laid out first, so every tensor has its own byte range and
+   see ``formats.torch_zip.PthZipWriter``) is laid out first, so every tensor has its own byte range and
    peak memory is a few tensors, not the checkpoint.  Untouched tensors are copied byte for byte
    in the kernel (``copy_file_range``, runs of them in one call; where a file system cannot,
    through user space, and the report says so); a new safetensors header is padded so that those
-   bytes keep their in-page offset, which the kernel copies 2.5x faster.  Meanwhile a helper
+   bytes keep their in-page offset, which the kernel copies 2.5x faster (a ``.pth`` zip pads each
+   payload the same way).  Meanwhile a helper
    thread reads the q/k tensors by byte range (not memory-mapped: mapped pages would stay
    resident until the end), reorders their rows (exact, any dtype) and writes them.
 3. **atomic**: everything goes to a hidden sibling ``.DST.ropekit-partial-PID`` that is renamed to
@@ -18,7 +19,8 @@ Between safetensors checkpoints the whole conversion works on bytes and never im
 tensor is read by ``preadv`` straight into its new row order; a shard whose tensors all stay in
 place (a layout change) is copied whole in one kernel call, like ``cp``, and the q/k tensors are
 written over it.  torch comes in only for what needs numbers or pickles: ``--inv-freq add`` /
-``verify``, ``--verify`` and Meta ``.pth`` files.
+``verify``, ``--verify``; ``.pth`` files are read and written as bytes too
+(``formats/torch_zip.py``), only unusual ones go to ``torch.load``.
 
 >>> import os, tempfile, torch, ropekit as rk
 >>> from safetensors.torch import save_file
@@ -401,6 +403,29 @@ class _NoBar:
 RAW_PERMUTE = True
 
 
+#: write .pth files with the torch-free zip writer (formats/torch_zip.py); False: through
+#: torch.save (``meta.PthWriter``), which the tests use to check both give the same tensors
+RAW_PTH = True
+
+
+def _pth_writer(ckpt: Checkpoint, path: Path, steps: list[Step]):
+    """A writer of a torch.save-format file for ``steps``: the zip is laid out without torch, each
+    pass-through tensor's bytes at its source's in-page offset (the kernel copies those fastest)."""
+    if not RAW_PTH:
+        from .formats.meta import PthWriter
+
+        return PthWriter(path, [(s.dst, s.dtype, s.shape) for s in steps])
+    from .formats.safetensors_io import PAGE
+    from .formats.torch_zip import PthZipWriter
+
+    align = {}
+    for s in steps:
+        rng = ckpt.byte_range(s.src) if s.action == "copy" else None
+        if rng is not None:
+            align[s.dst] = rng[1] % PAGE
+    return PthZipWriter(path, [(s.dst, s.dtype, s.shape) for s in steps], align)
+
+
 def _raw_permutable(ckpt: Checkpoint, step: Step, writer) -> tuple[str, int, int] | None:
     if not RAW_PERMUTE or step.action != "permute" or not hasattr(writer, "write_bytes"):
         return None
@@ -532,10 +557,10 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
             writers = write_hf(tmp, out_shards, config, metadata, index_extra, config_bytes, aligns, clones)
             stream_all([(writer, by_file[f]) for f, writer in writers.items()])
         elif dst_fmt == "meta":
-            from .formats.meta import PthWriter, params_from_hf, write_params
+            from .formats.meta import params_from_hf, write_params
 
             steps = [s for _, st in shards for s in st]
-            writer = PthWriter(tmp / "consolidated.00.pth", [(s.dst, s.dtype, s.shape) for s in steps])
+            writer = _pth_writer(ckpt, tmp / "consolidated.00.pth", steps)
             stream_all([(writer, steps)])
             if ckpt.fmt == "hf":
                 w1 = next(s for s in steps if s.dst == "layers.0.feed_forward.w1.weight")
@@ -549,9 +574,7 @@ def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, prog
             if out.suffix == ".safetensors":
                 writer = SafetensorsWriter(out, entries, ckpt.file.metadata if ckpt.file else {"format": "pt"}, _alignment(ckpt, steps), ckpt.file)
             else:
-                from .formats.meta import PthWriter
-
-                writer = PthWriter(out, entries)
+                writer = _pth_writer(ckpt, out, steps)
             stream_all([(writer, steps)])
         # auxiliary files (tokenizer, generation config, ...) travel unchanged
         for rel in ckpt.aux_files:

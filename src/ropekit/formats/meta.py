@@ -374,6 +374,9 @@ class PthWriter:
     ``torch.load(map_location="meta")`` where each storage landed, and fill the bytes in place.
     The zip CRC fields stay unset, as with ``torch.serialization.set_crc32_options(False)``;
     ``torch.load`` does not check them.
+
+    The converter writes ``.pth`` files with ``torch_zip.PthZipWriter``, which needs no torch;
+    this writer is the reference it is tested against (``convert.RAW_PTH = False``).
     """
 
     def __init__(self, path, entries):

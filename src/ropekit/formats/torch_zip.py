@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from .raw import SIZES, torch_dtype
 
-__all__ = ["TensorRecord", "read_layout"]
+__all__ = ["TensorRecord", "read_layout", "state_dict_pickle", "plan_pth", "PthZipWriter"]
 
 #: torch's typed storage class names -> safetensors dtype names
 _STORAGES = {
@@ -147,3 +147,234 @@ def read_layout(path) -> dict[str, TensorRecord] | None:
             return out
     except (_Refused, zipfile.BadZipFile, KeyError, ValueError, TypeError, EOFError, pickle.UnpicklingError, struct.error):
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+
+#: safetensors dtype names -> torch's typed storage class names
+_STORAGE_OF = {v: k for k, v in _STORAGES.items()}
+#: zip fields are 32-bit; at or past this a value goes to a zip64 extra field (tests lower it)
+_ZIP64_AT = 0xFFFFFFFF
+#: payloads start on a page unless a source asks for another in-page offset (see PthZipWriter)
+_PAGE = 4096
+#: zip flag bit 11: names are UTF-8 (the archive folder is the file's name, as torch.save does)
+_UTF8 = 0x800
+#: the least alignment a payload gets: every dtype's element size, as safetensors guarantees
+_MIN_ALIGN = 8
+
+
+def _pickle_int(n: int) -> bytes:
+    if 0 <= n < 256:
+        return b"K" + bytes([n])
+    if 0 <= n < 65536:
+        return b"M" + struct.pack("<H", n)
+    if -(2**31) <= n < 2**31:
+        return b"J" + struct.pack("<i", n)
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
+
+
+def _pickle_str(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
+
+
+def _pickle_tuple(items) -> bytes:
+    return b"(" + b"".join(_pickle_int(i) for i in items) + b"t" if items else b")"
+
+
+def _contiguous_stride(shape) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for size in reversed(shape):
+        stride.append(acc)
+        acc *= size
+    return tuple(reversed(stride))
+
+
+def state_dict_pickle(entries) -> bytes:
+    """The ``data.pkl`` that ``torch.save`` writes for a dict {name: contiguous tensor}, tensor
+    ``i`` of ``entries`` [(name, dtype name, shape)] in its own storage ``str(i)``; written
+    opcode by opcode (pickle protocol 2), so neither torch nor its classes are needed.
+
+    >>> import io, pickletools
+    >>> p = state_dict_pickle([("w", "BF16", (2, 3))])
+    >>> read = _Unpickler(io.BytesIO(p)).load(); read["w"]
+    ('tensor', 'BF16', (2, 3), (3, 1), '0', 0)
+    """
+    out = [b"\x80\x02}("]  # PROTO 2, EMPTY_DICT, MARK
+    for i, (name, dtype, shape) in enumerate(entries):
+        if i and i % 1000 == 0:  # SETITEMS in batches, as pickle does
+            out.append(b"u(")
+        shape = tuple(int(s) for s in shape)
+        storage = b"(" + _pickle_str("storage") + b"ctorch\n" + _STORAGE_OF[dtype].encode() + b"\n"
+        storage += _pickle_str(str(i)) + _pickle_str("cpu") + _pickle_int(math.prod(shape)) + b"tQ"  # TUPLE, BINPERSID
+        args = storage + _pickle_int(0) + _pickle_tuple(shape) + _pickle_tuple(_contiguous_stride(shape))
+        args += b"\x89ccollections\nOrderedDict\n)R"  # requires_grad=False, OrderedDict() (backward hooks)
+        out.append(_pickle_str(name) + b"ctorch._utils\n_rebuild_tensor_v2\n(" + args + b"tR")
+    out.append(b"u.")  # SETITEMS, STOP
+    return b"".join(out)
+
+
+def _local_header(name: bytes, size: int, crc: int, pad_to: int | None, at: int) -> bytes:
+    """A zip local file header (STORED) for a ``size``-byte payload, with an extra field of
+    padding so that the payload starts at an offset == ``pad_to`` mod a page (as torch pads its
+    storages to 64 with a "FB" field)."""
+    z64 = size >= _ZIP64_AT
+    extra = struct.pack("<HHQQ", 1, 16, size, size) if z64 else b""
+    if pad_to is not None:
+        pad = (pad_to - (at + 30 + len(name) + len(extra))) % _PAGE
+        if pad:
+            pad = pad if pad >= 4 else pad + _PAGE
+            extra += struct.pack("<HH", 0x4246, pad - 4) + b"Z" * (pad - 4)
+    small = 0xFFFFFFFF if z64 else size
+    return struct.pack("<IHHHHHIIIHH", 0x04034B50, 45 if z64 else 20, _UTF8, 0, 0, 0, crc, small, small, len(name), len(extra)) + name + extra
+
+
+def _central_entry(name: bytes, size: int, crc: int, at: int) -> bytes:
+    z64 = [v for v in (size, size, at) if v >= _ZIP64_AT]  # the order the zip64 field lists them in
+    extra = struct.pack("<HH", 1, 8 * len(z64)) + struct.pack(f"<{len(z64)}Q", *z64) if z64 else b""
+    fields = [v if v < _ZIP64_AT else 0xFFFFFFFF for v in (size, at)]  # the real value is in the zip64 field
+    return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45 if z64 else 20, _UTF8, 0, 0, 0, crc, fields[0], fields[0],
+                       len(name), len(extra), 0, 0, 0, 0, fields[1]) + name + extra  # fmt: skip
+
+
+def _end_records(count: int, cd_at: int, cd_size: int) -> bytes:
+    if max(cd_at, cd_size) < _ZIP64_AT and count < 0xFFFF:
+        return struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, cd_size, cd_at, 0)
+    eocd64_at = cd_at + cd_size
+    out = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, cd_size, cd_at)
+    out += struct.pack("<IIQI", 0x07064B50, 0, eocd64_at, 1)
+    return out + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+
+
+def plan_pth(entries, archive: str = "archive", align: dict | None = None):
+    """Lay out a torch.save zip holding ``entries`` [(name, dtype name, shape)], one storage per
+    tensor.  Returns (head, tail, tail_at, offsets): ``head`` [(file offset, bytes)] is
+    everything before and between the payloads (records, local headers); ``tail`` (the last
+    records, the central directory) goes at ``tail_at``; ``offsets`` {name: payload offset}.  ``align`` {name: wanted
+    payload offset mod 4096, a multiple of 8}; others start on a page.
+
+    >>> head, tail, tail_at, offsets = plan_pth([("w", "F32", (2, 3))], "x")
+    >>> offsets["w"] % 4096, tail_at - offsets["w"]
+    (0, 24)
+    """
+    import hashlib
+    import zlib
+
+    from .raw import nbytes
+
+    align = align or {}
+    pkl = state_dict_pickle(entries)
+    # (record name, its bytes, or for a tensor payload (tensor name, nbytes, wanted offset mod a page))
+    before = [("data.pkl", pkl), ("byteorder", b"little")]
+    payloads = [(f"data/{i}", (n, nbytes(d, s), align.get(n, 0))) for i, (n, d, s) in enumerate(entries)]
+    ident = str(int(hashlib.sha256(pkl).hexdigest(), 16))[:40]  # torch writes 40 decimal digits
+    after = [("version", b"3\n"), (".data/serialization_id", ident.encode())]
+    head, tail, central, offsets, at, tail_at = [], [], [], {}, 0, None
+    for rel, what in before + payloads + after:
+        name = f"{archive}/{rel}".encode()
+        if isinstance(what, bytes):  # a small record, written now, with its CRC
+            crc = zlib.crc32(what)
+            piece = _local_header(name, len(what), crc, None, at) + what
+            central.append(_central_entry(name, len(what), crc, at))
+            if rel == "version":
+                tail_at = at  # everything from here on follows the last payload
+            (tail if tail_at is not None else head).append(piece if tail_at is not None else (at, piece))
+            at += len(piece)
+        else:  # a payload: only its header now; CRC 0, as torch.load checks none
+            tensor, size, pad_to = what
+            local = _local_header(name, size, 0, pad_to, at)
+            central.append(_central_entry(name, size, 0, at))
+            head.append((at, local))
+            offsets[tensor] = at + len(local)
+            at += len(local) + size
+    cd = b"".join(central)
+    tail_bytes = b"".join(tail) + cd + _end_records(len(central), at, len(cd))
+    return head, tail_bytes, tail_at, offsets
+
+
+class PthZipWriter:
+    """Writes a ``torch.save``-format file tensor by tensor, without torch.
+
+    The zip (STORED entries: ``data.pkl``, ``byteorder``, ``data/N`` per tensor, ``version``,
+    ``.data/serialization_id``) is laid out before any tensor arrives: the pickle
+    (``state_dict_pickle``) says everything but the bytes.  Each payload starts on a page, or at
+    the in-page offset ``align`` asks for (that of its source, so the kernel copies it at full
+    speed, see safetensors_io.copy_bytes); torch pads its payloads to 64 bytes the same way, with
+    a local-header extra field.  No ``.format_version`` record: with it, a meta-device
+    ``torch.load`` would compute offsets assuming torch's own padding instead of reading them.
+    CRCs of the payloads stay 0 (as with ``torch.serialization.set_crc32_options(False)``;
+    ``torch.load`` checks none).  Same interface as ``meta.PthWriter``.
+
+    >>> import os, tempfile, torch
+    >>> p = os.path.join(tempfile.mkdtemp(), "sd.pth")
+    >>> w = PthZipWriter(p, [("w", "F32", (2, 3))]); w.write_tensor("w", torch.arange(6.0).view(2, 3)); w.close()
+    >>> torch.load(p, weights_only=True)["w"].tolist(), read_layout(p)["w"].start % 4096
+    ([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], 0)
+    """
+
+    def __init__(self, path, entries, align: dict | None = None):
+        import os
+
+        from .raw import dtype_name, nbytes
+        from .safetensors_io import SourceFiles
+
+        self.path = os.fspath(path)
+        entries = [(n, dtype_name(d), tuple(s)) for n, d, s in entries]
+        align = {n: a for n, a in (align or {}).items() if a % _MIN_ALIGN == 0}
+        archive = os.path.splitext(os.path.basename(self.path))[0] or "archive"
+        head, tail, tail_at, self.offsets = plan_pth(entries, archive, align)
+        self.sizes = {n: nbytes(d, s) for n, d, s in entries}
+        self.total_size = sum(self.sizes.values())
+        self._f = open(self.path, "wb", buffering=0)
+        fd = self._f.fileno()
+        for at, piece in head + [(tail_at, tail)]:
+            _pwrite_all(fd, memoryview(piece), at)
+        self.fallback: str | None = None  # as SafetensorsWriter.fallback
+        self._sources = SourceFiles()
+
+    def source_fd(self, path: str) -> int:
+        """An open descriptor of source file ``path`` (kept open until close / abort)."""
+        return self._sources.get(path).fileno()
+
+    def _check(self, name: str, nbytes: int) -> int:
+        if self.sizes[name] != nbytes:
+            raise RuntimeError(f"tensor {name!r} has {nbytes} bytes, the file reserved {self.sizes[name]}")  # a bug
+        return self.offsets[name]
+
+    def write_tensor(self, name: str, t) -> None:
+        from .safetensors_io import tensor_bytes
+
+        self.write_bytes(name, tensor_bytes(t))
+
+    def write_bytes(self, name: str, data) -> None:
+        """Write the raw bytes of tensor ``name`` (a bytes-like object of exactly its size)."""
+        data = memoryview(data).cast("B")
+        _pwrite_all(self._f.fileno(), data, self._check(name, data.nbytes))
+
+    def copy_range(self, name: str, src_path: str, start: int, end: int) -> None:
+        from .safetensors_io import copy_bytes
+
+        offset = self._check(name, end - start)
+        self.fallback = copy_bytes(self._sources.get(src_path), self._f.fileno(), start, end, offset, name=name) or self.fallback
+
+    def flush(self) -> None:
+        """Nothing is pending: copies are issued at once (offsets are fixed by the zip layout)."""
+
+    def close(self) -> None:
+        self._f.close()
+        self._sources.close()
+
+    def abort(self) -> None:
+        self._f.close()
+        self._sources.close()
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    import os
+
+    while data.nbytes:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
