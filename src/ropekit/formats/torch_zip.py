@@ -217,6 +217,9 @@ def state_dict_pickle(entries) -> bytes:
     return b"".join(out)
 
 
+_CRC_CHUNK = 8 << 20  # read buffer for payload CRCs
+
+
 def _local_header(name: bytes, size: int, crc: int, pad_to: int | None, at: int) -> bytes:
     """A zip local file header (STORED) for a ``size``-byte payload, with an extra field of
     padding so that the payload starts at an offset == ``pad_to`` mod a page (as torch pads its
@@ -249,12 +252,14 @@ def _end_records(count: int, cd_at: int, cd_size: int) -> bytes:
     return out + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
 
 
-def plan_pth(entries, archive: str = "archive", align: dict | None = None):
+def plan_pth(entries, archive: str = "archive", align: dict | None = None, crcs: dict | None = None):
     """Lay out a torch.save zip holding ``entries`` [(name, dtype name, shape)], one storage per
     tensor.  Returns (head, tail, tail_at, offsets): ``head`` [(file offset, bytes)] is
     everything before and between the payloads (records, local headers); ``tail`` (the last
     records, the central directory) goes at ``tail_at``; ``offsets`` {name: payload offset}.  ``align`` {name: wanted
-    payload offset mod 4096, a multiple of 8}; others start on a page.
+    payload offset mod 4096, a multiple of 8}; others start on a page.  ``crcs`` {name: CRC-32 of
+    its payload}: the layout does not depend on them (fixed-size fields), so a writer plans first
+    and fills them in once the bytes are written.
 
     >>> head, tail, tail_at, offsets = plan_pth([("w", "F32", (2, 3))], "x")
     >>> offsets["w"] % 4096, tail_at - offsets["w"]
@@ -283,10 +288,11 @@ def plan_pth(entries, archive: str = "archive", align: dict | None = None):
                 tail_at = at  # everything from here on follows the last payload
             (tail if tail_at is not None else head).append(piece if tail_at is not None else (at, piece))
             at += len(piece)
-        else:  # a payload: only its header now; CRC 0, as torch.load checks none
+        else:  # a payload: only its header now (its CRC, when known, from ``crcs``)
             tensor, size, pad_to = what
-            local = _local_header(name, size, 0, pad_to, at)
-            central.append(_central_entry(name, size, 0, at))
+            crc = (crcs or {}).get(tensor, 0)
+            local = _local_header(name, size, crc, pad_to, at)
+            central.append(_central_entry(name, size, crc, at))
             head.append((at, local))
             offsets[tensor] = at + len(local)
             at += len(local) + size
@@ -305,8 +311,12 @@ class PthZipWriter:
     speed, see safetensors_io.copy_bytes); torch pads its payloads to 64 bytes the same way, with
     a local-header extra field.  No ``.format_version`` record: with it, a meta-device
     ``torch.load`` would compute offsets assuming torch's own padding instead of reading them.
-    CRCs of the payloads stay 0 (as with ``torch.serialization.set_crc32_options(False)``;
-    ``torch.load`` checks none).  Same interface as ``meta.PthWriter``.
+    Every payload gets its CRC-32 (``torch.load`` checks none, but zip tools and zipfile-based
+    readers, e.g. other converters' lazy ``.pth`` loaders, do; torch.save writes them): bytes
+    written from memory are summed at once; a range copied by the kernel is summed from its source
+    on a worker thread while the copies go on (zlib and preadv release the GIL), so the sum costs
+    a second core rather than a second pass.  ``close`` rewrites the headers with the CRCs.
+    Same interface as ``meta.PthWriter``.
 
     >>> import os, tempfile, torch
     >>> p = os.path.join(tempfile.mkdtemp(), "sd.pth")
@@ -325,13 +335,14 @@ class PthZipWriter:
         entries = [(n, dtype_name(d), tuple(s)) for n, d, s in entries]
         align = {n: a for n, a in (align or {}).items() if a % _MIN_ALIGN == 0}
         archive = os.path.splitext(os.path.basename(self.path))[0] or "archive"
+        self._plan = (entries, archive, align)
         head, tail, tail_at, self.offsets = plan_pth(entries, archive, align)
         self.sizes = {n: nbytes(d, s) for n, d, s in entries}
         self.total_size = sum(self.sizes.values())
-        self._f = open(self.path, "wb", buffering=0)
-        fd = self._f.fileno()
-        for at, piece in head + [(tail_at, tail)]:
-            _pwrite_all(fd, memoryview(piece), at)
+        self._f = open(self.path, "w+b", buffering=0)
+        self._write_layout(head, tail, tail_at)
+        self._crcs: dict = {}  # name -> CRC-32, or a Future of it
+        self._summer = None  # the worker thread that sums copied ranges
         self.fallback: str | None = None  # as SafetensorsWriter.fallback
         self._sources = SourceFiles()
 
@@ -351,25 +362,75 @@ class PthZipWriter:
 
     def write_bytes(self, name: str, data) -> None:
         """Write the raw bytes of tensor ``name`` (a bytes-like object of exactly its size)."""
+        import zlib
+
         data = memoryview(data).cast("B")
         _pwrite_all(self._f.fileno(), data, self._check(name, data.nbytes))
+        self._crcs[name] = zlib.crc32(data)
 
     def copy_range(self, name: str, src_path: str, start: int, end: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         from .safetensors_io import copy_bytes
 
         offset = self._check(name, end - start)
-        self.fallback = copy_bytes(self._sources.get(src_path), self._f.fileno(), start, end, offset, name=name) or self.fallback
+        src = self._sources.get(src_path)
+        if self._summer is None:
+            self._summer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ropekit-crc")
+        # the payload is a byte-for-byte copy of this range: its CRC is the range's
+        self._crcs[name] = self._summer.submit(_crc_of_range, src.fileno(), start, end - start)
+        self.fallback = copy_bytes(src, self._f.fileno(), start, end, offset, name=name) or self.fallback
 
     def flush(self) -> None:
         """Nothing is pending: copies are issued at once (offsets are fixed by the zip layout)."""
 
+    def _write_layout(self, head, tail, tail_at) -> None:
+        fd = self._f.fileno()
+        for at, piece in head + [(tail_at, tail)]:
+            _pwrite_all(fd, memoryview(piece), at)
+
+    def _payload_crcs(self) -> dict:
+        """CRC-32 of every payload; one never written (a bug upstream) is summed from the file."""
+        crcs = {name: (c if isinstance(c, int) else c.result()) for name, c in self._crcs.items()}
+        for name, size in self.sizes.items():
+            if name not in crcs:
+                crcs[name] = _crc_of_range(self._f.fileno(), self.offsets[name], size)
+        return crcs
+
+    def _stop_summer(self, cancel: bool) -> None:
+        if self._summer is not None:
+            self._summer.shutdown(wait=True, cancel_futures=cancel)
+            self._summer = None
+
     def close(self) -> None:
+        try:
+            head, tail, tail_at, offsets = plan_pth(*self._plan, crcs=self._payload_crcs())
+            assert offsets == self.offsets  # CRCs are fixed-size fields: nothing moves
+            self._write_layout(head, tail, tail_at)
+        finally:
+            self._stop_summer(cancel=True)
+            self._f.close()
+            self._sources.close()
+
+    def abort(self) -> None:
+        self._stop_summer(cancel=True)
         self._f.close()
         self._sources.close()
 
-    def abort(self) -> None:
-        self._f.close()
-        self._sources.close()
+
+def _crc_of_range(fd: int, at: int, size: int) -> int:
+    """CRC-32 of ``size`` bytes of ``fd`` from ``at`` (pread: the file position is not touched)."""
+    import os
+    import zlib
+
+    buf, crc = bytearray(min(size, _CRC_CHUNK)), 0
+    while size:
+        n = os.preadv(fd, [memoryview(buf)[: min(size, _CRC_CHUNK)]], at)
+        if n <= 0:
+            raise OSError(f"short read at byte {at} while computing a CRC")
+        crc = zlib.crc32(memoryview(buf)[:n], crc)
+        at, size = at + n, size - n
+    return crc
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
