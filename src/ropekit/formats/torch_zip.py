@@ -375,10 +375,11 @@ class PthZipWriter:
 
         offset = self._check(name, end - start)
         src = self._sources.get(src_path)
-        if self._summer is None:
+        if self._summer is None:  # one worker, so one read buffer serves every sum in turn
             self._summer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ropekit-crc")
+            self._summer_buf = bytearray(_CRC_CHUNK)
         # the payload is a byte-for-byte copy of this range: its CRC is the range's
-        self._crcs[name] = self._summer.submit(_crc_of_range, src.fileno(), start, end - start)
+        self._crcs[name] = self._summer.submit(_crc_of_range, src.fileno(), start, end - start, self._summer_buf)
         self.fallback = copy_bytes(src, self._f.fileno(), start, end, offset, name=name) or self.fallback
 
     def flush(self) -> None:
@@ -418,14 +419,15 @@ class PthZipWriter:
         self._sources.close()
 
 
-def _crc_of_range(fd: int, at: int, size: int) -> int:
-    """CRC-32 of ``size`` bytes of ``fd`` from ``at`` (pread: the file position is not touched)."""
+def _crc_of_range(fd: int, at: int, size: int, buf: bytearray | None = None) -> int:
+    """CRC-32 of ``size`` bytes of ``fd`` from ``at`` (pread: the file position is not touched).
+    ``buf``: a reused read buffer (one per thread), so a checkpoint is not memset tensor by tensor."""
     import os
     import zlib
 
-    buf, crc = bytearray(min(size, _CRC_CHUNK)), 0
+    buf, crc = buf if buf is not None else bytearray(min(size, _CRC_CHUNK)), 0
     while size:
-        n = os.preadv(fd, [memoryview(buf)[: min(size, _CRC_CHUNK)]], at)
+        n = os.preadv(fd, [memoryview(buf)[: min(size, len(buf))]], at)
         if n <= 0:
             raise OSError(f"short read at byte {at} while computing a CRC")
         crc = zlib.crc32(memoryview(buf)[:n], crc)
