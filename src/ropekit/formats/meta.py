@@ -11,13 +11,13 @@ vocabulary), norms replicated.  Writing produces a single ``consolidated.00.pth`
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from ..errors import RopeCheckpointError
 from .base import Checkpoint, Geometry, list_aux
 from .raw import torch_dtype, torch_name
+from .torch_zip import FixedLayoutWriter
 
 __all__ = ["MetaCheckpoint", "PthFile", "PthWriter", "is_meta_dir", "hf_to_meta_name", "meta_to_hf_name", "params_from_hf",
            "hf_config_from_meta", "check_meta_expressible"]
@@ -365,7 +365,7 @@ def write_params(path: Path, params: dict) -> None:
         f.write("\n")
 
 
-class PthWriter:
+class PthWriter(FixedLayoutWriter):
     """Writes a ``torch.save``-format file tensor by tensor, like ``SafetensorsWriter``.
 
     ``torch.save`` needs every tensor in memory at once.  Instead we save placeholders under
@@ -382,62 +382,12 @@ class PthWriter:
     def __init__(self, path, entries):
         import torch
 
-        from .safetensors_io import SourceFiles
-
-        self.path = os.fspath(path)
-        from .raw import torch_dtype
-
         # dtypes: torch.dtype or safetensors names (the converter plans with names)
         placeholders = {name: torch.empty(shape, dtype=torch_dtype(dtype)) for name, dtype, shape in entries}
         with torch.serialization.skip_data():
-            torch.save(placeholders, self.path)
+            torch.save(placeholders, path)
         del placeholders
-        layout = torch.load(self.path, map_location="meta", weights_only=True)
-        self.offsets = {}
-        for name, t in layout.items():
-            self.offsets[name] = t.untyped_storage()._checkpoint_offset + t.storage_offset() * t.element_size()
-        self.sizes = {name: t.numel() * t.element_size() for name, t in layout.items()}
-        self._f = open(self.path, "r+b", buffering=0)
-        self.fallback: str | None = None  # as SafetensorsWriter.fallback
-        self._sources = SourceFiles()
-        self.total_size = sum(self.sizes.values())
-
-    def source_fd(self, path: str) -> int:
-        """An open descriptor of source file ``path`` (kept open until close / abort)."""
-        return self._sources.get(path).fileno()
-
-    def _check(self, name: str, nbytes: int) -> int:
-        if self.sizes[name] != nbytes:
-            raise RuntimeError(f"tensor {name!r} has {nbytes} bytes, the file reserved {self.sizes[name]}")  # a bug
-        return self.offsets[name]
-
-    def write_tensor(self, name: str, t: torch.Tensor) -> None:
-        from .safetensors_io import tensor_bytes
-
-        self.write_bytes(name, tensor_bytes(t))
-
-    def write_bytes(self, name: str, data) -> None:
-        """Write the raw bytes of tensor ``name`` (a bytes-like object of exactly its size)."""
-        data = memoryview(data).cast("B")
-        offset = self._check(name, data.nbytes)
-        while data.nbytes:
-            n = os.pwrite(self._f.fileno(), data, offset)
-            data, offset = data[n:], offset + n
-
-    def copy_range(self, name: str, src_path: str, start: int, end: int) -> None:
-        from .safetensors_io import copy_bytes
-
-        offset = self._check(name, end - start)
-        src = self._sources.get(src_path)
-        self.fallback = copy_bytes(src, self._f.fileno(), start, end, offset, name=name) or self.fallback
-
-    def flush(self) -> None:
-        """Nothing is pending: copies are issued at once (offsets are fixed by the zip layout)."""
-
-    def close(self) -> None:
-        self._f.close()
-        self._sources.close()
-
-    def abort(self) -> None:
-        self._f.close()
-        self._sources.close()
+        layout = torch.load(path, map_location="meta", weights_only=True)
+        offsets = {name: t.untyped_storage()._checkpoint_offset + t.storage_offset() * t.element_size() for name, t in layout.items()}
+        sizes = {name: t.numel() * t.element_size() for name, t in layout.items()}
+        self._open(path, offsets, sizes, "r+b")

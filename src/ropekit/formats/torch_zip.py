@@ -301,48 +301,21 @@ def plan_pth(entries, archive: str = "archive", align: dict | None = None, crcs:
     return head, tail_bytes, tail_at, offsets
 
 
-class PthZipWriter:
-    """Writes a ``torch.save``-format file tensor by tensor, without torch.
+class FixedLayoutWriter:
+    """What every writer of a file whose tensor byte ranges are fixed up front shares: subclasses
+    set ``path``, ``offsets`` / ``sizes`` {name: payload offset / size} and open ``_f``; tensors
+    then arrive in any order, as bytes or as kernel copies from a source file.  Same interface as
+    ``safetensors_io.SafetensorsWriter``."""
 
-    The zip (STORED entries: ``data.pkl``, ``byteorder``, ``data/N`` per tensor, ``version``,
-    ``.data/serialization_id``) is laid out before any tensor arrives: the pickle
-    (``state_dict_pickle``) says everything but the bytes.  Each payload starts on a page, or at
-    the in-page offset ``align`` asks for (that of its source, so the kernel copies it at full
-    speed, see safetensors_io.copy_bytes); torch pads its payloads to 64 bytes the same way, with
-    a local-header extra field.  No ``.format_version`` record: with it, a meta-device
-    ``torch.load`` would compute offsets assuming torch's own padding instead of reading them.
-    Every payload gets its CRC-32 (``torch.load`` checks none, but zip tools and zipfile-based
-    readers, e.g. other converters' lazy ``.pth`` loaders, do; torch.save writes them): bytes
-    written from memory are summed at once; a range copied by the kernel is summed from its source
-    on a worker thread while the copies go on (zlib and preadv release the GIL), so the sum costs
-    a second core rather than a second pass.  ``close`` rewrites the headers with the CRCs.
-    Same interface as ``meta.PthWriter``.
-
-    >>> import os, tempfile, torch
-    >>> p = os.path.join(tempfile.mkdtemp(), "sd.pth")
-    >>> w = PthZipWriter(p, [("w", "F32", (2, 3))]); w.write_tensor("w", torch.arange(6.0).view(2, 3)); w.close()
-    >>> torch.load(p, weights_only=True)["w"].tolist(), read_layout(p)["w"].start % 4096
-    ([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], 0)
-    """
-
-    def __init__(self, path, entries, align: dict | None = None):
+    def _open(self, path, offsets: dict, sizes: dict, mode: str) -> None:
         import os
 
-        from .raw import dtype_name, nbytes
         from .safetensors_io import SourceFiles
 
         self.path = os.fspath(path)
-        entries = [(n, dtype_name(d), tuple(s)) for n, d, s in entries]
-        align = {n: a for n, a in (align or {}).items() if a % _MIN_ALIGN == 0}
-        archive = os.path.splitext(os.path.basename(self.path))[0] or "archive"
-        self._plan = (entries, archive, align)
-        head, tail, tail_at, self.offsets = plan_pth(entries, archive, align)
-        self.sizes = {n: nbytes(d, s) for n, d, s in entries}
-        self.total_size = sum(self.sizes.values())
-        self._f = open(self.path, "w+b", buffering=0)
-        self._write_layout(head, tail, tail_at)
-        self._crcs: dict = {}  # name -> CRC-32, or a Future of it
-        self._summer = None  # the worker thread that sums copied ranges
+        self.offsets, self.sizes = offsets, sizes
+        self.total_size = sum(sizes.values())
+        self._f = open(self.path, mode, buffering=0)
         self.fallback: str | None = None  # as SafetensorsWriter.fallback
         self._sources = SourceFiles()
 
@@ -360,35 +333,94 @@ class PthZipWriter:
 
         self.write_bytes(name, tensor_bytes(t))
 
-    def write_bytes(self, name: str, data) -> None:
+    def write_bytes(self, name: str, data) -> memoryview:
         """Write the raw bytes of tensor ``name`` (a bytes-like object of exactly its size)."""
-        import zlib
-
         data = memoryview(data).cast("B")
         _pwrite_all(self._f.fileno(), data, self._check(name, data.nbytes))
-        self._crcs[name] = zlib.crc32(data)
+        return data
 
-    def copy_range(self, name: str, src_path: str, start: int, end: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
+    def copy_range(self, name: str, src_path: str, start: int, end: int):
+        """Copy source bytes [start, end) into tensor ``name``'s range (kernel copy where it can);
+        returns the open source file."""
         from .safetensors_io import copy_bytes
 
         offset = self._check(name, end - start)
         src = self._sources.get(src_path)
-        if self._summer is None:  # one worker, so one read buffer serves every sum in turn
-            self._summer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ropekit-crc")
-            self._summer_buf = bytearray(_CRC_CHUNK)
-        # the payload is a byte-for-byte copy of this range: its CRC is the range's
-        self._crcs[name] = self._summer.submit(_crc_of_range, src.fileno(), start, end - start, self._summer_buf)
         self.fallback = copy_bytes(src, self._f.fileno(), start, end, offset, name=name) or self.fallback
+        return src
 
     def flush(self) -> None:
-        """Nothing is pending: copies are issued at once (offsets are fixed by the zip layout)."""
+        """Nothing is pending: copies are issued at once (offsets are fixed by the layout)."""
+
+    def close(self) -> None:
+        self._f.close()
+        self._sources.close()
+
+    def abort(self) -> None:
+        self._f.close()
+        self._sources.close()
+
+
+class PthZipWriter(FixedLayoutWriter):
+    """Writes a ``torch.save``-format file tensor by tensor, without torch.
+
+    The zip (STORED entries: ``data.pkl``, ``byteorder``, ``data/N`` per tensor, ``version``,
+    ``.data/serialization_id``) is laid out before any tensor arrives: the pickle
+    (``state_dict_pickle``) says everything but the bytes.  Each payload starts on a page, or at
+    the in-page offset ``align`` asks for (that of its source, so the kernel copies it at full
+    speed, see safetensors_io.copy_bytes); torch pads its payloads to 64 bytes the same way, with
+    a local-header extra field.  No ``.format_version`` record: with it, a meta-device
+    ``torch.load`` would compute offsets assuming torch's own padding instead of reading them.
+    Every payload gets its CRC-32 (``torch.load`` checks none, but zip tools and zipfile-based
+    readers, e.g. other converters' lazy ``.pth`` loaders, do; torch.save writes them): bytes
+    written from memory are summed at once; a range copied by the kernel is summed from its source
+    on a worker thread while the copies go on (zlib and preadv release the GIL), so the sum costs
+    a second core rather than a second pass.  ``close`` rewrites the headers with the CRCs.
+
+    >>> import os, tempfile, torch
+    >>> p = os.path.join(tempfile.mkdtemp(), "sd.pth")
+    >>> w = PthZipWriter(p, [("w", "F32", (2, 3))]); w.write_tensor("w", torch.arange(6.0).view(2, 3)); w.close()
+    >>> torch.load(p, weights_only=True)["w"].tolist(), read_layout(p)["w"].start % 4096
+    ([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], 0)
+    """
+
+    def __init__(self, path, entries, align: dict | None = None):
+        import os
+
+        from .raw import dtype_name, nbytes
+
+        entries = [(n, dtype_name(d), tuple(s)) for n, d, s in entries]
+        align = {n: a for n, a in (align or {}).items() if a % _MIN_ALIGN == 0}
+        archive = os.path.splitext(os.path.basename(os.fspath(path)))[0] or "archive"
+        self._plan = (entries, archive, align)
+        head, tail, tail_at, offsets = plan_pth(entries, archive, align)
+        self._open(path, offsets, {n: nbytes(d, s) for n, d, s in entries}, "w+b")
+        self._write_layout(head, tail, tail_at)
+        self._crcs: dict = {}  # name -> CRC-32, or a Future of it
+        self._summer = None  # the worker thread that sums copied ranges
 
     def _write_layout(self, head, tail, tail_at) -> None:
         fd = self._f.fileno()
         for at, piece in head + [(tail_at, tail)]:
             _pwrite_all(fd, memoryview(piece), at)
+
+    def write_bytes(self, name: str, data) -> memoryview:
+        import zlib
+
+        data = super().write_bytes(name, data)
+        self._crcs[name] = zlib.crc32(data)
+        return data
+
+    def copy_range(self, name: str, src_path: str, start: int, end: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        src = super().copy_range(name, src_path, start, end)
+        if self._summer is None:  # one worker, so one read buffer serves every sum in turn
+            self._summer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ropekit-crc")
+            self._summer_buf = bytearray(_CRC_CHUNK)
+        # the payload is a byte-for-byte copy of this range: its CRC is the range's
+        self._crcs[name] = self._summer.submit(_crc_of_range, src.fileno(), start, end - start, self._summer_buf)
+        return src
 
     def _payload_crcs(self) -> dict:
         """CRC-32 of every payload; one never written (a bug upstream) is summed from the file."""
@@ -410,13 +442,11 @@ class PthZipWriter:
             self._write_layout(head, tail, tail_at)
         finally:
             self._stop_summer(cancel=True)
-            self._f.close()
-            self._sources.close()
+            super().close()
 
     def abort(self) -> None:
         self._stop_summer(cancel=True)
-        self._f.close()
-        self._sources.close()
+        super().abort()
 
 
 def _crc_of_range(fd: int, at: int, size: int, buf: bytearray | None = None) -> int:
