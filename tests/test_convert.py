@@ -349,7 +349,7 @@ def test_killed_process_leaves_no_dst(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, "convert", str(src), str(tmp_path / "dst"), "--layout", "interleaved",
                              "--no-progress"], env=env, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.time() + 30
-    while not any(p.glob("*.safetensors") for p in tmp_path.glob(".dst.ropekit-partial-*")):
+    while not any(any(p.glob("*.safetensors")) for p in tmp_path.glob(".dst.ropekit-partial-*")):  # files, not just the dir
         assert proc.poll() is None and time.time() < deadline, "conversion ended before it could be interrupted"
         time.sleep(0.005)
     proc.send_signal(sig)

@@ -657,8 +657,8 @@ def convert(
     tmp = dst.parent / f".{dst.name}{PARTIAL}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    try:  # mkdir inside: an interrupt landing just after it must still clean up
+        tmp.mkdir()
         _write(ckpt, tmp, dst, dst_fmt, dst_layout, shards, report, progress, after_tensor)
         _install(tmp, dst, is_file)
     except BaseException:
