@@ -352,6 +352,38 @@ def test_pth_writer_equals_torch_save_path(tmp_path, monkeypatch, dtype):
         assert same_bytes(a[hf_to_meta_name(name)], t), name
 
 
+def test_fast_crc32_is_zlibs():
+    """The fast extra's CRC-32 (zlib-ng) is the one in use, and it is zlib's, chunked or not."""
+    import random
+    import zlib
+
+    from zlib_ng import zlib_ng
+
+    from ropekit.formats.torch_zip import crc32
+
+    assert crc32() is zlib_ng.crc32
+    rng = random.Random(0)
+    for size in [0, 1, 7, 4095, 65537, (1 << 20) + 3]:
+        data = rng.randbytes(size)
+        assert crc32()(data) == zlib.crc32(data)
+        assert crc32()(data[size // 3 :], crc32()(data[: size // 3])) == zlib.crc32(data)
+
+
+def test_pth_writer_without_the_fast_crc(tmp_path, monkeypatch):
+    """With only CPython's zlib (no fast extra) the .pth is the same file."""
+    import zlib
+
+    from ropekit.formats import torch_zip
+
+    src = make_hf_dir(tmp_path / "src", hf_tensors(torch.bfloat16))
+    rkconvert.convert(src, tmp_path / "fast", **quiet(to="meta"))
+    monkeypatch.setattr(torch_zip, "crc32", lambda: zlib.crc32)
+    rkconvert.convert(src, tmp_path / "plain", **quiet(to="meta"))
+    assert (tmp_path / "fast" / "consolidated.00.pth").read_bytes() == (tmp_path / "plain" / "consolidated.00.pth").read_bytes()
+    with zipfile.ZipFile(tmp_path / "plain" / "consolidated.00.pth") as z:
+        assert z.testzip() is None
+
+
 def test_pth_payloads_keep_the_sources_in_page_offset(tmp_path):
     """Copied tensors start at their source's offset mod 4096 (when that is a multiple of 8: the
     alignment every dtype needs), all others on a page, so the kernel copies at full speed."""
