@@ -164,6 +164,17 @@ def test_dry_run_lists_changes_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "dst").exists() and not list(tmp_path.glob(".dst*"))
 
 
+def test_dry_run_over_an_existing_dst_reports_it_and_touches_nothing(tmp_path, capsys):
+    src = make_hf_dir(tmp_path / "src")
+    convert(src, tmp_path / "dst", **quiet())
+    before = tree_digest(tmp_path / "dst")
+    assert main(["convert", str(src), str(tmp_path / "dst"), "--layout", "interleaved", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "permute  model.layers.1.self_attn.k_proj.weight" in err and "needs --force" in err
+    assert tree_digest(tmp_path / "dst") == before and not list(tmp_path.glob(".dst*"))
+    assert main(["convert", str(src), str(tmp_path / "dst"), "--layout", "interleaved"]) == 2  # the real run still refuses
+
+
 def _meta_split(meta1: Path, out: Path, n: int) -> list[dict]:
     """Split a single-file Meta checkpoint into n model-parallel shards by Meta's rules."""
     sd = torch.load(meta1 / "consolidated.00.pth", weights_only=True)

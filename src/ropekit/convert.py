@@ -626,7 +626,7 @@ def convert(
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise FileNotFoundError(f"SRC {src} does not exist")
-    _check_paths(src, dst, force)
+    _check_paths(src, dst, force or dry_run)  # a dry run writes nothing: an existing DST is only reported
     ckpt = open_checkpoint(src, config=config, layout=src_layout)
     dst_fmt, dst_layout = _target(ckpt, layout, to)
     need_spec = inv_freq in ("add", "verify")
@@ -650,6 +650,8 @@ def convert(
         log(f"dry run: {ckpt.fmt} ({ckpt.layout}) -> {dst_fmt} ({dst_layout}); {len(changes)} tensor(s) change:")
         for s in changes:
             log("  " + s.describe())
+        if dst.exists() and not force:
+            log(f"DST {dst} exists: the conversion itself needs --force to replace it")
         return report
 
     is_file = dst_fmt == "state_dict"
