@@ -384,6 +384,45 @@ def test_pth_writer_without_the_fast_crc(tmp_path, monkeypatch):
         assert z.testzip() is None
 
 
+@pytest.mark.parametrize("to", ["hf", "meta"])
+def test_full_disk_is_found_before_writing(tmp_path, monkeypatch, capsys, to):
+    """Output files are reserved whole first: no space -> exit 2, one line naming the file, nothing left."""
+    import errno
+
+    from ropekit.cli import main
+    from ropekit.formats import safetensors_io
+
+    src = make_hf_dir(tmp_path / "src")
+    monkeypatch.setattr(safetensors_io, "_fallocate", (lambda fd, mode, at, size: -1, lambda: errno.ENOSPC))
+    args = ["--layout", "interleaved"] if to == "hf" else ["--to", "meta"]
+    assert main(["convert", str(src), str(tmp_path / "dst"), *args, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot reserve" in err and "No space left on device" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_preallocation_is_only_a_speed_up(tmp_path, monkeypatch):
+    """A file system without fallocate (EOPNOTSUPP) gives the same files; real fallocate reserves the size."""
+    import errno
+
+    from ropekit.formats import safetensors_io
+
+    src = make_hf_dir(tmp_path / "src")
+    for to in ("hf", "meta"):
+        rkconvert.convert(src, tmp_path / f"{to}-a", **quiet(to=to, layout="interleaved"))
+    monkeypatch.setattr(safetensors_io, "_fallocate", (lambda fd, mode, at, size: -1, lambda: errno.EOPNOTSUPP))
+    for to in ("hf", "meta"):
+        rkconvert.convert(src, tmp_path / f"{to}-b", **quiet(to=to, layout="interleaved"))
+        a, b = (sorted((p.relative_to(d), p.read_bytes()) for p in d.rglob("*") if p.is_file()) for d in (tmp_path / f"{to}-a", tmp_path / f"{to}-b"))
+        assert len(a) > 2 and a == b
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    monkeypatch.undo()
+    safetensors_io.preallocate(fd, 1 << 20)
+    st = os.fstat(fd)
+    os.close(fd)
+    assert st.st_size == 1 << 20 and st.st_blocks * 512 >= 1 << 20  # blocks really reserved (ext4, tmpfs, xfs)
+
+
 def test_pth_payloads_keep_the_sources_in_page_offset(tmp_path):
     """Copied tensors start at their source's offset mod 4096 (when that is a multiple of 8: the
     alignment every dtype needs), all others on a page, so the kernel copies at full speed."""

@@ -324,15 +324,17 @@ class FixedLayoutWriter:
     then arrive in any order, as bytes or as kernel copies from a source file.  Same interface as
     ``safetensors_io.SafetensorsWriter``."""
 
-    def _open(self, path, offsets: dict, sizes: dict, mode: str) -> None:
+    def _open(self, path, offsets: dict, sizes: dict, mode: str, file_size: int = 0) -> None:
+        """``file_size``: the whole new file's size, reserved at once (``preallocate``)."""
         import os
 
-        from .safetensors_io import SourceFiles
+        from .safetensors_io import SourceFiles, preallocate
 
         self.path = os.fspath(path)
         self.offsets, self.sizes = offsets, sizes
         self.total_size = sum(sizes.values())
         self._f = open(self.path, mode, buffering=0)
+        preallocate(self._f.fileno(), file_size, self.path)
         self.fallback: str | None = None  # as SafetensorsWriter.fallback
         self._sources = SourceFiles()
 
@@ -411,7 +413,7 @@ class PthZipWriter(FixedLayoutWriter):
         archive = os.path.splitext(os.path.basename(os.fspath(path)))[0] or "archive"
         self._plan = (entries, archive, align)
         head, tail, tail_at, offsets = plan_pth(entries, archive, align)
-        self._open(path, offsets, {n: nbytes(d, s) for n, d, s in entries}, "w+b")
+        self._open(path, offsets, {n: nbytes(d, s) for n, d, s in entries}, "w+b", tail_at + len(tail))
         self._write_layout(head, tail, tail_at)
         self._crcs: dict = {}  # name -> CRC-32, or a Future of it
         self._summer = None  # the worker thread that sums copied ranges
