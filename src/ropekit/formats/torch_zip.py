@@ -225,10 +225,12 @@ _CRC_CHUNK = 8 << 20  # read buffer for payload CRCs
 def crc32():
     """``zlib.crc32``, or the same function from zlib-ng when it is installed (the ``fast`` extra).
 
-    Every byte of a written ``.pth`` is summed, so the CRC sets the pace of a conversion to Meta:
-    CPython's zlib (1.2.13 here) sums 1.5 GB/s, zlib-ng (carry-less multiply) 9.8 GB/s on the
-    same machine (benchmarks/convert.py, hf -> meta).  Same polynomial, same results: the test
-    suite checks both against each other.  Both release the GIL on large buffers."""
+    Every byte of a written ``.pth`` is summed, on a second core while the kernel copies:
+    CPython's zlib (1.2.13 here) sums 1.5 GB/s, zlib-ng (carry-less multiply) 9.8 GB/s.  With
+    two idle cores either hides behind the copy; with the second core busy, hf -> meta measured
+    0.39x cp with zlib and 0.66x with zlib-ng (benchmarks/convert.py, one contended run).  Same
+    polynomial, same results: the test suite checks both against each other.  Both release the
+    GIL on large buffers."""
     try:
         from zlib_ng.zlib_ng import crc32 as fast
     except ImportError:
