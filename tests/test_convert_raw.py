@@ -393,7 +393,7 @@ def test_full_disk_is_found_before_writing(tmp_path, monkeypatch, capsys, to):
     from ropekit.formats import safetensors_io
 
     src = make_hf_dir(tmp_path / "src")
-    monkeypatch.setattr(safetensors_io, "_fallocate", (lambda fd, mode, at, size: -1, lambda: errno.ENOSPC))
+    monkeypatch.setattr(safetensors_io, "_fallocate", lambda: (lambda fd, mode, at, size: -1, lambda: errno.ENOSPC))
     args = ["--layout", "interleaved"] if to == "hf" else ["--to", "meta"]
     assert main(["convert", str(src), str(tmp_path / "dst"), *args, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
@@ -410,10 +410,10 @@ def test_preallocation_is_only_a_speed_up(tmp_path, monkeypatch):
     src = make_hf_dir(tmp_path / "src")
     for to in ("hf", "meta"):
         rkconvert.convert(src, tmp_path / f"{to}-a", **quiet(to=to, layout="interleaved"))
-    monkeypatch.setattr(safetensors_io, "_fallocate", (lambda fd, mode, at, size: -1, lambda: errno.EOPNOTSUPP))
+    monkeypatch.setattr(safetensors_io, "_fallocate", lambda: (lambda fd, mode, at, size: -1, lambda: errno.EOPNOTSUPP))
     for to in ("hf", "meta"):
         rkconvert.convert(src, tmp_path / f"{to}-b", **quiet(to=to, layout="interleaved"))
-        a, b = (sorted((p.relative_to(d), p.read_bytes()) for p in d.rglob("*") if p.is_file()) for d in (tmp_path / f"{to}-a", tmp_path / f"{to}-b"))
+        a, b = files_of(tmp_path / f"{to}-a"), files_of(tmp_path / f"{to}-b")
         assert len(a) > 2 and a == b
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     monkeypatch.undo()

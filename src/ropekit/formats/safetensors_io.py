@@ -19,6 +19,7 @@ any data exists, so the writer never holds more than one tensor.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
@@ -256,7 +257,17 @@ def copy_bytes(src_path, dst_fd: int, start: int, end: int, dst_offset: int | No
     return why
 
 
-_fallocate = None
+@functools.cache
+def _fallocate():
+    """libc's fallocate(2) and errno reader, or None (not glibc/Linux: nothing to reserve with)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return fn, ctypes.get_errno
 
 
 def preallocate(fd: int, size: int, path: str = "?") -> None:
@@ -274,21 +285,10 @@ def preallocate(fd: int, size: int, path: str = "?") -> None:
     >>> preallocate(fd, 10000); os.fstat(fd).st_size; os.close(fd)
     10000
     """
-    global _fallocate
-    if size <= 0:
+    libc = _fallocate() if size > 0 else None
+    if libc is None:
         return
-    if _fallocate is None:
-        try:
-            import ctypes
-
-            fn = ctypes.CDLL(None, use_errno=True).fallocate
-            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-            _fallocate = (fn, ctypes.get_errno)
-        except (OSError, AttributeError):
-            _fallocate = False  # not glibc/Linux: nothing to reserve with
-    if not _fallocate:
-        return
-    fn, get_errno = _fallocate
+    fn, get_errno = libc
     if fn(fd, 0, 0, size) != 0:
         err = get_errno()
         if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
