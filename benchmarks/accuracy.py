@@ -37,8 +37,9 @@ def truth_inv_freq(scaling: str) -> list:
     inv = [mpmath.mpf(BASE) ** (-mpmath.mpf(2 * i) / HEAD_DIM) for i in range(HEAD_DIM // 2)]
     if scaling == "default":
         return inv
-    f, lo, hi, old = (LLAMA3[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
-                                          "original_max_position_embeddings"))  # fmt: skip
+    f, lo, hi, old = (
+        LLAMA3[k] for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    )
     out = []
     for x in inv:
         wavelen = TWO_PI / x
@@ -127,8 +128,10 @@ def main() -> None:
             w.writerow([name, scaling, label, end, f"{err:.6e}"])
     os.replace(csv_path + ".tmp", csv_path)
 
-    print(f"cos/sin max abs error vs an exact (mpmath-reduced) fp64 truth, head_dim={HEAD_DIM}, base={BASE:g}, "
-          f"window of {args.window} positions ending at each column\n")  # fmt: skip
+    print(
+        f"cos/sin max abs error vs an exact (mpmath-reduced) fp64 truth, head_dim={HEAD_DIM}, base={BASE:g}, "
+        f"window of {args.window} positions ending at each column\n"
+    )
     print("| method | scaling | " + " | ".join(COLUMNS) + " |")
     print("|---|---|" + "---|" * len(COLUMNS))
     for scaling in ("default", "llama3"):
@@ -147,8 +150,11 @@ def main() -> None:
             print("matplotlib not installed: no plot (pip install 'ropekit[plot]')")
         else:
             fig, ax = plt.subplots(figsize=(7, 4.2))
-            styles = {"transformers LlamaRotaryEmbedding": "-o", 'ropekit precision="hf"': ":",
-                      'ropekit precision="exact"': "-s"}  # fmt: skip
+            styles = {
+                "transformers LlamaRotaryEmbedding": "-o",
+                'ropekit precision="hf"': ":",
+                'ropekit precision="exact"': "-s",
+            }
             for (name, scaling), (xs, ys) in curves.items():
                 ax.loglog(xs, [max(y, 1e-10) for y in ys], styles[name], ms=3, label=f"{name} ({scaling})")
             ax.axhline(2**-24, color="gray", lw=0.8, ls="--")

@@ -47,17 +47,34 @@ def generate(path: Path, gb: float, shards: int) -> tuple[int, int]:
     names: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, hidden))]
     for i in range(layers):
         p = f"model.layers.{i}."
-        names += [(p + "self_attn.q_proj.weight", (heads * hd, hidden)), (p + "self_attn.k_proj.weight", (kv * hd, hidden)),
-                  (p + "self_attn.v_proj.weight", (kv * hd, hidden)), (p + "self_attn.o_proj.weight", (hidden, heads * hd)),
-                  (p + "mlp.gate_proj.weight", (ffn, hidden)), (p + "mlp.up_proj.weight", (ffn, hidden)),
-                  (p + "mlp.down_proj.weight", (hidden, ffn)), (p + "input_layernorm.weight", (hidden,)),
-                  (p + "post_attention_layernorm.weight", (hidden,))]  # fmt: skip
+        names += [
+            (p + "self_attn.q_proj.weight", (heads * hd, hidden)),
+            (p + "self_attn.k_proj.weight", (kv * hd, hidden)),
+            (p + "self_attn.v_proj.weight", (kv * hd, hidden)),
+            (p + "self_attn.o_proj.weight", (hidden, heads * hd)),
+            (p + "mlp.gate_proj.weight", (ffn, hidden)),
+            (p + "mlp.up_proj.weight", (ffn, hidden)),
+            (p + "mlp.down_proj.weight", (hidden, ffn)),
+            (p + "input_layernorm.weight", (hidden,)),
+            (p + "post_attention_layernorm.weight", (hidden,)),
+        ]
     names += [("model.norm.weight", (hidden,)), ("lm_head.weight", (vocab, hidden))]
     path.mkdir(parents=True)
-    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": hidden, "intermediate_size": ffn,
-           "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd, "num_hidden_layers": layers,
-           "vocab_size": vocab, "rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
-           "tie_word_embeddings": False, "dtype": "bfloat16"}  # fmt: skip
+    cfg = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": hd,
+        "num_hidden_layers": layers,
+        "vocab_size": vocab,
+        "rms_norm_eps": 1e-5,
+        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
+    }
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
     per_shard = -(-len(names) // shards)
     weight_map, total, largest = {}, 0, 0
@@ -72,7 +89,9 @@ def generate(path: Path, gb: float, shards: int) -> tuple[int, int]:
             total += t.numel() * 2
             largest = max(largest, t.numel() * 2)
         del tensors
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     return total, largest
 
 
@@ -126,7 +145,9 @@ def plot(rows: list[dict], path: Path) -> None:
     xs = range(len(rows))
     names = [r["case"] + ("\n(imports torch)" if float(r.get("imports_torch", 1)) else "\n(no torch)") for r in rows]
     a.bar([x - 0.27 for x in xs], [r["cp_gbps"] for r in rows], 0.27, label="cp -r")
-    a.bar(list(xs), [r["bytes"] / float(r["convert_inner_s"]) / 1e9 for r in rows], 0.27, label="convert (its own timer)")
+    a.bar(
+        list(xs), [r["bytes"] / float(r["convert_inner_s"]) / 1e9 for r in rows], 0.27, label="convert (its own timer)"
+    )
     a.bar([x + 0.27 for x in xs], [r["convert_gbps"] for r in rows], 0.27, label="convert, whole process")
     a.set_xticks(list(xs), names, fontsize=8)
     a.set_ylabel("GB/s (median)")
@@ -176,12 +197,21 @@ def main() -> int:
     try:
         src = work / "hf"
         t0 = time.perf_counter()
-        gen = subprocess.run([sys.executable, __file__, "--generate", str(src), "--gb", str(args.gb), "--shards", str(args.shards)],
-                             env=env, check=True, capture_output=True, text=True)  # fmt: skip
+        gen = subprocess.run(
+            [sys.executable, __file__, "--generate", str(src), "--gb", str(args.gb), "--shards", str(args.shards)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         total, largest = json.loads(gen.stdout)
-        print(f"generated {total / 1e9:.2f} GB in {args.shards} shards ({time.perf_counter() - t0:.1f} s); largest tensor {largest / 1e6:.0f} MB")
+        print(
+            f"generated {total / 1e9:.2f} GB in {args.shards} shards ({time.perf_counter() - t0:.1f} s); largest tensor {largest / 1e6:.0f} MB"
+        )
         meta = work / "meta"
-        subprocess.run(rk + [str(src), str(meta), "--to", "meta", "--no-progress"], env=env, check=True, capture_output=True)
+        subprocess.run(
+            rk + [str(src), str(meta), "--to", "meta", "--no-progress"], env=env, check=True, capture_output=True
+        )
 
         # the fixed cost every ropekit process pays before converting anything: Python + torch
         starts = [run_timed([sys.executable, "-c", "import torch"]) for _ in range(args.repeats)]
@@ -238,20 +268,32 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"{'case':26s} {'GB':>5s} {'cp s':>6s} {'conv s':>7s} {'(inner)':>8s} {'cp GB/s':>8s} {'conv GB/s':>9s} "
-          f"{'x cp':>5s} {'x cp inner':>10s} {'peak RSS MB':>11s} {'torch RSS':>9s} {'goal MB':>8s} {'torch':>5s}")  # fmt: skip
+    print(
+        f"{'case':26s} {'GB':>5s} {'cp s':>6s} {'conv s':>7s} {'(inner)':>8s} {'cp GB/s':>8s} {'conv GB/s':>9s} "
+        f"{'x cp':>5s} {'x cp inner':>10s} {'peak RSS MB':>11s} {'torch RSS':>9s} {'goal MB':>8s} {'torch':>5s}"
+    )
     for r in rows:
-        print(f"{r['case']:26s} {r['bytes'] / 1e9:5.2f} {r['cp_s']:6.2f} {r['convert_s']:7.2f} {r['convert_inner_s']:8.2f} "
-              f"{r['cp_gbps']:8.2f} {r['convert_gbps']:9.2f} {r['ratio_vs_cp']:5.2f} {r['ratio_vs_cp_inner']:10.2f} "
-              f"{r['peak_rss_mb']:11.0f} {r['import_torch_rss_mb']:9.0f} {r['rss_goal_mb']:8.0f} {'yes' if r['imports_torch'] else 'no':>5s}")  # fmt: skip
+        print(
+            f"{r['case']:26s} {r['bytes'] / 1e9:5.2f} {r['cp_s']:6.2f} {r['convert_s']:7.2f} {r['convert_inner_s']:8.2f} "
+            f"{r['cp_gbps']:8.2f} {r['convert_gbps']:9.2f} {r['ratio_vs_cp']:5.2f} {r['ratio_vs_cp_inner']:10.2f} "
+            f"{r['peak_rss_mb']:11.0f} {r['import_torch_rss_mb']:9.0f} {r['rss_goal_mb']:8.0f} {'yes' if r['imports_torch'] else 'no':>5s}"
+        )
     loads = ", ".join(f"{r['loadavg_1m']:.1f}" for r in rows)
-    print(f"load average (1 min) after each case: {loads} on {rows[0]['cpus']} CPUs; "
-          f"best of {args.repeats}: " + "; ".join(f"{r['case']}: cp {r['cp_s_min']:.2f} s, convert {r['convert_s_min']:.2f} s "
-                                                    f"(inner {r['convert_inner_s_min']:.2f} s)" for r in rows))  # fmt: skip
-    print("x cp = cp time / convert time (>= 0.8 is the goal); conv s = the whole `ropekit convert` process "
-          f"(python, imports, and `import torch` where the case needs it: {rows[0]['startup_s']:.2f} s here); inner = the "
-          "converter's own timer (open, plan, stream, rename); torch RSS = peak RSS of `python -c 'import torch'` alone; "
-          "torch = whether the conversion imported torch")
+    print(
+        f"load average (1 min) after each case: {loads} on {rows[0]['cpus']} CPUs; "
+        f"best of {args.repeats}: "
+        + "; ".join(
+            f"{r['case']}: cp {r['cp_s_min']:.2f} s, convert {r['convert_s_min']:.2f} s "
+            f"(inner {r['convert_inner_s_min']:.2f} s)"
+            for r in rows
+        )
+    )
+    print(
+        "x cp = cp time / convert time (>= 0.8 is the goal); conv s = the whole `ropekit convert` process "
+        f"(python, imports, and `import torch` where the case needs it: {rows[0]['startup_s']:.2f} s here); inner = the "
+        "converter's own timer (open, plan, stream, rename); torch RSS = peak RSS of `python -c 'import torch'` alone; "
+        "torch = whether the conversion imported torch"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{args.name}.csv", "w", newline="") as f:

@@ -78,13 +78,23 @@ def main() -> int:
     rows = []
     for case, ts in times.items():
         med = statistics.median(ts)
-        rows.append({"case": case, "bytes": size, "median_s": med, "min_s": min(ts), "gbps": size / med / 1e9,
-                     "loadavg_1m": os.getloadavg()[0]})  # fmt: skip
+        rows.append(
+            {
+                "case": case,
+                "bytes": size,
+                "median_s": med,
+                "min_s": min(ts),
+                "gbps": size / med / 1e9,
+                "loadavg_1m": os.getloadavg()[0],
+            }
+        )
     base = rows[0]["median_s"]
     print(f"{'case':38s} {'median s':>9s} {'GB/s':>6s} {'x cp':>6s}")
     for r in rows:
         print(f"{r['case']:38s} {r['median_s']:9.3f} {r['gbps']:6.2f} {base / r['median_s']:6.2f}")
-    print(f"{size / 1e9:.2f} GB, median of {args.repeats}; load average {rows[-1]['loadavg_1m']:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"{size / 1e9:.2f} GB, median of {args.repeats}; load average {rows[-1]['loadavg_1m']:.1f} on {os.cpu_count()} CPUs"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "copy_alignment.csv", "w", newline="") as f:

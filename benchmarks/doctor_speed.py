@@ -19,7 +19,7 @@ import torch
 
 import ropekit as rk
 from ropekit import zoo
-from ropekit.probe import SMALL_POSITIONS, long_positions
+from ropekit.doctor.probe import SMALL_POSITIONS, long_positions
 
 
 def _timed(f, repeat):
@@ -52,15 +52,27 @@ def main() -> None:
                 ref = zoo.hf_rotate_half(D, 10000.0)
                 t_cmp = _timed(lambda: rk.compare(ref, fn, D, dtype=dtype), max(1, args.repeat // 2))
                 fp = rk.fingerprint(fn, D, dtype=dtype)
-                rows.append(dict(impl=name, head_dim=D, dtype=str(dtype).replace("torch.", ""),
-                                 fn_ms=1e3 * t_fn, fingerprint_ms=1e3 * t_fp, compare_ms=1e3 * t_cmp,
-                                 recovered=fp.spec is not None))
+                rows.append(
+                    dict(
+                        impl=name,
+                        head_dim=D,
+                        dtype=str(dtype).replace("torch.", ""),
+                        fn_ms=1e3 * t_fn,
+                        fingerprint_ms=1e3 * t_fp,
+                        compare_ms=1e3 * t_cmp,
+                        recovered=fp.spec is not None,
+                    )
+                )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; best of {args.repeat}")
-    print("| impl | head_dim | dtype | fn call (ms) | fingerprint (ms) | compare vs rotate_half (ms) | spec recovered |")
+    print(
+        "| impl | head_dim | dtype | fn call (ms) | fingerprint (ms) | compare vs rotate_half (ms) | spec recovered |"
+    )
     print("|---|---:|---|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['impl']} | {r['head_dim']} | {r['dtype']} | {r['fn_ms']:.1f} | {r['fingerprint_ms']:.1f} | "
-              f"{r['compare_ms']:.1f} | {'yes' if r['recovered'] else 'NO'} |")
+        print(
+            f"| {r['impl']} | {r['head_dim']} | {r['dtype']} | {r['fn_ms']:.1f} | {r['fingerprint_ms']:.1f} | "
+            f"{r['compare_ms']:.1f} | {'yes' if r['recovered'] else 'NO'} |"
+        )
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "doctor_speed.csv")
     tmp = path + ".tmp"

@@ -25,11 +25,13 @@ def pairwise(axes: dict[str, list], seed: int = 0) -> list[dict]:
         order = [i for i in range(len(names)) if i not in choice]
         rng.shuffle(order)
         for i in order:
+
             def gain(v):
                 return sum(
                     ((min(i, j), v if i < j else choice[j], max(i, j), choice[j] if i < j else v) in uncovered)
                     for j in choice
                 )
+
             values = list(range(len(axes[names[i]])))
             rng.shuffle(values)
             choice[i] = max(values, key=gain)

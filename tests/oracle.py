@@ -27,8 +27,14 @@ def pair_index(head_dim_rot: int, layout: str) -> tuple[torch.Tensor, torch.Tens
     return 2 * i, 2 * i + 1
 
 
-def rope_fp64(x: torch.Tensor, inv_freq: torch.Tensor, positions: torch.Tensor, layout: str,
-              attention_factor: float = 1.0, inverse: bool = False) -> torch.Tensor:
+def rope_fp64(
+    x: torch.Tensor,
+    inv_freq: torch.Tensor,
+    positions: torch.Tensor,
+    layout: str,
+    attention_factor: float = 1.0,
+    inverse: bool = False,
+) -> torch.Tensor:
     """Rotate x [..., tokens, heads, D] (bshd-like: positions broadcast over the leading dims
     ending in tokens) in float64.  positions: float64-convertible, shape x.shape[:-2] or a suffix."""
     x64 = x.to(torch.float64)

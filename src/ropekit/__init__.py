@@ -1,7 +1,7 @@
 """ropekit: one exact, fast, convention-aware rotary position embedding (RoPE) for PyTorch.
 
-The names below are the whole public API; submodules are imported on first use so that
-``import ropekit`` stays cheap and optional dependencies stay optional.
+``__all__`` below is the whole public API.  Everything but the errors is imported on first use, so
+``import ropekit`` stays cheap (no torch) and optional dependencies stay optional.
 
 >>> import ropekit as rk
 >>> spec = rk.RopeSpec(head_dim=64, base=10000.0, layout="half")
@@ -12,10 +12,11 @@ The names below are the whole public API; submodules are imported on first use s
 
 from __future__ import annotations
 
-import importlib
+import importlib as _importlib
 
 from .errors import (
     MissingDependencyError,
+    RopeArgumentError,
     RopeCheckpointError,
     RopeConfigError,
     RopeError,
@@ -24,7 +25,9 @@ from .errors import (
     RopeSpecError,
 )
 
-# public name -> module that defines it (imported lazily, see __getattr__)
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first use, see __getattr__)
 _LAZY = {
     # the spec and its scaling variants
     "RopeSpec": "ropekit.spec",
@@ -43,41 +46,68 @@ _LAZY = {
     "apply_rope": "ropekit.apply",
     "apply_rope_qk": "ropekit.apply",
     "apply_rope_qkv": "ropekit.apply",
-    # the transformers-compatible module
-    "RotaryEmbedding": "ropekit.module",
-    # interop
+    # checkpoints: q/k rows, whole conversions
     "permute_qk": "ropekit.permute",
-    # doctor
-    "fingerprint": "ropekit.probe",
-    "compare": "ropekit.comparison",  # not ropekit.compare: a submodule of that name would shadow the function
-    "diff_models": "ropekit.layerdiff",
+    "convert": "ropekit.conversion.pipeline",
+    "ConvertReport": "ropekit.conversion.pipeline",
+    # the transformers boundary
+    "RotaryEmbedding": "ropekit.transformers.rotary_embedding",
+    # the doctor
+    "fingerprint": "ropekit.doctor.probe",
+    "Fingerprint": "ropekit.doctor.probe",
+    "compare": "ropekit.doctor.comparison",
+    "Comparison": "ropekit.doctor.comparison",
+    "diff_models": "ropekit.doctor.layerdiff",
+    "LayerDiff": "ropekit.doctor.layerdiff",
 }
-_SUBMODULES = {"hf", "zoo", "kernels", "dialects", "convert", "plot"}
+# subpackages reachable as attributes (``rk.hf.patch``); ``hf`` and ``zoo`` are the first names of
+# ``ropekit.transformers.patch`` and ``ropekit.doctor.zoo``
+_SUBMODULES = {"hf", "zoo", "kernels", "dialects", "plot", "transformers", "conversion", "doctor"}
 
-__all__ = sorted(
-    [
-        *_LAZY,
-        "RopeError",
-        "RopeSpecError",
-        "RopeConfigError",
-        "RopeShapeError",
-        "RopePositionError",
-        "RopeCheckpointError",
-        "MissingDependencyError",
-    ]
-)
-__version__ = "0.1.0"
+__all__ = [
+    "Comparison",
+    "ConvertReport",
+    "Dynamic",
+    "Fingerprint",
+    "LayerDiff",
+    "Linear",
+    "Llama3",
+    "LongRope",
+    "MissingDependencyError",
+    "Proportional",
+    "RopeArgumentError",
+    "RopeCheckpointError",
+    "RopeConfigError",
+    "RopeError",
+    "RopePositionError",
+    "RopeShapeError",
+    "RopeSpec",
+    "RopeSpecError",
+    "RotaryEmbedding",
+    "Yarn",
+    "apply_rope",
+    "apply_rope_qk",
+    "apply_rope_qkv",
+    "compare",
+    "convert",
+    "cos_sin",
+    "diff_models",
+    "fingerprint",
+    "from_config",
+    "inv_freq",
+    "permute_qk",
+]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # cache: __getattr__ runs once per name
         return value
     if name in _SUBMODULES:
-        return importlib.import_module(f"ropekit.{name}")
+        return _importlib.import_module(f"ropekit.{name}")
     raise AttributeError(f"module 'ropekit' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
+    return sorted(set(__all__) | _SUBMODULES | {"__version__"})

@@ -16,7 +16,7 @@ True
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -26,7 +26,15 @@ from .kernels.reference import compute_dtype, rotate_reference
 from .spec import normalize_layout
 from .tables import as_positions
 
-__all__ = ["apply_rope", "apply_rope_qk", "apply_rope_qkv", "FORMATS", "BACKENDS", "resolve_positions", "select_backend"]
+__all__ = [
+    "apply_rope",
+    "apply_rope_qk",
+    "apply_rope_qkv",
+    "FORMATS",
+    "BACKENDS",
+    "resolve_positions",
+    "select_backend",
+]
 
 FORMATS = ("bshd", "bhsd", "thd")
 BACKENDS = ("reference", "cpu", "triton")
@@ -278,7 +286,9 @@ def _freqs_for(spec, pos: torch.Tensor, device) -> tuple[torch.Tensor, float, in
 
     hi = int(pos.max().item()) if pos.numel() else 0
     if hi > MAX_FREQS_POSITION:
-        raise RopePositionError(f"a token has position {hi}; in-kernel angles support positions <= {MAX_FREQS_POSITION}")
+        raise RopePositionError(
+            f"a token has position {hi}; in-kernel angles support positions <= {MAX_FREQS_POSITION}"
+        )
     reads_seq_len = spec.scaling is not None and spec.scaling.kind in ("dynamic", "longrope")
     seq_len = hi + 1 if reads_seq_len else None
     key = (spec.to_json(), seq_len, str(device))
@@ -350,8 +360,16 @@ def _lean(tensors, cos, sin, *, layout, format, positions, offsets, cu_seqlens, 
     if backend is not None or spec is not None or cu_seqlens is not None or torch.compiler.is_compiling():
         return None
     x = tensors[0]
-    if not (type(cos) is torch.Tensor and type(sin) is torch.Tensor and cos.dim() == 2 and cos.shape == sin.shape
-            and cos.is_floating_point() and sin.is_floating_point() and cos.is_cpu and sin.is_cpu):  # fmt: skip
+    if not (
+        type(cos) is torch.Tensor
+        and type(sin) is torch.Tensor
+        and cos.dim() == 2
+        and cos.shape == sin.shape
+        and cos.is_floating_point()
+        and sin.is_floating_point()
+        and cos.is_cpu
+        and sin.is_cpu
+    ):
         return None
     want = 3 if format == "thd" else 4 if format in FORMATS else -1
     grad = torch.is_grad_enabled() and (cos.requires_grad or sin.requires_grad)
@@ -397,8 +415,9 @@ def _lean(tensors, cos, sin, *, layout, format, positions, offsets, cu_seqlens, 
             idx = torch.arange(start, start + S)[None]
         elif idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < n_rows):
             return None  # the general path names the offending position
-        outs = rotate_many_cpu(views, cos, sin, idx.expand(B, S), interleaved=interleaved, inverse=bool(inverse),
-                               inplace=inplace)  # fmt: skip
+        outs = rotate_many_cpu(
+            views, cos, sin, idx.expand(B, S), interleaved=interleaved, inverse=bool(inverse), inplace=inplace
+        )
     else:
         if idx is None:
             c, s = cos[None, start : start + S], sin[None, start : start + S]  # views: no gather
@@ -442,15 +461,36 @@ def _restore(y4: torch.Tensor, format: str) -> torch.Tensor:
 def _rotate(x, cos, sin, *, layout, format, positions, offsets, cu_seqlens, inplace, inverse, backend, name, spec=None):
     from .kernels import ops
 
-    lean = _lean([x], cos, sin, layout=layout, format=format, positions=positions, offsets=offsets,
-                 cu_seqlens=cu_seqlens, inplace=inplace, inverse=inverse, backend=backend, spec=spec)  # fmt: skip
+    lean = _lean(
+        [x],
+        cos,
+        sin,
+        layout=layout,
+        format=format,
+        positions=positions,
+        offsets=offsets,
+        cu_seqlens=cu_seqlens,
+        inplace=inplace,
+        inverse=inverse,
+        backend=backend,
+        spec=spec,
+    )
     if lean is not None:
         return lean[0]
     _guard_inplace_grad(inplace, [x])
     (x4,), layout, cos, sin, pos, impl = _prepare(
-        [x], [name], cos, sin, spec=spec, layout=layout, format=format, positions=positions,
-        offsets=offsets, cu_seqlens=cu_seqlens, backend=backend,
-    )  # fmt: skip
+        [x],
+        [name],
+        cos,
+        sin,
+        spec=spec,
+        layout=layout,
+        format=format,
+        positions=positions,
+        offsets=offsets,
+        cu_seqlens=cu_seqlens,
+        backend=backend,
+    )
     interleaved = layout == "interleaved"
     if _table_grad_route(cos, sin, impl):
         y4 = rotate_reference(x4, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace)
@@ -504,9 +544,20 @@ def apply_rope(
     True
     """
     return _rotate(
-        x, cos, sin, layout=layout, format=format, positions=positions, offsets=offsets,
-        cu_seqlens=cu_seqlens, inplace=inplace, inverse=inverse, backend=backend, name="x", spec=spec,
-    )  # fmt: skip
+        x,
+        cos,
+        sin,
+        layout=layout,
+        format=format,
+        positions=positions,
+        offsets=offsets,
+        cu_seqlens=cu_seqlens,
+        inplace=inplace,
+        inverse=inverse,
+        backend=backend,
+        name="x",
+        spec=spec,
+    )
 
 
 def _check_qk(q, k, format):
@@ -519,19 +570,41 @@ def _check_qk(q, k, format):
         )
 
 
-def _rotate_qk(q, k, cos, sin, *, names=("q", "k"), layout, format, positions, offsets, cu_seqlens,
-               inplace, inverse, backend, spec):  # fmt: skip
+def _rotate_qk(
+    q, k, cos, sin, *, names=("q", "k"), layout, format, positions, offsets, cu_seqlens, inplace, inverse, backend, spec
+):
     from .kernels import ops
 
-    lean = _lean([q, k], cos, sin, layout=layout, format=format, positions=positions, offsets=offsets,
-                 cu_seqlens=cu_seqlens, inplace=inplace, inverse=inverse, backend=backend, spec=spec)  # fmt: skip
+    lean = _lean(
+        [q, k],
+        cos,
+        sin,
+        layout=layout,
+        format=format,
+        positions=positions,
+        offsets=offsets,
+        cu_seqlens=cu_seqlens,
+        inplace=inplace,
+        inverse=inverse,
+        backend=backend,
+        spec=spec,
+    )
     if lean is not None:
         return lean[0], lean[1]
     _guard_inplace_grad(inplace, [q, k])
     (q4, k4), layout, cos, sin, pos, impl = _prepare(
-        [q, k], list(names), cos, sin, spec=spec, layout=layout, format=format, positions=positions,
-        offsets=offsets, cu_seqlens=cu_seqlens, backend=backend,
-    )  # fmt: skip
+        [q, k],
+        list(names),
+        cos,
+        sin,
+        spec=spec,
+        layout=layout,
+        format=format,
+        positions=positions,
+        offsets=offsets,
+        cu_seqlens=cu_seqlens,
+        backend=backend,
+    )
     if q4.shape[:2] != k4.shape[:2]:
         raise RopeShapeError(f"q {_shape(q)} and k {_shape(k)} must agree on batch and sequence (format={format!r})")
     if q4.dtype != k4.dtype:
@@ -575,9 +648,20 @@ def apply_rope_qk(
     """
     _check_qk(q, k, format)
     return _rotate_qk(
-        q, k, cos, sin, layout=layout, format=format, positions=positions, offsets=offsets,
-        cu_seqlens=cu_seqlens, inplace=inplace, inverse=inverse, backend=backend, spec=spec,
-    )  # fmt: skip
+        q,
+        k,
+        cos,
+        sin,
+        layout=layout,
+        format=format,
+        positions=positions,
+        offsets=offsets,
+        cu_seqlens=cu_seqlens,
+        inplace=inplace,
+        inverse=inverse,
+        backend=backend,
+        spec=spec,
+    )
 
 
 def apply_rope_qkv(
@@ -635,20 +719,43 @@ def apply_rope_qkv(
                 f"qkv {_shape(qkv)} has {packed.shape[-2]} heads; n_q_heads + 2 * n_kv_heads = {heads}"
             )
     else:
-        raise RopeShapeError(f"qkv {_shape(qkv)} has {qkv.dim()} dims; format={format!r} needs {token_dims + 1} or {token_dims + 2}")
+        raise RopeShapeError(
+            f"qkv {_shape(qkv)} has {qkv.dim()} dims; format={format!r} needs {token_dims + 1} or {token_dims + 2}"
+        )
     out = packed if inplace else packed.clone()
     # q and k are adjacent heads: one head range, one launch, rotated in the output buffer
     rotate = out[..., : n_q_heads + n_kv_heads, :]
     if inplace or not (torch.is_grad_enabled() and qkv.requires_grad):
         _rotate(
-            rotate, cos, sin, layout=layout, format=format, positions=positions, offsets=offsets,
-            cu_seqlens=cu_seqlens, inplace=True, inverse=inverse, backend=backend, name="qkv", spec=spec,
-        )  # fmt: skip
+            rotate,
+            cos,
+            sin,
+            layout=layout,
+            format=format,
+            positions=positions,
+            offsets=offsets,
+            cu_seqlens=cu_seqlens,
+            inplace=True,
+            inverse=inverse,
+            backend=backend,
+            name="qkv",
+            spec=spec,
+        )
         return qkv if inplace else out.reshape(qkv.shape)
     # differentiable: rotate out of place and assemble (autograd sees the custom op)
     qk = _rotate(
-        packed[..., : n_q_heads + n_kv_heads, :], cos, sin, layout=layout, format=format,
-        positions=positions, offsets=offsets, cu_seqlens=cu_seqlens, inplace=False, inverse=inverse,
-        backend=backend, name="qkv", spec=spec,
-    )  # fmt: skip
+        packed[..., : n_q_heads + n_kv_heads, :],
+        cos,
+        sin,
+        layout=layout,
+        format=format,
+        positions=positions,
+        offsets=offsets,
+        cu_seqlens=cu_seqlens,
+        inplace=False,
+        inverse=inverse,
+        backend=backend,
+        name="qkv",
+        spec=spec,
+    )
     return torch.cat([qk, packed[..., n_q_heads + n_kv_heads :, :]], -2).reshape(qkv.shape)

@@ -32,8 +32,8 @@ import csv
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -50,7 +50,12 @@ class Shape:
     decode: bool = False  # one token per sequence, each sequence at its own position
 
 
-CPU_SHAPES = (Shape("S=512", 1, 512), Shape("S=4096", 1, 4096), Shape("S=16384", 1, 16384), Shape("decode B=32", 32, 1, True))
+CPU_SHAPES = (
+    Shape("S=512", 1, 512),
+    Shape("S=4096", 1, 4096),
+    Shape("S=16384", 1, 16384),
+    Shape("decode B=32", 32, 1, True),
+)
 GPU_TOKENS = (8192, 16384, 32768, 65536)
 
 
@@ -69,7 +74,9 @@ def _time_round_robin(calls: dict[str, Callable[[], object]], min_time: float = 
         fn()
     times: dict[str, list[float]] = {name: [] for name in calls}
     start = time.perf_counter()
-    while min(map(len, times.values())) < 3 or (time.perf_counter() - start < min_time and len(times["clone"]) < max_reps):
+    while min(map(len, times.values())) < 3 or (
+        time.perf_counter() - start < min_time and len(times["clone"]) < max_reps
+    ):
         for name, fn in calls.items():
             t0 = time.perf_counter()
             fn()
@@ -125,6 +132,7 @@ def _hf_tables(cos, sin, pos, dtype):
 
 def _meta_rotate(xq, xk, freqs_cis):
     """Meta's complex-number form (bshd, interleaved pairs), written from the formula."""
+
     def one(x):
         z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
         return torch.view_as_real(z * freqs_cis).flatten(3).type_as(x)
@@ -174,7 +182,9 @@ def cpu_providers(shape: Shape, dtype: torch.dtype) -> dict[str, tuple[Callable[
     return out
 
 
-def run_cpu(shapes=CPU_SHAPES, dtypes=(torch.float32, torch.bfloat16), log: Callable[[str], None] = print) -> list[dict]:
+def run_cpu(
+    shapes=CPU_SHAPES, dtypes=(torch.float32, torch.bfloat16), log: Callable[[str], None] = print
+) -> list[dict]:
     """One row per (dtype, shape, provider): seconds per call (min and median of the rounds) and
     the ratio of the minimum to clone()'s."""
     rows = []
@@ -185,11 +195,21 @@ def run_cpu(shapes=CPU_SHAPES, dtypes=(torch.float32, torch.bfloat16), log: Call
             base = timed["clone"][0]
             for name, (_, what) in providers.items():
                 best, median = timed[name]
-                row = dict(device="cpu", dtype=str(dtype).replace("torch.", ""), shape=shape.name, provider=name,
-                           what=what, seconds=best, median_seconds=median, ratio_to_clone=best / base)  # fmt: skip
+                row = dict(
+                    device="cpu",
+                    dtype=str(dtype).replace("torch.", ""),
+                    shape=shape.name,
+                    provider=name,
+                    what=what,
+                    seconds=best,
+                    median_seconds=median,
+                    ratio_to_clone=best / base,
+                )
                 rows.append(row)
-                log(f"  {row['dtype']:9s} {shape.name:12s} {name:22s} {best * 1e3:9.3f} ms (median {median * 1e3:9.3f})"
-                    f"  {row['ratio_to_clone']:6.2f}x clone")  # fmt: skip
+                log(
+                    f"  {row['dtype']:9s} {shape.name:12s} {name:22s} {best * 1e3:9.3f} ms (median {median * 1e3:9.3f})"
+                    f"  {row['ratio_to_clone']:6.2f}x clone"
+                )
     return rows
 
 
@@ -222,13 +242,17 @@ def _gpu_peers(q, k, pos, cos, sin):
         qf, kf = q.reshape(T, -1), k.reshape(T, -1)
         cache = torch.cat([cos, sin], -1).float().contiguous()
         flat = pos.reshape(-1).to(torch.int32)
-        peers["flashinfer"] = lambda: flashinfer.rope.apply_rope_with_cos_sin_cache(flat, qf, kf, D, cache, is_neox=True)
+        peers["flashinfer"] = lambda: flashinfer.rope.apply_rope_with_cos_sin_cache(
+            flat, qf, kf, D, cache, is_neox=True
+        )
     except (ImportError, AttributeError):
         pass
     return peers
 
 
-def run_gpu(tokens=GPU_TOKENS, dtypes=(torch.bfloat16, torch.float16), log: Callable[[str], None] = print) -> list[dict]:
+def run_gpu(
+    tokens=GPU_TOKENS, dtypes=(torch.bfloat16, torch.float16), log: Callable[[str], None] = print
+) -> list[dict]:
     """GB/s (one read + one write of q and k) and % of measured copy bandwidth, forward and
     backward, ropekit vs installed peers; then single-token decode latency."""
     import ropekit as rk
@@ -258,15 +282,36 @@ def run_gpu(tokens=GPU_TOKENS, dtypes=(torch.bfloat16, torch.float16), log: Call
                     log(f"  {name} {direction}: failed ({type(exc).__name__}: {exc})")
                     continue
                 gbs = nbytes / seconds / 1e9
-                rows.append(dict(device=torch.cuda.get_device_name(), dtype=str(dtype).replace("torch.", ""),
-                                 shape=shape.name, provider=f"{name} {direction}", what="", seconds=seconds,
-                                 ratio_to_clone=seconds / copy, gb_per_s=gbs, pct_of_copy=100 * copy / seconds))  # fmt: skip
-                log(f"  {rows[-1]['dtype']:9s} {shape.name:8s} {name + ' ' + direction:18s} {gbs:8.0f} GB/s  {100 * copy / seconds:5.1f}% of copy")
+                rows.append(
+                    dict(
+                        device=torch.cuda.get_device_name(),
+                        dtype=str(dtype).replace("torch.", ""),
+                        shape=shape.name,
+                        provider=f"{name} {direction}",
+                        what="",
+                        seconds=seconds,
+                        ratio_to_clone=seconds / copy,
+                        gb_per_s=gbs,
+                        pct_of_copy=100 * copy / seconds,
+                    )
+                )
+                log(
+                    f"  {rows[-1]['dtype']:9s} {shape.name:8s} {name + ' ' + direction:18s} {gbs:8.0f} GB/s  {100 * copy / seconds:5.1f}% of copy"
+                )
         # decode: one token per sequence, 32 sequences; latency per call
         q, k, pos, cos, sin = _inputs(Shape("decode", 32, 1, True), dtype, "cuda")
         seconds = _time_cuda(lambda: rk.apply_rope_qk(q, k, cos, sin, positions=pos, inplace=True), reps=200)
-        rows.append(dict(device=torch.cuda.get_device_name(), dtype=str(dtype).replace("torch.", ""), shape="decode B=32",
-                         provider="ropekit decode (in place)", what="", seconds=seconds, ratio_to_clone=float("nan")))  # fmt: skip
+        rows.append(
+            dict(
+                device=torch.cuda.get_device_name(),
+                dtype=str(dtype).replace("torch.", ""),
+                shape="decode B=32",
+                provider="ropekit decode (in place)",
+                what="",
+                seconds=seconds,
+                ratio_to_clone=float("nan"),
+            )
+        )
         log(f"  {rows[-1]['dtype']:9s} decode B=32 ropekit in place: {seconds * 1e6:.1f} us per call")
     return rows
 
@@ -298,11 +343,16 @@ def markdown(rows: list[dict]) -> str:
     | float32 | S=4 | 1.00x (1.000) |
     """
     providers = list(dict.fromkeys(r["provider"] for r in rows))
-    lines = ["| dtype | shape | " + " | ".join(f"{p} (ms)" for p in providers) + " |",
-             "|---|---|" + "---|" * len(providers)]  # fmt: skip
+    lines = [
+        "| dtype | shape | " + " | ".join(f"{p} (ms)" for p in providers) + " |",
+        "|---|---|" + "---|" * len(providers),
+    ]
     for key in dict.fromkeys((r["dtype"], r["shape"]) for r in rows):
         cells = {r["provider"]: r for r in rows if (r["dtype"], r["shape"]) == key}
-        line = [f"{cells[p]['ratio_to_clone']:.2f}x ({cells[p]['seconds'] * 1e3:.3f})" if p in cells else "" for p in providers]
+        line = [
+            f"{cells[p]['ratio_to_clone']:.2f}x ({cells[p]['seconds'] * 1e3:.3f})" if p in cells else ""
+            for p in providers
+        ]
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(line) + " |")
     return "\n".join(lines)
 
@@ -324,8 +374,12 @@ def plot(rows: list[dict], path: str) -> None:
         shapes = list(dict.fromkeys(r["shape"] for r in rows if r["dtype"] == dtype))
         width = 0.8 / max(1, len(providers))
         for i, p in enumerate(providers):
-            ys = [next((r["ratio_to_clone"] for r in rows if (r["dtype"], r["shape"], r["provider"]) == (dtype, s, p)), 0.0)
-                  for s in shapes]  # fmt: skip
+            ys = [
+                next(
+                    (r["ratio_to_clone"] for r in rows if (r["dtype"], r["shape"], r["provider"]) == (dtype, s, p)), 0.0
+                )
+                for s in shapes
+            ]
             ax.bar([j + i * width for j in range(len(shapes))], ys, width, label=p)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.axhline(1.2, color="k", lw=0.8, ls=":")

@@ -13,6 +13,7 @@ __all__ = [
     "RopeConfigError",
     "RopeShapeError",
     "RopePositionError",
+    "RopeArgumentError",
     "RopeCheckpointError",
     "MissingDependencyError",
 ]
@@ -32,6 +33,10 @@ class RopeConfigError(RopeSpecError):
 
 class RopeShapeError(RopeError):
     """Tensors passed to a rotation have incompatible shapes, dtypes or devices."""
+
+
+class RopeArgumentError(RopeError):
+    """An argument of a public function has an invalid value (not a shape, position or spec field)."""
 
 
 class RopePositionError(RopeError):

@@ -174,7 +174,7 @@ def _hf(spec: RopeSpec, seq_len: int | None) -> torch.Tensor:
         # transformers' forward path: seq_len is a 0-dim int64 tensor, so the new base is float32
         n = torch.maximum(torch.tensor(seq_len), torch.tensor(s.original_max_position_embeddings))
         grown = base * ((s.factor * n / s.original_max_position_embeddings) - (s.factor - 1)) ** (dim / (dim - 2))
-        return 1.0 / (grown ** exponent)
+        return 1.0 / (grown**exponent)
 
     inv = 1.0 / (base**exponent)
     if s is None:

@@ -119,8 +119,9 @@ def permute_qk(
     rotary_dim = head_dim if rotary_dim is None else _check_int("rotary_dim", rotary_dim, low=0)
     if rotary_dim % 2 or rotary_dim > head_dim:
         raise RopeShapeError(f"rotary_dim={rotary_dim} must be even and <= head_dim={head_dim}")
-    _check_rows(w, n_heads * head_dim, f"n_heads * head_dim = {n_heads} * {head_dim}", name,
-                "; for k pass num_key_value_heads")  # fmt: skip
+    _check_rows(
+        w, n_heads * head_dim, f"n_heads * head_dim = {n_heads} * {head_dim}", name, "; for k pass num_key_value_heads"
+    )
     index = _head_index(n_heads, head_dim, 0, rotary_dim, src, dst)
     return w.index_select(0, index.to(w.device))
 
@@ -194,7 +195,10 @@ def permute_mla_q(w, n_heads, qk_nope_head_dim, qk_rope_head_dim, src="interleav
     [0.0, 1.0, 2.0, 4.0, 3.0, 5.0]
     """
     n_heads = _check_int("n_heads", n_heads)
-    nope, rope = _check_int("qk_nope_head_dim", qk_nope_head_dim, low=0), _check_int("qk_rope_head_dim", qk_rope_head_dim)
+    nope, rope = (
+        _check_int("qk_nope_head_dim", qk_nope_head_dim, low=0),
+        _check_int("qk_rope_head_dim", qk_rope_head_dim),
+    )
     head_dim = nope + rope
     _check_rows(w, n_heads * head_dim, f"n_heads * (nope + rope) = {n_heads} * ({nope} + {rope})", name)
     index = _head_index(n_heads, head_dim, nope, rope, src, dst)

@@ -130,8 +130,14 @@ def plot_wavelengths(specs: dict, path: str) -> str:
                 # the trained context: scalings stretch the wavelengths that exceed it
                 ax.axhline(spec.scaling.original_max_position_embeddings, ls=":", lw=0.8, color="grey")
 
-    return _draw(path, draw, yscale="log", xlabel="rotating pair i", ylabel="wavelength (tokens per turn)",
-                 title="RoPE wavelength per pair")  # fmt: skip
+    return _draw(
+        path,
+        draw,
+        yscale="log",
+        xlabel="rotating pair i",
+        ylabel="wavelength (tokens per turn)",
+        title="RoPE wavelength per pair",
+    )
 
 
 def plot_error(specs: dict, path: str, max_position: int = 2**24, points: int = 48) -> str:
@@ -146,5 +152,12 @@ def plot_error(specs: dict, path: str, max_position: int = 2**24, points: int = 
                 err = table_error(spec, positions, precision).clamp_min(1e-12)  # log axis: no zeros
                 ax.plot(positions.tolist(), err.tolist(), style, label=f"{label} ({precision})")
 
-    return _draw(path, draw, xscale="log", yscale="log", xlabel="position",
-                 ylabel="max |error| of cos, sin (float32 table)", title="cos/sin table error vs a float64 table")  # fmt: skip
+    return _draw(
+        path,
+        draw,
+        xscale="log",
+        yscale="log",
+        xlabel="position",
+        ylabel="max |error| of cos, sin (float32 table)",
+        title="cos/sin table error vs a float64 table",
+    )

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from .errors import RopeSpecError
 
@@ -45,8 +45,7 @@ def normalize_layout(layout: str, field_name: str = "layout") -> str:
     """Map ``half|neox`` to ``"half"`` and ``interleaved|gptj`` to ``"interleaved"``."""
     if not isinstance(layout, str) or layout.lower() not in LAYOUTS:
         raise RopeSpecError(
-            f"{field_name}={layout!r} is not a RoPE layout; use 'half' (alias 'neox') or "
-            f"'interleaved' (alias 'gptj')"
+            f"{field_name}={layout!r} is not a RoPE layout; use 'half' (alias 'neox') or 'interleaved' (alias 'gptj')"
         )
     return LAYOUTS[layout.lower()]
 
@@ -143,9 +142,7 @@ class Yarn:
         _set(self, "beta_fast", _check_number("scaling.beta_fast", self.beta_fast, low=0.0, low_inclusive=False))
         _set(self, "beta_slow", _check_number("scaling.beta_slow", self.beta_slow, low=0.0, low_inclusive=False))
         if self.beta_fast < self.beta_slow:
-            raise RopeSpecError(
-                f"scaling.beta_fast={self.beta_fast!r} must be >= scaling.beta_slow={self.beta_slow!r}"
-            )
+            raise RopeSpecError(f"scaling.beta_fast={self.beta_fast!r} must be >= scaling.beta_slow={self.beta_slow!r}")
         for name in ("mscale", "mscale_all_dim"):
             value = getattr(self, name)
             if value is not None:
@@ -243,7 +240,7 @@ class Proportional:
         _set(self, "factor", _check_number("scaling.factor", self.factor, low=0.0, low_inclusive=False))
 
 
-Scaling = Union[Linear, Dynamic, Yarn, LongRope, Llama3, Proportional]
+Scaling = Linear | Dynamic | Yarn | LongRope | Llama3 | Proportional
 SCALINGS: dict[str, type] = {cls.kind: cls for cls in (Linear, Dynamic, Yarn, LongRope, Llama3, Proportional)}
 
 
@@ -384,17 +381,17 @@ class RopeSpec:
 
     # -- transformations: each returns a new spec and is idempotent ---------------------------------
 
-    def replace(self, **changes: Any) -> "RopeSpec":
+    def replace(self, **changes: Any) -> RopeSpec:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def with_layout(self, layout: str) -> "RopeSpec":
+    def with_layout(self, layout: str) -> RopeSpec:
         return self.replace(layout=normalize_layout(layout))
 
-    def with_rotary_dim(self, rotary_dim: int | None) -> "RopeSpec":
+    def with_rotary_dim(self, rotary_dim: int | None) -> RopeSpec:
         return self.replace(rotary_dim=rotary_dim)
 
-    def with_rotary_fraction(self, fraction: float) -> "RopeSpec":
+    def with_rotary_fraction(self, fraction: float) -> RopeSpec:
         """rotary_dim = fraction * head_dim (always relative to head_dim, never to the current
         rotary_dim: applying it twice gives the same spec, so partial rotary cannot be halved twice)."""
         fraction = _check_number("fraction", fraction, low=0.0, low_inclusive=False)
@@ -403,7 +400,7 @@ class RopeSpec:
             raise RopeSpecError(f"fraction={fraction!r} with head_dim={self.head_dim} gives rotary_dim={rotary_dim}")
         return self.replace(rotary_dim=rotary_dim)
 
-    def with_scaling(self, scaling: Scaling | dict | None) -> "RopeSpec":
+    def with_scaling(self, scaling: Scaling | dict | None) -> RopeSpec:
         return self.replace(scaling=scaling)
 
     # -- serialization --------------------------------------------------------------------------
@@ -423,7 +420,7 @@ class RopeSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RopeSpec":
+    def from_dict(cls, data: dict[str, Any]) -> RopeSpec:
         if not isinstance(data, dict):
             raise RopeSpecError(f"a RopeSpec dict was expected, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -441,7 +438,7 @@ class RopeSpec:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "RopeSpec":
+    def from_json(cls, text: str) -> RopeSpec:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

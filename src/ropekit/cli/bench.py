@@ -12,8 +12,14 @@ import os
 
 from ..errors import RopeError
 
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}  # fmt: skip
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 #: ropekit.bench's CPU_SHAPES names, repeated so that building the parser does not import torch
@@ -28,14 +34,22 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default=os.path.join("benchmarks", "results"),
-                   help="folder for speed_cpu.csv / .png and speed_gpu.csv (default: %(default)s)")  # fmt: skip
-    p.add_argument("--shapes", default=",".join(SHAPE_NAMES),
-                   help="comma-separated CPU shapes (default: all: %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        default=os.path.join("benchmarks", "results"),
+        help="folder for speed_cpu.csv / .png and speed_gpu.csv (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shapes", default=",".join(SHAPE_NAMES), help="comma-separated CPU shapes (default: all: %(default)s)"
+    )
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for every provider (default: torch's). 1 gives stable figures on a "
-                        "busy machine, where a parallel loop waits whenever one of its threads is descheduled")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for every provider (default: torch's). 1 gives stable figures on a "
+        "busy machine, where a parallel loop waits whenever one of its threads is descheduled",
+    )
     p.add_argument("--gpu", action="store_true", help="also run the GPU benchmark (needs CUDA)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU table")
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG chart")
@@ -74,10 +88,14 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     # other processes on the machine distort timings: say how busy it was
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {torch.backends.cpu.get_cpu_capability()}, "
-          f"{os.cpu_count()} cores, load average {load}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {torch.backends.cpu.get_cpu_capability()}, "
+        f"{os.cpu_count()} cores, load average {load}"
+    )
     if not args.no_cpu:
-        print("CPU: best of interleaved rounds, ms per call, and its ratio to clone() of the same q and k (1.00x = a copy)")
+        print(
+            "CPU: best of interleaved rounds, ms per call, and its ratio to clone() of the same q and k (1.00x = a copy)"
+        )
         rows = bench.run_cpu(shapes, dtypes)
         for row in rows:
             row["threads"] = torch.get_num_threads()

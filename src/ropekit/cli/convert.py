@@ -31,13 +31,21 @@ def register(subparsers) -> None:
     p.add_argument("dst", help="output path (must not exist unless --force; not inside SRC)")
     p.add_argument("--layout", choices=["half", "interleaved", "neox", "gptj"], help="q/k layout of DST")
     p.add_argument("--to", choices=["hf", "meta"], help="format of DST (default: SRC's)")
-    p.add_argument("--inv-freq", default="keep", choices=["keep", "drop", "add", "verify"],
-                   help="stored rotary_emb.inv_freq / rope.freqs: keep them, drop them, add the spec's exact "
-                        "ones, or verify them against the spec (default: keep)")  # fmt: skip
+    p.add_argument(
+        "--inv-freq",
+        default="keep",
+        choices=["keep", "drop", "add", "verify"],
+        help="stored rotary_emb.inv_freq / rope.freqs: keep them, drop them, add the spec's exact "
+        "ones, or verify them against the spec (default: keep)",
+    )
     p.add_argument("--spec", help="RopeSpec JSON (ropekit spec --json) for --inv-freq add/verify and --verify")
     p.add_argument("--config", help="config.json / params.json with the head counts of a state-dict SRC")
-    p.add_argument("--src-layout", choices=["half", "interleaved", "neox", "gptj"], help="q/k layout of a state-dict SRC")
-    p.add_argument("--verify", action="store_true", help="after writing, compare attention scores q.k per layer of SRC and DST")
+    p.add_argument(
+        "--src-layout", choices=["half", "interleaved", "neox", "gptj"], help="q/k layout of a state-dict SRC"
+    )
+    p.add_argument(
+        "--verify", action="store_true", help="after writing, compare attention scores q.k per layer of SRC and DST"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing DST")
     p.add_argument("--dry-run", action="store_true", help="print which tensors would change; write nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -49,15 +57,24 @@ def _raise_interrupt(signum, frame):
 
 
 def run(args) -> int:
-    from ..convert import convert
+    from ..conversion.pipeline import convert
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         convert(
-            args.src, args.dst, layout=args.layout, to=args.to, inv_freq=args.inv_freq, spec=args.spec,
-            config=args.config, src_layout=args.src_layout, force=args.force, dry_run=args.dry_run,
-            verify=args.verify, progress=not args.no_progress,
-        )  # fmt: skip
+            args.src,
+            args.dst,
+            layout=args.layout,
+            to=args.to,
+            inv_freq=args.inv_freq,
+            spec=args.spec,
+            config=args.config,
+            src_layout=args.src_layout,
+            force=args.force,
+            dry_run=args.dry_run,
+            verify=args.verify,
+            progress=not args.no_progress,
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

@@ -47,10 +47,15 @@ def register(subparsers) -> None:
     p.add_argument("--dtype-b", choices=sorted(DTYPES), default=None, help="dtype for B (default: --dtype)")
     p.add_argument("--max-position", type=int, default=2**20, help="longest position probed (default 2**20)")
     p.add_argument("--n-heads", type=int, default=None, help="fills n_heads in a permute_qk fix")
-    p.add_argument("--precision", choices=("exact", "hf"), default="hf",
-                   help="tables for config inputs: 'hf' = transformers' float32 arithmetic (default), 'exact'")
-    p.add_argument("--show-mean", action="store_true",
-                   help="also print the mean signed difference (and why it is not evidence)")
+    p.add_argument(
+        "--precision",
+        choices=("exact", "hf"),
+        default="hf",
+        help="tables for config inputs: 'hf' = transformers' float32 arithmetic (default), 'exact'",
+    )
+    p.add_argument(
+        "--show-mean", action="store_true", help="also print the mean signed difference (and why it is not evidence)"
+    )
     p.add_argument("--all-pairs", action="store_true", help="zoo: fixes for every pair of equal head size")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -63,7 +68,7 @@ def register(subparsers) -> None:
 
 def resolve(arg: str, head_dim: int | None, precision: str):
     """(name, fn, head_dim) for one command-line operand."""
-    from .. import zoo
+    from ..doctor import zoo
 
     if arg.startswith("zoo:"):
         name = arg[4:]
@@ -74,7 +79,7 @@ def resolve(arg: str, head_dim: int | None, precision: str):
     if os.path.exists(arg):
         import ropekit
 
-        from ..probe import spec_rope_fn
+        from ..doctor.probe import spec_rope_fn
 
         spec = ropekit.from_config(arg)
         return arg, spec_rope_fn(spec, precision=precision), spec.head_dim
@@ -98,9 +103,7 @@ def resolve(arg: str, head_dim: int | None, precision: str):
         if dim is None:
             raise RopeError(f"{arg!r}: head_dim unknown; pass --head-dim N")
         return arg, obj, int(dim)
-    raise RopeError(
-        f"{arg!r} is neither package.module:function, zoo:NAME, nor an existing config path"
-    )
+    raise RopeError(f"{arg!r} is neither package.module:function, zoo:NAME, nor an existing config path")
 
 
 def config_heads(path: str) -> int | None:
@@ -129,9 +132,9 @@ def config_heads(path: str) -> int | None:
 
 def zoo_report(max_position: int = 2**20, all_pairs: bool = False):
     """Fingerprints, verdicts against transformers' Llama RoPE, and fixes, for every zoo entry."""
-    from .. import zoo
-    from ..comparison import compare
-    from ..probe import fingerprint
+    from ..doctor import zoo
+    from ..doctor.comparison import compare
+    from ..doctor.probe import fingerprint
 
     fps, refs, rows, fixes = {}, {}, [], []
     for name, e in zoo.ZOO.items():
@@ -140,13 +143,21 @@ def zoo_report(max_position: int = 2**20, all_pairs: bool = False):
             ref = zoo.REFERENCE(e.head_dim)
             refs[e.head_dim] = (ref, fingerprint(ref, e.head_dim, max_position=max_position))
         ref_fn, ref_fp = refs[e.head_dim]
-        rep = compare(ref_fn, e.fn, e.head_dim, max_position=max_position, fingerprints=(ref_fp, fps[name]),
-                      names=("transformers", name))
+        rep = compare(
+            ref_fn,
+            e.fn,
+            e.head_dim,
+            max_position=max_position,
+            fingerprints=(ref_fp, fps[name]),
+            names=("transformers", name),
+        )
         rows.append((e, fps[name], rep))
     pairs = []
     if all_pairs:
         names = list(zoo.ZOO)
-        pairs = [(x, y) for i, x in enumerate(names) for y in names[i + 1:] if zoo.ZOO[x].head_dim == zoo.ZOO[y].head_dim]
+        pairs = [
+            (x, y) for i, x in enumerate(names) for y in names[i + 1 :] if zoo.ZOO[x].head_dim == zoo.ZOO[y].head_dim
+        ]
     else:
         pairs = [("minimind_rotate_half", "minimind_complex")]
     for x, y in pairs:
@@ -163,8 +174,11 @@ def _verdict(rep) -> str:
         return "precision only"
     fields = [d.field for d in rep.differences]
     low = [d for d in rep.differences if d.field == "precision" and not d.text.startswith("precision:")]
-    return "differs: " + ", ".join(f for f in fields if f != "precision") + (
-        ("" if fields == ["precision"] else ", ") + "precision (bug)" if low else "")
+    return (
+        "differs: "
+        + ", ".join(f for f in fields if f != "precision")
+        + (("" if fields == ["precision"] else ", ") + "precision (bug)" if low else "")
+    )
 
 
 def _scaling(fp) -> str:
@@ -175,15 +189,32 @@ def _scaling(fp) -> str:
 
 
 def _print_zoo(rows, fixes) -> None:
-    header = ("name", "head", "layout", "rotary_dim", "base", "scaling", "offset", "precision",
-              "verdict vs transformers Llama")
+    header = (
+        "name",
+        "head",
+        "layout",
+        "rotary_dim",
+        "base",
+        "scaling",
+        "offset",
+        "precision",
+        "verdict vs transformers Llama",
+    )
     table = [header]
     for e, fp, rep in rows:
-        table.append((
-            e.name, str(e.head_dim), fp.layout or "?", str(fp.rotary_dim),
-            f"{fp.base:g}" if fp.base else "?", _scaling(fp), f"{fp.offset:+g}" if fp.offset else "0",
-            fp.precision or "-", _verdict(rep),
-        ))
+        table.append(
+            (
+                e.name,
+                str(e.head_dim),
+                fp.layout or "?",
+                str(fp.rotary_dim),
+                f"{fp.base:g}" if fp.base else "?",
+                _scaling(fp),
+                f"{fp.offset:+g}" if fp.offset else "0",
+                fp.precision or "-",
+                _verdict(rep),
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for k, r in enumerate(table):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -191,7 +222,7 @@ def _print_zoo(rows, fixes) -> None:
             print("  ".join("-" * w for w in widths))
     print()
     print("fixes (each verified by re-running the comparison with the fix applied):")
-    for e, fp, rep in rows:
+    for e, _fp, rep in rows:
         if not rep.equivalent:
             _print_fix(f"transformers -> {e.name}", rep)
     for x, y, rep in fixes:
@@ -214,8 +245,8 @@ def _print_fix(title: str, rep) -> None:
 
 
 def run(args) -> int:
-    from ..comparison import compare
-    from ..probe import fingerprint
+    from ..doctor.comparison import compare
+    from ..doctor.probe import fingerprint
 
     if args.max_position < 16:
         raise RopeError(f"--max-position={args.max_position} must be >= 16")
@@ -229,9 +260,17 @@ def run(args) -> int:
         rows, fixes = zoo_report(args.max_position, args.all_pairs)
         if args.json:
             out = {
-                "entries": [{"name": e.name, "convention": e.convention, "head_dim": e.head_dim,
-                             "fingerprint": fp.to_dict(), "verdict": _verdict(rep),
-                             "comparison": rep.to_dict()} for e, fp, rep in rows],
+                "entries": [
+                    {
+                        "name": e.name,
+                        "convention": e.convention,
+                        "head_dim": e.head_dim,
+                        "fingerprint": fp.to_dict(),
+                        "verdict": _verdict(rep),
+                        "comparison": rep.to_dict(),
+                    }
+                    for e, fp, rep in rows
+                ],
                 "pairs": [{"a": x, "b": y, "comparison": rep.to_dict()} for x, y, rep in fixes],
             }
             print(json.dumps(out, indent=2))
@@ -254,8 +293,16 @@ def run(args) -> int:
     n_heads = args.n_heads
     if n_heads is None:  # the fix permutes B's weights: B's config knows their head count
         n_heads = next((n for n in (config_heads(x) for x in (args.b, args.a) if os.path.exists(x)) if n), None)
-    rep = compare(fn_a, fn_b, dim_a, dtype=dtype, dtype_b=dtype_b, max_position=args.max_position,
-                  n_heads=n_heads, names=("A", "B"))
+    rep = compare(
+        fn_a,
+        fn_b,
+        dim_a,
+        dtype=dtype,
+        dtype_b=dtype_b,
+        max_position=args.max_position,
+        n_heads=n_heads,
+        names=("A", "B"),
+    )
     if args.json:
         print(json.dumps({"name_a": name_a, "name_b": name_b, **rep.to_dict()}, indent=2))
     else:

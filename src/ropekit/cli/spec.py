@@ -32,7 +32,7 @@ def resolve_config(name: str):
     """A catalog name stands for its config dict; anything else is a path (shared by commands)."""
     import os
 
-    from ..catalog import catalog_config
+    from ..dialects.catalog import catalog_config
     from ..errors import RopeConfigError
 
     if os.path.exists(name):
@@ -40,7 +40,7 @@ def resolve_config(name: str):
     try:
         return catalog_config(name)
     except KeyError:
-        from ..catalog import CATALOG
+        from ..dialects.catalog import CATALOG
 
         raise RopeConfigError(
             f"{name!r} is neither a config path nor a catalog name; catalog: {', '.join(CATALOG)}"
@@ -48,8 +48,8 @@ def resolve_config(name: str):
 
 
 def run(args) -> int:
-    from ..catalog import catalog_specs, spec_table
     from ..dialects import from_config, layer_types_of
+    from ..dialects.catalog import catalog_specs, spec_table
     from ..errors import RopeConfigError
 
     if args.catalog:

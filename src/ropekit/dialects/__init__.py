@@ -29,18 +29,18 @@ from typing import Any
 
 from ..errors import RopeConfigError, RopeSpecError
 from ..spec import RopeSpec
-from . import hf, litgpt, meta
-from ._common import Source, load
+from . import hf_config, litgpt, meta_params
+from .reading import Source, load
 
 __all__ = ["from_config", "dialect_of", "layer_types_of", "load"]
 
-_READERS = {"hf": hf.read, "meta": meta.read, "litgpt": litgpt.read}
+_READERS = {"hf": hf_config.read, "meta": meta_params.read, "litgpt": litgpt.read}
 
 
 def dialect_of(source: Source) -> str:
     """``"hf"``, ``"meta"`` or ``"litgpt"`` for a loaded config."""
     cfg = source.data
-    if source.filename == "params.json" or meta.looks_like_meta(cfg):
+    if source.filename == "params.json" or meta_params.looks_like_meta(cfg):
         return "meta"
     if (source.filename or "").endswith((".yaml", ".yml")) or litgpt.looks_like_litgpt(cfg):
         return "litgpt"
@@ -59,7 +59,7 @@ def layer_types_of(config) -> list[str]:
         if dialect_of(source) == "litgpt" and source.data.get("rope_local_base_freq") is not None:
             return ["full_attention", "sliding_attention"]
         return []
-    return hf.layer_types(source.data)
+    return hf_config.layer_types(source.data)
 
 
 def from_config(config: Any, layer_type: str | None = None, *, layout: str | None = None, **overrides: Any) -> RopeSpec:

@@ -17,7 +17,7 @@ LitGPT's ``build_rope_cache`` and ``apply_rope`` define the rules:
 * ``rope_local_base_freq`` (Gemma 3): the base of sliding-window layers (``layer_type="sliding_attention"``).
 
 >>> from ropekit.dialects.litgpt import read
->>> from ropekit.dialects._common import Source
+>>> from ropekit.dialects.reading import Source
 >>> spec = read(Source({"n_embd": 4096, "n_head": 32, "rotary_percentage": 1.0, "rope_base": 500000,
 ...                     "rope_adjustments": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
 ...                                          "original_max_seq_len": 8192}}, "dict"))
@@ -31,7 +31,7 @@ import math
 
 from ..errors import RopeConfigError, RopeSpecError
 from ..spec import Linear, Llama3, RopeSpec, Yarn, normalize_layout
-from ._common import Source, flag, integer, number, spec_error
+from .reading import Source, flag, integer, number, spec_error
 
 __all__ = ["read", "looks_like_litgpt"]
 
@@ -73,10 +73,14 @@ def _adjustments(adj: dict, condense: float):
         else:
             attention = 1.0  # LitGPT applies no attention scaling without mscale (transformers would)
         return Yarn(
-            factor=factor, original_max_position_embeddings=integer(adj, "original_max_seq_len", where=w),
-            beta_fast=number(adj, "beta_fast", where=w), beta_slow=number(adj, "beta_slow", where=w),
-            mscale=mscale, mscale_all_dim=mscale_all, truncate=flag(adj, "truncate", True, where=w),
-        ), attention  # fmt: skip
+            factor=factor,
+            original_max_position_embeddings=integer(adj, "original_max_seq_len", where=w),
+            beta_fast=number(adj, "beta_fast", where=w),
+            beta_slow=number(adj, "beta_slow", where=w),
+            mscale=mscale,
+            mscale_all_dim=mscale_all,
+            truncate=flag(adj, "truncate", True, where=w),
+        ), attention
     if "factor" in adj:
         return Linear(factor=number(adj, "factor", where=w) * condense), None
     return None, None

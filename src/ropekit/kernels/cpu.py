@@ -87,8 +87,10 @@ def _rotate_qk(q4, k4, cos, sin, pos, sign, inplace: bool):
 
 
 def _rotate_qk_interleaved(q4, k4, cos, sin, pos, sign, inplace: bool):
-    return (_rotate_interleaved(q4, cos, sin, pos, sign, inplace),
-            _rotate_interleaved(k4, cos, sin, pos, sign, inplace))  # fmt: skip
+    return (
+        _rotate_interleaved(q4, cos, sin, pos, sign, inplace),
+        _rotate_interleaved(k4, cos, sin, pos, sign, inplace),
+    )
 
 
 def _rotate_into(x4, cos, sin, pos, sign, out1, out2, interleaved: bool):
@@ -127,11 +129,15 @@ def _rotate_qk_interleaved_into(q4, k4, cos, sin, pos, sign, q1, q2, k1, k2):
 
 # (interleaved, tensors, in place) -> the function compiled for that variant
 _BASES = {
-    (False, 1, False): _rotate_half, (True, 1, False): _rotate_interleaved,
-    (False, 2, False): _rotate_qk, (True, 2, False): _rotate_qk_interleaved,
-    (False, 1, True): _rotate_half_into, (True, 1, True): _rotate_interleaved_into,
-    (False, 2, True): _rotate_qk_into, (True, 2, True): _rotate_qk_interleaved_into,
-}  # fmt: skip
+    (False, 1, False): _rotate_half,
+    (True, 1, False): _rotate_interleaved,
+    (False, 2, False): _rotate_qk,
+    (True, 2, False): _rotate_qk_interleaved,
+    (False, 1, True): _rotate_half_into,
+    (True, 1, True): _rotate_interleaved_into,
+    (False, 2, True): _rotate_qk_into,
+    (True, 2, True): _rotate_qk_interleaved_into,
+}
 
 
 def cache_key(x4: torch.Tensor, cos: torch.Tensor, *, interleaved: bool, inplace: bool, n_tensors: int = 1) -> tuple:
@@ -269,7 +275,9 @@ def _run_into(key, tensors, cos, sin, pos, sign):
         with _CompileSettings():
             _compiled(key)(*chunk, cos, sin, pos[:, at : at + step], sign, *scratch)
         for i, t in enumerate(chunk):
-            first, second = (t[..., 0 : 2 * n : 2], t[..., 1 : 2 * n : 2]) if interleaved else (t[..., :n], t[..., n : 2 * n])
+            first, second = (
+                (t[..., 0 : 2 * n : 2], t[..., 1 : 2 * n : 2]) if interleaved else (t[..., :n], t[..., n : 2 * n])
+            )
             first.copy_(scratch[2 * i])
             second.copy_(scratch[2 * i + 1])
     return tuple(tensors)

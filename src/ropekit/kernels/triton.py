@@ -34,7 +34,14 @@ import torch
 
 from ..errors import RopePositionError, RopeShapeError, require
 
-__all__ = ["rotate_triton", "rotate_qk_triton", "turns_fixed_point", "cos_sin_triton", "interpreting", "MAX_FREQS_POSITION"]
+__all__ = [
+    "rotate_triton",
+    "rotate_qk_triton",
+    "turns_fixed_point",
+    "cos_sin_triton",
+    "interpreting",
+    "MAX_FREQS_POSITION",
+]
 
 #: the in-kernel angle needs pos * (32-bit word) < 2**63
 MAX_FREQS_POSITION = 2**31 - 1
@@ -68,7 +75,7 @@ def _kernels():
     """The jitted functions, imported on first use: triton is optional, and whether it interprets
     is decided when ``@triton.jit`` runs (so TRITON_INTERPRET must be set before this is called)."""
     _triton()
-    from . import _triton_jit
+    from . import triton_code as _triton_jit
 
     return _triton_jit
 
@@ -119,14 +126,38 @@ def _launch(pairs, cos, sin, pos, *, interleaved, inverse, source, factor=1.0):
     k = _kernels()
     sc = (0, 0) if source == "freqs" else (cos.stride(0), cos.stride(1))
     k._rope_kernel[(n_s, B, G)](
-        x4, xo, y4, yo, cos, sin, pos, *_split(factor),
-        S, HX, HY, R, nt, G,
-        *x4.stride(), *xo.stride(), *y4.stride(), *yo.stride(),
-        pos.stride(0), pos.stride(1), *sc,
-        BLOCK_S=BLOCK_S, BLOCK_H=BLOCK_H, BLOCK_R=BLOCK_R, BLOCK_T=BLOCK_T,
-        INTERLEAVED=bool(interleaved), INVERSE=bool(inverse), COPY_TAIL=copy_tail,
-        HAS_Y=len(pairs) > 1, FREQS=source == "freqs", F64=f64,
-    )  # fmt: skip
+        x4,
+        xo,
+        y4,
+        yo,
+        cos,
+        sin,
+        pos,
+        *_split(factor),
+        S,
+        HX,
+        HY,
+        R,
+        nt,
+        G,
+        *x4.stride(),
+        *xo.stride(),
+        *y4.stride(),
+        *yo.stride(),
+        pos.stride(0),
+        pos.stride(1),
+        *sc,
+        BLOCK_S=BLOCK_S,
+        BLOCK_H=BLOCK_H,
+        BLOCK_R=BLOCK_R,
+        BLOCK_T=BLOCK_T,
+        INTERLEAVED=bool(interleaved),
+        INVERSE=bool(inverse),
+        COPY_TAIL=copy_tail,
+        HAS_Y=len(pairs) > 1,
+        FREQS=source == "freqs",
+        F64=f64,
+    )
 
 
 def _tables(cos, sin, source):
@@ -142,8 +173,9 @@ def _tables(cos, sin, source):
     return cos, sin  # any float dtype and strides: rounded to the math dtype on load
 
 
-def rotate_triton(x4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool,
-                  source: str = "table", factor: float = 1.0) -> torch.Tensor:
+def rotate_triton(
+    x4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool, source: str = "table", factor: float = 1.0
+) -> torch.Tensor:
     """The kernel contract of ``kernels.reference`` on one tensor (``source="freqs"``: ``cos`` is
     ``turns_fixed_point(inv_freq)`` and ``factor`` the attention factor; ``sin`` is ignored)."""
     cos, sin = _tables(cos, sin, source)
@@ -152,8 +184,19 @@ def rotate_triton(x4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplac
     return out
 
 
-def rotate_qk_triton(q4, k4, cos, sin, pos, *, interleaved: bool, inverse: bool, inplace: bool,
-                     source: str = "table", factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def rotate_qk_triton(
+    q4,
+    k4,
+    cos,
+    sin,
+    pos,
+    *,
+    interleaved: bool,
+    inverse: bool,
+    inplace: bool,
+    source: str = "table",
+    factor: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q and k in one launch (same dtype, tokens and head_dim; head counts may differ)."""
     if q4.dtype != k4.dtype:
         raise RopeShapeError(f"q ({q4.dtype}) and k ({k4.dtype}) must have the same dtype for the fused kernel")
@@ -164,8 +207,9 @@ def rotate_qk_triton(q4, k4, cos, sin, pos, *, interleaved: bool, inverse: bool,
     return qo, ko
 
 
-def cos_sin_triton(fixed: torch.Tensor, positions: torch.Tensor, factor: float = 1.0,
-                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def cos_sin_triton(
+    fixed: torch.Tensor, positions: torch.Tensor, factor: float = 1.0, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The in-kernel cos/sin written out as tables ``positions.shape + (R,)`` (for checking the
     angle arithmetic against an exact oracle; the rotation kernel never materializes them)."""
     pos = positions.reshape(-1).to(torch.int64).contiguous()

@@ -1,0 +1,218 @@
+"""Tensors as bytes, without torch: dtype names and sizes, q/k row orders, permuted reads.
+
+Converting a safetensors checkpoint between RoPE layouts only moves whole rows of the q/k
+tensors (``ropekit.permute``): no value is read as a number.  So the converter can stay in bytes
+and skip ``import torch`` (over a second per run, more than the copy of a 2 GB checkpoint takes):
+a row is ``prod(shape[1:]) * itemsize`` contiguous bytes in any dtype, and a permuted tensor is
+read with ``preadv`` straight into its new row order (one copy out of the page cache).
+
+Dtypes are safetensors' names (``"BF16"``); a torch.dtype is accepted wherever a name is and
+turned into one by its printed name, which needs no torch import either.
+
+>>> from ropekit.conversion.formats.base import Geometry
+>>> g = Geometry(n_heads=1, n_kv_heads=1, head_dim=8, rotary_dim=8)
+>>> row_order("q", g, "half", "interleaved", 8)
+[0, 4, 1, 5, 2, 6, 3, 7]
+>>> row_order("q", g, "interleaved", "half", 8)
+[0, 2, 4, 6, 1, 3, 5, 7]
+>>> dtype_name("BF16"), itemsize("BF16"), nbytes("F32", (3, 4)), torch_name("F8_E4M3")
+('BF16', 2, 48, 'float8_e4m3fn')
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+from ...errors import RopeCheckpointError, RopeShapeError
+
+__all__ = [
+    "SIZES",
+    "dtype_name",
+    "itemsize",
+    "nbytes",
+    "torch_name",
+    "torch_dtype",
+    "row_order",
+    "read_rows",
+    "row_targets",
+    "RowReader",
+]
+
+#: safetensors dtype name -> (bytes per element, torch's name for it)
+_TABLE = {
+    "F64": (8, "float64"),
+    "F32": (4, "float32"),
+    "F16": (2, "float16"),
+    "BF16": (2, "bfloat16"),
+    "I64": (8, "int64"),
+    "I32": (4, "int32"),
+    "I16": (2, "int16"),
+    "I8": (1, "int8"),
+    "U8": (1, "uint8"),
+    "BOOL": (1, "bool"),
+    "F8_E4M3": (1, "float8_e4m3fn"),
+    "F8_E5M2": (1, "float8_e5m2"),
+    "U16": (2, "uint16"),
+    "U32": (4, "uint32"),
+    "U64": (8, "uint64"),
+}
+SIZES = {k: v[0] for k, v in _TABLE.items()}
+_BY_TORCH_NAME = {v[1]: k for k, v in _TABLE.items()}
+#: preadv takes at most IOV_MAX buffers per call (1024 on Linux)
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 1024
+
+
+def dtype_name(dtype) -> str:
+    """The safetensors name of a dtype given by that name or as a torch.dtype."""
+    if isinstance(dtype, str):
+        if dtype not in _TABLE:
+            raise KeyError(dtype)
+        return dtype
+    name = str(dtype).removeprefix("torch.")  # str(torch.bfloat16) == "torch.bfloat16": no torch import needed
+    if name not in _BY_TORCH_NAME:
+        raise RopeCheckpointError(f"dtype {name} cannot be stored in safetensors")
+    return _BY_TORCH_NAME[name]
+
+
+def itemsize(dtype) -> int:
+    return _TABLE[dtype_name(dtype)][0]
+
+
+def nbytes(dtype, shape) -> int:
+    return math.prod(shape) * itemsize(dtype)
+
+
+def torch_name(dtype) -> str:
+    """``"bfloat16"`` for ``"BF16"`` (what messages print)."""
+    return _TABLE[dtype_name(dtype)][1]
+
+
+def torch_dtype(dtype):
+    """The torch.dtype (imports torch: only for paths that need tensors anyway)."""
+    import torch
+
+    return getattr(torch, torch_name(dtype))
+
+
+def _head_order(n_heads: int, head_dim: int, rotary_dim: int, src: str, dst: str) -> list[int]:
+    """Row order of ``n_heads`` stacked heads whose first ``rotary_dim`` rows change layout;
+    ``rows_dst[i] = rows_src[order[i]]``, the same order as ``ropekit.permute``'s (tested)."""
+    half = rotary_dim // 2
+    if src == dst:
+        one = list(range(rotary_dim))
+    elif src == "interleaved":  # -> half: all pair-firsts (2j), then all pair-seconds (2j + 1)
+        one = [2 * j for j in range(half)] + [2 * j + 1 for j in range(half)]
+    else:  # half -> interleaved: pair j is (j, j + half)
+        one = [r for j in range(half) for r in (j, j + half)]
+    one += range(rotary_dim, head_dim)
+    return [h * head_dim + r for h in range(n_heads) for r in one]
+
+
+def row_order(role: str, g, src: str, dst: str, rows: int) -> list[int]:
+    """Source row of every destination row of a stored q/k tensor (``role`` as in
+    ``formats.base.role_of``, geometry ``g``), checking the row count like ``permute_tensor``."""
+    if role in ("q", "k"):
+        heads = g.heads_for(role)
+        want, what = heads * g.head_dim, f"n_heads * head_dim = {heads} * {g.head_dim}"
+    elif role == "qkv_neox":
+        want, what = 3 * g.n_heads * g.head_dim, f"n_heads * 3 * head_dim = {g.n_heads} * 3 * {g.head_dim}"
+    elif role == "qkv_concat":
+        want = (g.n_heads + 2 * g.n_kv_heads) * g.head_dim
+        what = f"(n_heads + 2 * n_kv_heads) * head_dim = ({g.n_heads} + 2 * {g.n_kv_heads}) * {g.head_dim}"
+    else:
+        raise RopeShapeError(f"role {role!r} has no q/k rows to permute")
+    if rows != want:
+        raise RopeShapeError(f"{rows} rows but {what}")
+    if role in ("q", "k"):
+        return _head_order(heads, g.head_dim, g.rotary_dim, src, dst)
+    if role == "qkv_neox":  # per head [q_h, k_h, v_h]: q_h and k_h move like two heads, v_h stays
+        hd = g.head_dim
+        qk = _head_order(2 * g.n_heads, hd, g.rotary_dim, src, dst)  # over the q/k rows only
+        out = []
+        for h in range(g.n_heads):
+            out += [(r // (2 * hd)) * 3 * hd + r % (2 * hd) for r in qk[2 * h * hd : 2 * (h + 1) * hd]]
+            out += range(h * 3 * hd + 2 * hd, (h + 1) * 3 * hd)
+        return out
+    qk = _head_order(g.n_heads + g.n_kv_heads, g.head_dim, g.rotary_dim, src, dst)  # [q; k; v]
+    return qk + list(range(len(qk), want))
+
+
+def read_rows(
+    fd: int, start: int, end: int, order: list[int], path: str = "?", into: memoryview | None = None, targets=None
+):
+    """Bytes [start, end) of an open file, as ``len(order)`` equal rows put in ``order``
+    (``out row i = file row order[i]``).  ``preadv`` scatters each source row straight to its
+    place, so the bytes are copied once, in the kernel, and never touched in Python.  ``into``:
+    a buffer to fill (default: a new bytearray); ``targets``: its row views in source order, as
+    returned by ``row_targets`` (cached by ``RowReader``).  Returns the buffer."""
+    out = bytearray(end - start) if into is None else into
+    if targets is None:
+        targets = row_targets(memoryview(out), order)
+    n = len(targets)
+    row = len(out) // n if n else 0
+    for k in range(0, n, _IOV_MAX):
+        bufs, pos = targets[k : k + _IOV_MAX], start + k * row
+        want = row * len(bufs)
+        while want:
+            got = os.preadv(fd, bufs, pos)
+            if got <= 0:
+                raise RopeCheckpointError(f"{path} ended at byte {pos} while reading a tensor")
+            pos, want = pos + got, want - got
+            if want:  # a short read (signal, huge request): go on where it stopped
+                i = 0
+                while got >= bufs[i].nbytes:
+                    got -= bufs[i].nbytes
+                    i += 1
+                bufs = [bufs[i][got:]] + bufs[i + 1 :]
+    return out
+
+
+def row_targets(out: memoryview, order: list[int]) -> list[memoryview]:
+    """The rows of ``out`` in the order the source holds them (``preadv``'s scatter list)."""
+    n = len(order)
+    if not n or not out.nbytes:
+        return []
+    row = out.nbytes // n
+    if row * n != out.nbytes:
+        raise RopeShapeError(f"{out.nbytes} bytes do not split into {n} rows")
+    place = [0] * n
+    for i, s in enumerate(order):
+        place[s] = i
+    return [out[i * row : (i + 1) * row] for i in place]
+
+
+class RowReader:
+    """``read_rows`` into reused buffers: a conversion reads many tensors of a few shapes (q, k),
+    and a fresh buffer costs a page fault per 4 KiB and a Python view per row, each time.
+
+    >>> import os, tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "f"); _ = open(p, "wb").write(b"aabbccdd")
+    >>> fd = os.open(p, os.O_RDONLY); r = RowReader()
+    >>> handle, data = r.read(fd, 0, 8, "key", lambda: [0, 2, 1, 3]); bytes(data)
+    b'aaccbbdd'
+    >>> r.release(handle); os.close(fd)
+    """
+
+    def __init__(self):
+        self._free: dict = {}  # (key, nbytes) -> [(buffer, targets)]
+        self._lock = threading.Lock()
+
+    def read(self, fd: int, start: int, end: int, key, order, path: str = "?"):
+        """(handle, buffer): the tensor's bytes in row order ``order()`` (called only when no
+        buffer for ``key`` and this size is free).  Give the handle back with ``release``."""
+        k = (key, end - start)
+        with self._lock:
+            free = self._free.setdefault(k, [])
+            item = free.pop() if free else None
+        if item is None:
+            buf = memoryview(bytearray(end - start))
+            item = (buf, row_targets(buf, order()))
+        read_rows(fd, start, end, None, path, item[0], item[1])
+        return (k, item), item[0]
+
+    def release(self, handle) -> None:
+        k, item = handle
+        with self._lock:
+            self._free[k].append(item)

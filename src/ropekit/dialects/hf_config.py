@@ -1,0 +1,454 @@
+"""transformers configs (v4 ``rope_theta`` + ``rope_scaling``, v5 ``rope_parameters``) -> RopeSpec.
+
+What each family does was read from transformers 5.x's own modeling and configuration files
+(``models/<family>/``); the table below records it.  The rules that apply to every family are
+transformers' ``modeling_rope_utils`` rules:
+
+* ``rope_scaling`` (v4) wins over ``rope_parameters`` (v5); ``rope_type`` wins over ``type``;
+  ``rope_theta`` inside the dict wins over a top-level ``rope_theta``.
+* ``head_dim = config.head_dim or hidden_size // num_attention_heads``;
+  ``rotary_dim = int(head_dim * partial_rotary_factor)`` (truncation, as transformers does).
+* yarn / longrope / llama3 take ``original_max_position_embeddings`` from the top level of the
+  config when it is there (Phi-3), else from the scaling dict, else ``max_position_embeddings``;
+  yarn and longrope ``factor`` defaults to ``max_position_embeddings / original``.
+* dynamic NTK grows from ``max_position_embeddings`` (transformers ignores ``original_...``).
+* ``attention_factor`` in the scaling dict becomes ``spec.attention_factor``.
+
+DeepSeek-V2/V3 (MLA) rotate only a ``qk_rope_head_dim`` slice that sits at the *end* of each q
+head (after the ``qk_nope_head_dim`` part) and in the shared ``k_pe``; their spec describes that
+slice on its own (``head_dim == rotary_dim == qk_rope_head_dim``), as transformers' rotary module
+does, so apply it to the rope slice, not to the whole head.
+
+>>> from ropekit.dialects.hf_config import read
+>>> from ropekit.dialects.reading import Source
+>>> spec = read(Source({"model_type": "gpt_neox", "hidden_size": 2048, "num_attention_heads": 16,
+...                     "rotary_pct": 0.25, "rotary_emb_base": 10000}, "dict"))
+>>> spec.layout, spec.head_dim, spec.rotary_dim
+('half', 128, 32)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import RopeConfigError, RopeSpecError
+from ..spec import Dynamic, Linear, Llama3, LongRope, Proportional, RopeSpec, Yarn, normalize_layout
+from .reading import Source, flag, integer, number, numbers, spec_error
+
+__all__ = ["read", "Family", "FAMILIES", "family_of", "layer_types", "KNOWN_ROPE_TYPES"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a transformers model family does with RoPE, beyond the shared rules.
+
+    layout: which dims pair up in its ``apply_rotary_pos_emb``.
+    theta: its config class's default ``rope_theta`` (used only when the config omits it).
+    partial: its config class's default ``partial_rotary_factor``.
+    head_dim: its config class's default ``head_dim`` (None: hidden_size // num_attention_heads).
+    mrope: "contiguous" (Qwen2-VL) or "interleaved" (Qwen3-VL) multimodal RoPE, with its default sections.
+    """
+
+    layout: str
+    theta: float = 10000.0
+    partial: float = 1.0
+    head_dim: int | None = None
+    mrope: str | None = None
+    mrope_section: tuple[int, ...] | None = None
+
+
+_HALF = Family("half")
+FAMILIES: dict[str, Family] = {
+    # rotate_half families (pairs (i, i + r/2))
+    **{
+        name: _HALF
+        for name in (
+            "llama",
+            "mistral",
+            "ministral",
+            "qwen2",
+            "qwen2_moe",
+            "qwen3_moe",
+            "olmo",
+            "olmo2",
+            "starcoder2",
+            "granite",
+            "granitemoe",
+            "falcon",
+            "exaone4",
+        )
+    },
+    "mixtral": Family("half", theta=1e6),
+    "phimoe": Family("half", theta=1e6),
+    "qwen3": Family("half", head_dim=128),
+    "gemma": Family("half", head_dim=256),
+    "gemma2": Family("half", head_dim=256),
+    "gemma3_text": Family("half", theta=1e6, head_dim=256),  # sliding layers: rope_local_base_freq (1e4)
+    "phi": Family("half", partial=0.5),
+    "phi3": Family("half"),
+    "gpt_neox": Family("half", partial=0.25),  # keys rotary_pct / rotary_emb_base
+    "stablelm": Family("half", partial=0.25),
+    "persimmon": Family("half", theta=25000.0, partial=0.5),
+    "nemotron": Family("half", partial=0.5),
+    "smollm3": Family("half", theta=2e6),
+    "olmo3": Family("half", theta=5e5),
+    "gpt_oss": Family("half", theta=150000.0, head_dim=64),
+    "qwen2_vl_text": Family("half", theta=1e6, mrope="contiguous", mrope_section=(16, 24, 24)),
+    "qwen2_5_vl_text": Family("half", theta=1e6, mrope="contiguous", mrope_section=(16, 24, 24)),
+    "qwen3_vl_text": Family("half", theta=5e5, head_dim=128, mrope="interleaved", mrope_section=(24, 20, 20)),
+    "qwen3_vl_moe_text": Family("half", theta=5e5, head_dim=128, mrope="interleaved", mrope_section=(24, 20, 20)),
+    # interleaved families (pairs (2i, 2i + 1))
+    "gptj": Family("interleaved"),  # key rotary_dim, base fixed at 10000
+    "codegen": Family("interleaved"),
+    "glm": Family("interleaved", partial=0.5, head_dim=128),
+    "glm4": Family("interleaved", partial=0.5, head_dim=128),
+    "cohere": Family("interleaved", theta=5e5),
+    "cohere2": Family("interleaved"),
+    "helium": Family("interleaved", theta=1e5, head_dim=128),
+    # THUDM's remote-code ChatGLM / GLM-4 (modeling_chatglm.py): head_dim = kv_channels, half of it
+    # rotates, pairs (2i, 2i+1), base = 10000 * rope_ratio, context = seq_length
+    "chatglm": Family("interleaved", partial=0.5),
+    "deepseek_v2": Family("interleaved"),  # complex multiplication over qk_rope_head_dim
+    # rope_interleave=True (default): weights store the rope dims interleaved; transformers'
+    # apply_rotary_pos_emb_interleave rotates pairs (2i, 2i+1) and writes the result in half order,
+    # a permutation shared by q and k that leaves q.k unchanged.  rope_interleave=False -> half.
+    "deepseek_v3": Family("interleaved"),
+}
+# composite (multimodal) model types whose text config carries the RoPE
+_TEXT_OF = {
+    "gemma3": "gemma3_text",
+    "qwen2_vl": "qwen2_vl_text",
+    "qwen2_5_vl": "qwen2_5_vl_text",
+    "qwen3_vl": "qwen3_vl_text",
+    "qwen3_vl_moe": "qwen3_vl_moe_text",
+}
+# architecture class-name prefixes -> model_type (longest prefix wins)
+_ARCH_PREFIX = {
+    "Llama": "llama",
+    "Mistral": "mistral",
+    "Ministral": "ministral",
+    "Mixtral": "mixtral",
+    "Qwen2": "qwen2",
+    "Qwen2Moe": "qwen2_moe",
+    "Qwen3": "qwen3",
+    "Qwen3Moe": "qwen3_moe",
+    "Qwen2VL": "qwen2_vl",
+    "Qwen2_5_VL": "qwen2_5_vl",
+    "Qwen3VL": "qwen3_vl",
+    "Gemma": "gemma",
+    "Gemma2": "gemma2",
+    "Gemma3": "gemma3",
+    "Phi": "phi",
+    "Phi3": "phi3",
+    "PhiMoE": "phimoe",
+    "GPTNeoX": "gpt_neox",
+    "StableLm": "stablelm",
+    "Persimmon": "persimmon",
+    "GPTJ": "gptj",
+    "CodeGen": "codegen",
+    "Glm": "glm",
+    "Glm4": "glm4",
+    "Cohere": "cohere",
+    "Cohere2": "cohere2",
+    "DeepseekV2": "deepseek_v2",
+    "DeepseekV3": "deepseek_v3",
+    "Olmo": "olmo",
+    "Olmo2": "olmo2",
+    "Starcoder2": "starcoder2",
+    "Granite": "granite",
+    "Falcon": "falcon",
+    "GptOss": "gpt_oss",
+    "Helium": "helium",
+    "Nemotron": "nemotron",
+    "ChatGLM": "chatglm",
+}
+
+KNOWN_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional", "mrope", "su")
+_LAYER_TYPE_NAMES = ("full_attention", "sliding_attention", "chunked_attention", "linear_attention")
+
+
+def family_of(cfg: dict[str, Any]) -> str | None:
+    """The model_type of a config dict (from ``model_type``, else from ``architectures``)."""
+    model_type = cfg.get("model_type")
+    if isinstance(model_type, str) and model_type:
+        return model_type
+    archs = cfg.get("architectures")
+    if isinstance(archs, list):
+        for arch in archs:
+            if not isinstance(arch, str):
+                continue
+            matches = [p for p in _ARCH_PREFIX if arch.startswith(p)]
+            if matches:
+                return _ARCH_PREFIX[max(matches, key=len)]
+    return None
+
+
+def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a (possibly multimodal) config that describes the language model."""
+    text = cfg.get("text_config")
+    model_type = family_of(cfg)
+    if isinstance(text, dict) and ("num_attention_heads" not in cfg or model_type in _TEXT_OF):
+        merged = dict(text)
+        inner = text.get("model_type")
+        merged["model_type"] = inner if isinstance(inner, str) and inner else _TEXT_OF.get(model_type, model_type)
+        return merged
+    if model_type in _TEXT_OF:  # flat (v4) multimodal config: the text keys are at the top level
+        cfg = dict(cfg)
+        cfg["model_type"] = _TEXT_OF[model_type]
+    return cfg
+
+
+def _rope_dict(cfg: dict[str, Any]) -> dict[str, Any]:
+    # transformers: `self.rope_parameters = rope_scaling or self.rope_parameters`
+    params = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        key = "rope_scaling" if cfg.get("rope_scaling") else "rope_parameters"
+        raise RopeConfigError(f"{key}={params!r} must be a JSON object (dict) or null")
+    return params
+
+
+def _nested_keys(cfg: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    declared = cfg.get("layer_types")
+    names = set(declared) if isinstance(declared, list) else set(_LAYER_TYPE_NAMES)
+    return [k for k in params if k in names and (params[k] is None or isinstance(params[k], dict))]
+
+
+def layer_types(config_dict: dict[str, Any]) -> list[str]:
+    """Layer types with their own RoPE (empty when every layer shares one)."""
+    cfg = _text_config(config_dict)
+    nested = _nested_keys(cfg, _rope_dict(cfg))
+    if not nested and cfg.get("model_type") == "gemma3_text":
+        return ["full_attention", "sliding_attention"]
+    return nested
+
+
+def _select_params(cfg: dict[str, Any], family: str | None, layer_type: str | None) -> tuple[dict[str, Any], str]:
+    """The scaling dict that applies to ``layer_type`` and a label for messages."""
+    params = _rope_dict(cfg)
+    label = "rope_scaling" if cfg.get("rope_scaling") else "rope_parameters"
+    nested = _nested_keys(cfg, params)
+    if family == "gemma3_text" and not nested:
+        # v4 Gemma 3: rope_scaling applies to the global (full attention) layers only; sliding
+        # layers use plain RoPE with rope_local_base_freq (transformers' Gemma3TextConfig)
+        nested = ["full_attention", "sliding_attention"]
+        params = {"full_attention": params, "sliding_attention": {"rope_type": "default"}}
+    if not nested:
+        if layer_type is not None:
+            raise RopeConfigError(
+                f"layer_type={layer_type!r} was given but this config has one RoPE for every layer; drop layer_type"
+            )
+        return params, label
+    if layer_type is None:
+        raise RopeConfigError(
+            f"this config has a different RoPE per layer type ({', '.join(nested)}); pass layer_type= one of them"
+        )
+    if layer_type not in nested:
+        raise RopeConfigError(f"layer_type={layer_type!r} is not in this config; it has {', '.join(nested)}")
+    chosen = params[layer_type]
+    if chosen is None:
+        raise RopeConfigError(f"{label}[{layer_type!r}] is null: layers of type {layer_type!r} use no RoPE")
+    return dict(chosen), f"{label}[{layer_type!r}]"
+
+
+def _head_dim(cfg: dict[str, Any], family: str | None, fam: Family | None) -> int:
+    if family in ("deepseek_v2", "deepseek_v3"):
+        # MLA: only the qk_rope_head_dim tail of each q/k head rotates; transformers sets
+        # head_dim = qk_rope_head_dim and rotates that part on its own
+        return integer(cfg, "qk_rope_head_dim", 64)
+    if family == "chatglm" and cfg.get("kv_channels") is not None:
+        return integer(cfg, "kv_channels")
+    if family in ("gptj", "codegen"):
+        return integer(cfg, "n_embd", cfg.get("hidden_size")) // integer(cfg, "n_head", cfg.get("num_attention_heads"))
+    head_dim = cfg.get("head_dim", fam.head_dim if fam else None)
+    if head_dim:
+        return integer(cfg, "head_dim", head_dim)
+    hidden = integer(cfg, "hidden_size")
+    heads = integer(cfg, "num_attention_heads")
+    if hidden % heads:
+        raise RopeConfigError(
+            f"hidden_size={hidden} is not divisible by num_attention_heads={heads} and head_dim is not given"
+        )
+    return hidden // heads
+
+
+def _base(cfg, params, family, fam, layer_type, where) -> float:
+    if params.get("rope_theta") is not None:
+        return number(params, "rope_theta", where=where + ".")
+    if family == "gpt_neox":
+        return number(cfg, "rotary_emb_base", 10000.0)
+    if family == "chatglm":
+        return 10000.0 * number(cfg, "rope_ratio", 1.0)
+    if family == "gemma3_text":
+        if layer_type == "sliding_attention":
+            return number(cfg, "rope_local_base_freq", 10000.0)
+        return number(cfg, "rope_theta", 1e6)
+    return number(cfg, "rope_theta", fam.theta if fam else 10000.0)
+
+
+def _partial(cfg, params, family, fam, where, allow_zero=False) -> float:
+    if params.get("partial_rotary_factor") is not None:
+        value = number(params, "partial_rotary_factor", where=where + ".")
+        key = where + ".partial_rotary_factor"
+    elif family == "gpt_neox" and cfg.get("partial_rotary_factor") is None:
+        value, key = number(cfg, "rotary_pct", 0.25), "rotary_pct"
+    else:
+        value, key = number(cfg, "partial_rotary_factor", fam.partial if fam else 1.0), "partial_rotary_factor"
+    if not (0.0 <= value if allow_zero else 0.0 < value) or value > 1.0:
+        # proportional RoPE may turn no pair at all (0); elsewhere 0 would leave nothing to rotate
+        raise RopeConfigError(f"{key}={value!r} must be in {'[0' if allow_zero else '(0'}, 1]")
+    return value
+
+
+def _original(cfg, params, where) -> int:
+    # transformers' standardize_rope_params: a top-level original_max_position_embeddings wins
+    # (Phi-3 keeps the pretraining length there), else the scaling dict's, else max_position_embeddings
+    if cfg.get("original_max_position_embeddings") is not None:
+        return integer(cfg, "original_max_position_embeddings")
+    if params.get("original_max_position_embeddings") is not None:
+        return integer(params, "original_max_position_embeddings", where=where + ".")
+    return integer(cfg, "max_position_embeddings")
+
+
+def _scaling(cfg, params, rope_type, rotary_dim, head_dim, partial, where):
+    """The Scaling object and the attention factor the config sets explicitly (or None)."""
+    w = where + "."
+    attention_factor = None
+    if params.get("attention_factor") is not None and rope_type in ("yarn", "longrope"):
+        attention_factor = number(params, "attention_factor", where=w)
+    if rope_type in ("default", "mrope"):
+        return None, None
+    if rope_type == "linear":
+        return Linear(factor=number(params, "factor", where=w)), None
+    if rope_type == "dynamic":
+        return Dynamic(
+            factor=number(params, "factor", where=w),
+            original_max_position_embeddings=integer(cfg, "max_position_embeddings"),
+        ), None
+    if rope_type == "yarn":
+        original = _original(cfg, params, where)
+        if params.get("factor") is None:
+            factor = integer(cfg, "max_position_embeddings") / original
+        else:
+            factor = number(params, "factor", where=w)
+        # transformers: `beta_fast or 32`, so 0/null mean the default
+        beta_fast = number(params, "beta_fast", 32.0, where=w) or 32.0
+        beta_slow = number(params, "beta_slow", 1.0, where=w) or 1.0
+        mscale = number(params, "mscale", where=w) if params.get("mscale") is not None else None
+        mscale_all = number(params, "mscale_all_dim", where=w) if params.get("mscale_all_dim") is not None else None
+        return Yarn(
+            factor=factor,
+            original_max_position_embeddings=original,
+            beta_fast=beta_fast,
+            beta_slow=beta_slow,
+            mscale=mscale,
+            mscale_all_dim=mscale_all,
+            truncate=flag(params, "truncate", True, where=w),
+        ), attention_factor
+    if rope_type == "longrope":
+        original = _original(cfg, params, where)
+        short, long = numbers(params, "short_factor", where=w), numbers(params, "long_factor", where=w)
+        for key, values in (("short_factor", short), ("long_factor", long)):
+            if len(values) != rotary_dim // 2:
+                raise RopeConfigError(
+                    f"{w}{key} has {len(values)} entries; rotary_dim={rotary_dim} needs {rotary_dim // 2} "
+                    f"(one per rotating pair)"
+                )
+        if params.get("factor") is None:
+            factor = integer(cfg, "max_position_embeddings") / original
+        else:
+            factor = number(params, "factor", where=w)
+        return LongRope(
+            short_factor=tuple(short), long_factor=tuple(long), original_max_position_embeddings=original, factor=factor
+        ), attention_factor
+    if rope_type == "llama3":
+        return Llama3(
+            factor=number(params, "factor", where=w),
+            low_freq_factor=number(params, "low_freq_factor", where=w),
+            high_freq_factor=number(params, "high_freq_factor", where=w),
+            original_max_position_embeddings=_original(cfg, params, where),
+        ), None
+    if rope_type == "proportional":
+        return Proportional(partial_rotary_factor=partial, factor=number(params, "factor", 1.0, where=w)), None
+    raise RopeConfigError(
+        f"{w}rope_type={rope_type!r} is not a RoPE scaling ropekit knows; known: {', '.join(KNOWN_ROPE_TYPES)}"
+    )
+
+
+def _layout(cfg, family, fam, layout) -> str:
+    if layout is not None:
+        return normalize_layout(layout)
+    if family == "deepseek_v3":
+        return "interleaved" if flag(cfg, "rope_interleave", True) else "half"
+    if fam is None:
+        what = f"model_type={family!r}" if family else "a config without model_type or architectures"
+        raise RopeConfigError(
+            f"{what} is not a family ropekit knows, so its RoPE layout is unknown and will not be guessed; "
+            f"pass layout='half' (NeoX/Llama rotate_half) or layout='interleaved' (GPT-J/Meta pairs), "
+            f"e.g. from_config(cfg, layout='half') or `ropekit spec CONFIG --layout half`"
+        )
+    return fam.layout
+
+
+def read(source: Source, layer_type: str | None = None, layout: str | None = None) -> RopeSpec:
+    """The RopeSpec of a transformers config (see the module docstring for the rules)."""
+    cfg = _text_config(source.data)
+    family = family_of(cfg)
+    fam = FAMILIES.get(family) if family else None
+    params, where = _select_params(cfg, family, layer_type)
+    layout = _layout(cfg, family, fam, layout)
+
+    rope_type = params.get("rope_type") or params.get("type") or "default"
+    if not isinstance(rope_type, str):
+        raise RopeConfigError(f"{where}.rope_type={rope_type!r} must be a string")
+    if rope_type == "su" or (family == "phi3" and rope_type == "yarn"):
+        rope_type = "longrope"  # Phi-3's legacy names for LongRoPE (transformers' Phi3Config)
+
+    head_dim = _head_dim(cfg, family, fam)
+    if family in ("gptj", "codegen"):
+        base = 10000.0  # transformers' create_sinusoidal_positions hard-codes it
+        # rotary_dim null means "all of the head" (transformers would build a hidden_size-wide
+        # table there, which only works with one head)
+        rotary_dim = integer(cfg, "rotary_dim", head_dim)
+        partial = rotary_dim / head_dim
+    else:
+        base = _base(cfg, params, family, fam, layer_type, where)
+        partial = _partial(cfg, params, family, fam, where, allow_zero=rope_type == "proportional")
+        rotary_dim = int(head_dim * partial)
+    if rope_type == "proportional":
+        rotary_dim = head_dim  # proportional pairs the whole head (see ropekit.Proportional)
+    if rotary_dim % 2 or rotary_dim < 2 or rotary_dim > head_dim:
+        raise RopeConfigError(
+            f"head_dim={head_dim} with partial_rotary_factor={partial!r} gives rotary_dim={rotary_dim}, "
+            f"which must be even, >= 2 and <= head_dim"
+        )
+    try:
+        scaling, attention_factor = _scaling(cfg, params, rope_type, rotary_dim, head_dim, partial, where)
+        mrope_section, mrope_interleaved = None, False
+        if fam is not None and fam.mrope is not None:
+            section = params.get("mrope_section", fam.mrope_section)
+            mrope_section, mrope_interleaved = section, fam.mrope == "interleaved"
+        elif params.get("mrope_section") is not None:
+            mrope_section = params["mrope_section"]
+            mrope_interleaved = flag(params, "mrope_interleaved", False, where=where + ".")
+        max_key = {"chatglm": "seq_length", "gptj": "n_positions", "codegen": "n_positions"}.get(
+            family, "max_position_embeddings"
+        )
+        if cfg.get(max_key) is None:
+            max_key = "max_position_embeddings"
+        max_pos = cfg.get(max_key)
+        return RopeSpec(
+            head_dim=head_dim,
+            rotary_dim=rotary_dim,
+            base=base,
+            layout=layout,
+            scaling=scaling,
+            max_position_embeddings=None if max_pos is None else integer(cfg, max_key),
+            attention_factor=attention_factor,
+            mrope_section=mrope_section,
+            mrope_interleaved=mrope_interleaved,
+        )
+    except RopeConfigError:
+        raise
+    except RopeSpecError as exc:
+        raise spec_error(source, exc) from None

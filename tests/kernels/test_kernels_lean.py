@@ -1,0 +1,217 @@
+"""The lean eager path (``kernels.eager`` behind ``apply``'s auto dispatch for CPU calls without
+gradients): against the fp64 oracle over the covering design, bit for bit against the reference
+through the op, q+k, the clear errors it must keep, and what must stay off it (autograd,
+torch.compile) and what goes straight to the compiled kernel (big tensors)."""
+
+import pytest
+import torch
+
+import ropekit as rk
+import ropekit.apply as apply_mod
+from ropekit.errors import RopePositionError, RopeShapeError
+
+from covering import case_id
+from kernel_cases import CASES, P, _canonical, _make_case, check_case
+from oracle import assert_close_to, rope_fp64
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+@pytest.fixture
+def lean_calls(monkeypatch):
+    """Counts calls of the lean kernel (to prove a test runs the path it means to)."""
+    calls = []
+    real = apply_mod.rotate_lean
+
+    def spy(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(apply_mod, "rotate_lean", spy)
+    return calls
+
+
+def _eligible(case) -> bool:
+    # thd without explicit positions carries cu_seqlens; per-row offset tensors: general path
+    if case["pos"] in ("positions_1d", "positions_2d"):
+        return True
+    return case["format"] != "thd" and case["pos"] in ("none", "offset_int")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_auto_matches_oracle(case, lean_calls):
+    check_case(case, None)
+    assert bool(lean_calls) == _eligible(case)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_lean_is_bit_identical_to_reference_op(case, lean_calls):
+    D, layout = case["head_dim"], case["layout"]
+    spec = rk.RopeSpec(head_dim=D, rotary_dim=int(D * case["frac"]) // 2 * 2, layout=layout)
+    cos, sin = rk.cos_sin(spec, P)
+    _, x64, kw, _ = _make_case(case, seed=3)
+    kw = dict(kw, layout=layout, format=case["format"], inverse=case["inverse"])
+    for dtype in DTYPES:
+        x = x64.to(dtype)
+        k = x[..., :1, :] if case["format"] == "thd" else (x[:, :1] if case["format"] == "bhsd" else x[:, :, :1])
+        k = (k * 0.5).contiguous()  # one kv head (GQA)
+        want = rk.apply_rope_qk(x, k, cos, sin, backend="reference", **kw)
+        if case["inplace"]:
+            got = (x.clone(), k.clone())
+            assert rk.apply_rope_qk(*got, cos, sin, inplace=True, **kw)[0] is got[0]
+        else:
+            got = rk.apply_rope_qk(x, k, cos, sin, **kw)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and torch.equal(g, w), dtype
+        assert torch.equal(rk.apply_rope(x, cos, sin, **kw), want[0])
+    assert bool(lean_calls) == _eligible(case)
+
+
+def test_int32_positions_and_table_dtypes(lean_calls):
+    spec = rk.RopeSpec(head_dim=16, rotary_dim=8)
+    x = torch.randn(2, 4, 3, 16, dtype=torch.float64)
+    pos = torch.tensor([[5, 0, 63, 7], [1, 2, 3, 4]])
+    inv, _ = rk.inv_freq(spec)
+    for table_dtype in (torch.float32, torch.float64, torch.bfloat16):
+        cos, sin = rk.cos_sin(spec, P, dtype=table_dtype)
+        for dtype in (torch.float32, torch.bfloat16):
+            y = rk.apply_rope(x.to(dtype), cos, sin, positions=pos.to(torch.int32))
+            assert torch.equal(y, rk.apply_rope(x.to(dtype), cos, sin, positions=pos, backend="reference"))
+            if table_dtype != torch.bfloat16:
+                assert_close_to(y, rope_fp64(x.to(dtype), inv, pos, "half"), dtype)
+    assert len(lean_calls) == 6
+
+
+def test_decode_shape_each_sequence_at_its_own_position(lean_calls):
+    spec = rk.RopeSpec(head_dim=64, base=500000.0)
+    cos, sin = rk.cos_sin(spec, 2200)
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(8, 1, 4, 64, generator=g), torch.randn(8, 1, 2, 64, generator=g)
+    pos = (1000 + 37 * torch.arange(8))[:, None]
+    yq, yk = rk.apply_rope_qk(q, k, cos, sin, positions=pos)
+    inv, _ = rk.inv_freq(spec)
+    assert_close_to(yq, rope_fp64(q, inv, pos, "half"))
+    assert_close_to(yk, rope_fp64(k, inv, pos, "half"))
+    assert lean_calls
+
+
+@pytest.mark.parametrize(
+    "kw, error, words",
+    [
+        (dict(positions=torch.tensor([0, 1, 2, 99])), RopePositionError, "row 99"),
+        (dict(positions=torch.tensor([0, -1, 2, 3])), RopePositionError, "-1"),
+        (dict(positions=torch.tensor([0.0, 1.0, 2.0, 3.0])), RopePositionError, "dtype"),
+        (dict(positions=torch.tensor([0, 1, 2])), RopeShapeError, "positions [3]"),
+        (dict(offsets=14), RopePositionError, "row 17"),
+        (dict(offsets=-2), RopePositionError, "-2"),
+        (dict(layout="spiral"), Exception, "spiral"),
+        (dict(format="sbhd"), RopeShapeError, "sbhd"),
+    ],
+)
+def test_errors_stay_clear(kw, error, words):
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=8), 16)
+    x = torch.randn(2, 4, 3, 8)
+    with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
+        rk.apply_rope(x, cos, sin, **kw)
+
+
+def test_mismatched_qk_errors_stay_clear():
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=8), 16)
+    with pytest.raises(RopeShapeError, match="dtype"):
+        rk.apply_rope_qk(torch.randn(1, 4, 2, 8), torch.randn(1, 4, 1, 8, dtype=torch.float64), cos, sin)
+    with pytest.raises(RopeShapeError, match="agree"):
+        rk.apply_rope_qk(torch.randn(1, 4, 2, 8), torch.randn(1, 5, 1, 8), cos, sin)
+    with pytest.raises(RopeShapeError, match="head_dim"):
+        rk.apply_rope(torch.randn(1, 4, 2, 8), *rk.cos_sin(rk.RopeSpec(head_dim=16), 16))
+
+
+def test_gradients_take_the_differentiable_op(lean_calls):
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=8, layout="interleaved"), 16)
+    q = torch.randn(2, 5, 3, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 5, 1, 8, dtype=torch.float64, requires_grad=True)
+    pos = torch.tensor([[0, 3, 1, 15, 2], [4, 4, 4, 4, 4]])
+    yq, yk = rk.apply_rope_qk(q, k, cos, sin, layout="interleaved", positions=pos)
+    assert not lean_calls and yq.grad_fn is not None
+    (yq.square().sum() + (yk * 3).sum()).backward()
+    q2, k2 = q.detach().clone().requires_grad_(True), k.detach().clone().requires_grad_(True)
+    ref = rk.kernels.rotate_reference
+    wq = ref(q2, cos.double(), sin.double(), pos, interleaved=True, inverse=False, inplace=False)
+    wk = ref(k2, cos.double(), sin.double(), pos, interleaved=True, inverse=False, inplace=False)
+    (wq.square().sum() + (wk * 3).sum()).backward()
+    assert torch.allclose(q.grad, q2.grad, atol=1e-12) and torch.allclose(k.grad, k2.grad, atol=1e-12)
+    with torch.no_grad():  # no gradient wanted: the lean path, same values
+        assert torch.equal(rk.apply_rope_qk(q, k, cos, sin, layout="interleaved", positions=pos)[0], yq)
+    assert lean_calls
+
+
+def test_torch_compile_traces_the_op_not_the_lean_path(lean_calls):
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=16), 16)
+    q, k = torch.randn(1, 6, 4, 16), torch.randn(1, 6, 2, 16)
+    f = torch.compile(lambda q, k: rk.apply_rope_qk(q, k, cos, sin, offsets=2), fullgraph=True)
+    got = f(q, k)
+    assert not lean_calls
+    want = rk.apply_rope_qk(q, k, cos, sin, offsets=2)
+    assert lean_calls
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "layout, inplace, dtype", [("half", False, torch.float32), ("interleaved", True, torch.bfloat16)]
+)
+def test_big_tensors_call_the_compiled_kernel_directly(monkeypatch, lean_calls, layout, inplace, dtype):
+    """Above the size threshold the auto path calls the compiled kernel without the op dispatch;
+    the threshold is lowered here so that the shapes stay small."""
+    from ropekit.kernels import cpu
+
+    monkeypatch.setattr(apply_mod, "CPU_COMPILE_MIN_NUMEL", 1)
+    seen = []
+    real = cpu.rotate_many_cpu
+    monkeypatch.setattr(cpu, "rotate_many_cpu", lambda *a, **kw: seen.append(1) or real(*a, **kw))
+    spec = rk.RopeSpec(head_dim=32, rotary_dim=16, layout=layout)
+    cos, sin = rk.cos_sin(spec, P)
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 5, 3, 32, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 5, 1, 32, generator=g, dtype=torch.float64)
+    pos = torch.randint(0, P, (2, 5), generator=g)
+    args = (q.to(dtype).transpose(1, 2).contiguous(), k.to(dtype).transpose(1, 2).contiguous())  # bhsd
+    before = [a.clone() for a in args]
+    out = rk.apply_rope_qk(*args, cos, sin, layout=layout, format="bhsd", positions=pos, inplace=inplace)
+    assert seen and not lean_calls
+    inv, _ = rk.inv_freq(spec)
+    for y, x64, b in zip(out, (q, k), before):
+        assert_close_to(_canonical(y, "bhsd"), rope_fp64(x64.to(dtype), inv, pos, layout), dtype)
+        assert torch.equal(y[..., 16:], b[..., 16:])  # the tail: untouched in place, copied out of place
+
+
+def test_cpu_in_place_reuses_its_scratch_and_leaves_the_tail(monkeypatch):
+    """In place on the compiled path: rotary dims into a per-thread scratch buffer, copied back;
+    the buffer is reused (no fresh pages per call), and a sequence too big for SCRATCH_MAX_BYTES
+    goes through it in chunks of tokens."""
+    from ropekit.kernels import cpu
+
+    spec = rk.RopeSpec(head_dim=32, rotary_dim=16)
+    cos, sin = rk.cos_sin(spec, P)
+    g = torch.Generator().manual_seed(9)
+    q64, k64 = (
+        torch.randn(1, 6, 3, 32, generator=g, dtype=torch.float64),
+        torch.randn(1, 6, 1, 32, generator=g, dtype=torch.float64),
+    )
+    inv, _ = rk.inv_freq(spec)
+    pointers = []
+    for _ in range(2):
+        q, k = q64.float(), k64.float()
+        tails = q[..., 16:].clone(), k[..., 16:].clone()
+        assert rk.apply_rope_qk(q, k, cos, sin, offsets=5, inplace=True, backend="cpu")[0] is q
+        pointers.append(cpu._SCRATCH.buffers[torch.float32].data_ptr())
+        for y, x64, tail in zip((q, k), (q64, k64), tails):
+            assert_close_to(y, rope_fp64(x64.float(), inv, torch.arange(5, 11)[None], "half"))
+            assert torch.equal(y[..., 16:], tail)
+    assert pointers[0] == pointers[1]
+    monkeypatch.setattr(cpu, "SCRATCH_MAX_BYTES", 300)  # one token of q and k = 256 bytes: 6 chunks
+    q, k = q64.float(), k64.float()
+    rk.apply_rope_qk(q, k, cos, sin, offsets=5, inplace=True, backend="cpu")
+    assert cpu._SCRATCH.buffers[torch.float32].data_ptr() == pointers[0]  # the same buffer, partly used
+    for y, x64 in zip((q, k), (q64, k64)):
+        assert_close_to(y, rope_fp64(x64.float(), inv, torch.arange(5, 11)[None], "half"))
+        assert torch.equal(y[..., 16:], x64.float()[..., 16:])
