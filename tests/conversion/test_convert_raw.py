@@ -124,9 +124,10 @@ def test_read_rows_survives_short_reads(tmp_path, monkeypatch):
 
 
 def test_dtype_table_agrees_with_torch():
-    from ropekit.conversion.formats.safetensors_io import DTYPES
+    from ropekit.conversion.formats.dtypes import SIZES
 
-    for name, dtype in DTYPES.items():
+    for name in SIZES:
+        dtype = getattr(torch, raw.torch_name(name))
         assert raw.itemsize(name) == torch.empty((), dtype=dtype).element_size()
         assert raw.dtype_name(dtype) == name and raw.torch_dtype(name) is dtype
 
@@ -427,10 +428,10 @@ def test_full_disk_is_found_before_writing(tmp_path, monkeypatch, capsys, to):
     import errno
 
     from ropekit.cli import main
-    from ropekit.conversion.formats import safetensors_io
+    from ropekit.conversion.formats import file_io
 
     src = make_hf_dir(tmp_path / "src")
-    monkeypatch.setattr(safetensors_io, "_fallocate", lambda: (lambda fd, mode, at, size: -1, lambda: errno.ENOSPC))
+    monkeypatch.setattr(file_io, "_fallocate", lambda: (lambda fd, mode, at, size: -1, lambda: errno.ENOSPC))
     args = ["--layout", "interleaved"] if to == "hf" else ["--to", "meta"]
     assert main(["convert", str(src), str(tmp_path / "dst"), *args, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
@@ -442,19 +443,19 @@ def test_preallocation_is_only_a_speed_up(tmp_path, monkeypatch):
     """A file system without fallocate (EOPNOTSUPP) gives the same files; real fallocate reserves the size."""
     import errno
 
-    from ropekit.conversion.formats import safetensors_io
+    from ropekit.conversion.formats import file_io
 
     src = make_hf_dir(tmp_path / "src")
     for to in ("hf", "meta"):
         rkconvert.convert(src, tmp_path / f"{to}-a", **quiet(to=to, layout="interleaved"))
-    monkeypatch.setattr(safetensors_io, "_fallocate", lambda: (lambda fd, mode, at, size: -1, lambda: errno.EOPNOTSUPP))
+    monkeypatch.setattr(file_io, "_fallocate", lambda: (lambda fd, mode, at, size: -1, lambda: errno.EOPNOTSUPP))
     for to in ("hf", "meta"):
         rkconvert.convert(src, tmp_path / f"{to}-b", **quiet(to=to, layout="interleaved"))
         a, b = files_of(tmp_path / f"{to}-a"), files_of(tmp_path / f"{to}-b")
         assert len(a) > 2 and a == b
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     monkeypatch.undo()
-    safetensors_io.preallocate(fd, 1 << 20)
+    file_io.preallocate(fd, 1 << 20)
     st = os.fstat(fd)
     os.close(fd)
     assert st.st_size == 1 << 20 and st.st_blocks * 512 >= 1 << 20  # blocks really reserved (ext4, tmpfs, xfs)

@@ -397,7 +397,7 @@ def _tensor_for(ckpt: Checkpoint, step: Step, src_layout: str, dst_layout: str):
 def _alignment(ckpt: Checkpoint, steps: list[Step]) -> int | None:
     """Where the data of a new safetensors file should start (mod a page) so that the most
     pass-through bytes keep their in-page offset: the kernel copies those 2.5x faster."""
-    from .formats.safetensors_io import best_alignment
+    from .formats.file_io import best_alignment
 
     pairs, rel = [], 0
     for s in steps:
@@ -425,7 +425,7 @@ RAW_PERMUTE = True
 def _pth_writer(ckpt: Checkpoint, path: Path, steps: list[Step]):
     """A writer of a torch.save-format file for ``steps``: the zip is laid out without torch, each
     pass-through tensor's bytes at its source's in-page offset (the kernel copies those fastest)."""
-    from .formats.safetensors_io import PAGE
+    from .formats.file_io import PAGE
     from .formats.torch_zip import PthZipWriter
 
     align = {}
@@ -445,8 +445,9 @@ def _raw_permutable(ckpt: Checkpoint, step: Step, writer) -> tuple[str, int, int
 def _write(ckpt, tmp: Path, dst: Path, dst_fmt, dst_layout, shards, report, progress, after_tensor):
     from concurrent.futures import ThreadPoolExecutor
 
+    from .formats.file_io import tensor_bytes
     from .formats.hf_dir import LAYOUT_KEY, hf_config_with_layout, plan_shards, write_hf
-    from .formats.safetensors_io import SafetensorsWriter, tensor_bytes
+    from .formats.safetensors_io import SafetensorsWriter
 
     all_steps = [s for _, steps in shards for s in steps]
     total = sum(s.nbytes for s in all_steps)

@@ -76,7 +76,7 @@ class PthFile:
         return dtype_name_of(t), tuple(t.shape)
 
     def tensor(self, name: str) -> torch.Tensor:
-        from .safetensors_io import read_range
+        from .file_io import read_range
 
         rng = self.ranges.get(name)
         if rng is not None:

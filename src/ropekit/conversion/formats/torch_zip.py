@@ -378,7 +378,7 @@ class FixedLayoutWriter:
         """``file_size``: the whole new file's size, reserved at once (``preallocate``)."""
         import os
 
-        from .safetensors_io import SourceFiles, preallocate
+        from .file_io import SourceFiles, preallocate
 
         self.path = os.fspath(path)
         self.offsets, self.sizes = offsets, sizes
@@ -398,7 +398,7 @@ class FixedLayoutWriter:
         return self.offsets[name]
 
     def write_tensor(self, name: str, t) -> None:
-        from .safetensors_io import tensor_bytes
+        from .file_io import tensor_bytes
 
         self.write_bytes(name, tensor_bytes(t))
 
@@ -411,7 +411,7 @@ class FixedLayoutWriter:
     def copy_range(self, name: str, src_path: str, start: int, end: int):
         """Copy source bytes [start, end) into tensor ``name``'s range (kernel copy where it can);
         returns the open source file."""
-        from .safetensors_io import copy_bytes
+        from .file_io import copy_bytes
 
         offset = self._check(name, end - start)
         src = self._sources.get(src_path)
