@@ -4,8 +4,8 @@
 can be compared with one torch wrote for the same tensors.
 """
 
+from ropekit.conversion.formats.fixed_writer import FixedLayoutWriter
 from ropekit.conversion.formats.raw import torch_dtype
-from ropekit.conversion.formats.torch_zip import FixedLayoutWriter
 
 
 def torch_pth_writer(ckpt, path, steps):
@@ -23,7 +23,7 @@ class PthWriter(FixedLayoutWriter):
     The zip CRC fields stay unset, as with ``torch.serialization.set_crc32_options(False)``;
     ``torch.load`` does not check them.
 
-    The converter writes ``.pth`` files with ``torch_zip.PthZipWriter``, which needs no torch;
+    The converter writes ``.pth`` files with ``pth_writer.PthZipWriter``, which needs no torch;
     this writer is the reference it is tested against (tests inject it as the converter's .pth writer).
     """
 

@@ -426,7 +426,7 @@ def _pth_writer(ckpt: Checkpoint, path: Path, steps: list[Step]):
     """A writer of a torch.save-format file for ``steps``: the zip is laid out without torch, each
     pass-through tensor's bytes at its source's in-page offset (the kernel copies those fastest)."""
     from .formats.file_io import PAGE
-    from .formats.torch_zip import PthZipWriter
+    from .formats.pth_writer import PthZipWriter
 
     align = {}
     for s in steps:
