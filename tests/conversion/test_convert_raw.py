@@ -21,6 +21,7 @@ from ropekit.conversion.formats import raw
 from ropekit.conversion.formats.base import Geometry
 from ropekit.errors import RopeShapeError
 from ropekit.permute import permute_neox_qkv, permute_phi3_qkv, permute_qk
+from torch_writers import torch_pth_writer
 
 from checkpoints import KV, D, H, hf_tensors, make_hf_dir, quiet, read_all, same_bytes
 
@@ -261,7 +262,7 @@ def test_cli_safetensors_paths_do_not_import_torch(tmp_path):
 
 
 def test_torch_zip_layout_matches_torch_load(tmp_path):
-    from ropekit.conversion.formats.meta_dir import _byte_ranges
+    from ropekit.conversion.formats.pth_file import _byte_ranges
     from ropekit.conversion.formats.torch_zip import read_layout
 
     base = torch.randn(6, 8)
@@ -309,7 +310,7 @@ def test_torch_zip_refuses_what_it_does_not_know(tmp_path):
     for f in ("nested.pt", "mixed.pt", "param.pt", "f8.pt", "junk.pt"):
         assert read_layout(tmp_path / f) is None, f
     # such files are still read, by torch.load (weights only)
-    from ropekit.conversion.formats.meta_dir import PthFile
+    from ropekit.conversion.formats.pth_file import PthFile
 
     assert PthFile(tmp_path / "f8.pt").info("a") == (torch.float8_e4m3fn, (2,))
     assert PthFile(tmp_path / "param.pt").tensor("a").tolist() == [1.0, 1.0]
@@ -362,7 +363,8 @@ def test_pth_writer_equals_torch_save_path(tmp_path, monkeypatch, dtype):
     src = make_hf_dir(tmp_path / "src", hf_tensors(dtype, bias=True))
     outs = {}
     for flag in (True, False):
-        monkeypatch.setattr(rkconvert, "RAW_PTH", flag)
+        if not flag:  # the torch.save reference writer in place of the torch-free one
+            monkeypatch.setattr(rkconvert, "_pth_writer", torch_pth_writer)
         dst = tmp_path / f"meta-{flag}"
         rkconvert.convert(src, dst, **quiet(to="meta"))
         outs[flag] = dst / "consolidated.00.pth"

@@ -418,18 +418,9 @@ class _NoBar:
 RAW_PERMUTE = True
 
 
-#: write .pth files with the torch-free zip writer (formats/torch_zip.py); False: through
-#: torch.save (``meta.PthWriter``), which the tests use to check both give the same tensors
-RAW_PTH = True
-
-
 def _pth_writer(ckpt: Checkpoint, path: Path, steps: list[Step]):
     """A writer of a torch.save-format file for ``steps``: the zip is laid out without torch, each
     pass-through tensor's bytes at its source's in-page offset (the kernel copies those fastest)."""
-    if not RAW_PTH:
-        from .formats.meta_dir import PthWriter
-
-        return PthWriter(path, [(s.dst, s.dtype, s.shape) for s in steps])
     from .formats.safetensors_io import PAGE
     from .formats.torch_zip import PthZipWriter
 

@@ -20,13 +20,11 @@ from ...errors import RopeCheckpointError
 if TYPE_CHECKING:  # annotations only: this module never imports torch at run time
     import torch
 from .base import Checkpoint, Geometry, list_aux
+from .pth_file import PthFile, dtype_name_of
 from .raw import torch_dtype, torch_name
-from .torch_zip import FixedLayoutWriter
 
 __all__ = [
     "MetaCheckpoint",
-    "PthFile",
-    "PthWriter",
     "is_meta_dir",
     "hf_to_meta_name",
     "meta_to_hf_name",
@@ -131,12 +129,12 @@ class MetaCheckpoint(Checkpoint):
             dim, first = self._concat_dim(name), self.parts[0][name]
             for f, part in zip(files[1:], self.parts[1:]):
                 t = part[name]
-                same = _dtype_name(t) == _dtype_name(first) and t.dim() == first.dim()
+                same = dtype_name_of(t) == dtype_name_of(first) and t.dim() == first.dim()
                 same = same and all(a == b for d, (a, b) in enumerate(zip(t.shape, first.shape)) if d != dim)
                 if not same:
                     raise RopeCheckpointError(
-                        f"tensor {name} is {torch_name(_dtype_name(t))}{list(t.shape)} in {f} but "
-                        f"{torch_name(_dtype_name(first))}{list(first.shape)} in {files[0]}; model-parallel shards must agree"
+                        f"tensor {name} is {torch_name(dtype_name_of(t))}{list(t.shape)} in {f} but "
+                        f"{torch_name(dtype_name_of(first))}{list(first.shape)} in {files[0]}; model-parallel shards must agree"
                         + ("" if dim is None else f" outside dim {dim}, along which they are concatenated")
                     )
         # one logical checkpoint; it is written back as a single file
@@ -166,7 +164,7 @@ class MetaCheckpoint(Checkpoint):
         shape = list(t.shape)
         if dim is not None:
             shape[dim] = sum(p[name].shape[dim] for p in self.parts)
-        return _dtype_name(t), tuple(shape)
+        return dtype_name_of(t), tuple(shape)
 
     def _read(self, i: int, name: str) -> torch.Tensor:
         return self.files[i].tensor(name)
@@ -181,97 +179,6 @@ class MetaCheckpoint(Checkpoint):
 
     def byte_range(self, name):
         return self.files[0].byte_range(name) if len(self.files) == 1 else None
-
-
-class PthFile:
-    """One ``torch.save`` file opened for streaming.
-
-    Its layout (names, dtypes, shapes, byte offsets) comes from the file's pickle, read without
-    torch and without running code (``formats/torch_zip.py``), or, for anything that reader does
-    not know, from a weights-only load on the meta device.  No tensor data is read until it is
-    needed, and then one tensor at a time, by byte range (a memory map would keep every page it
-    touched resident until the end).  Tensors stored as strided views of a larger storage come
-    from torch's own memory-mapped load.
-
-    >>> import os, tempfile, torch
-    >>> p = os.path.join(tempfile.mkdtemp(), "sd.pt")
-    >>> torch.save({"w": torch.arange(6.0).view(2, 3)}, p)
-    >>> f = PthFile(p)
-    >>> f.names(), f.info("w"), f.tensor("w")[1].tolist()
-    (['w'], (torch.float32, (2, 3)), [3.0, 4.0, 5.0])
-    """
-
-    def __init__(self, path, what: str = "PyTorch checkpoint"):
-        from .torch_zip import read_layout
-
-        self.path = Path(path)
-        self._mapped: dict | None = None
-        # a plain state dict's layout is read without torch (formats/torch_zip.py); anything else
-        # goes to torch.load, which also says what is wrong with it
-        records = read_layout(self.path)
-        if records is not None:
-            self.layout: dict = records
-            self.ranges = {n: (r.start, r.end) for n, r in records.items() if r.is_contiguous()}
-            return
-        import torch
-
-        try:
-            sd = torch.load(self.path, map_location="meta", weights_only=True)
-        except Exception as exc:  # a pickle that is not plain tensors, or a truncated zip
-            raise RopeCheckpointError(
-                f"{self.path} is not a weights-only {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-            ) from None
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise RopeCheckpointError(f"{self.path} does not hold a flat dict of tensors")
-        self.layout = sd
-        self.ranges = _byte_ranges(sd, self.path)
-
-    def names(self) -> list[str]:
-        return list(self.layout)
-
-    def info(self, name: str):
-        t = self.layout[name]
-        return t.dtype, tuple(t.shape)
-
-    def raw_info(self, name: str):
-        t = self.layout[name]
-        return _dtype_name(t), tuple(t.shape)
-
-    def tensor(self, name: str) -> torch.Tensor:
-        from .safetensors_io import read_range
-
-        rng = self.ranges.get(name)
-        if rng is not None:
-            t = self.layout[name]
-            return read_range(str(self.path), rng[0], rng[1], _dtype_name(t), t.shape)
-        if self._mapped is None:  # a strided view of a larger storage: torch materializes it
-            import torch
-
-            self._mapped = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-        return self._mapped[name]
-
-    def byte_range(self, name: str):
-        rng = self.ranges.get(name)
-        return None if rng is None else (str(self.path), rng[0], rng[1])
-
-
-def _dtype_name(t) -> str:
-    """safetensors dtype name of a TensorRecord (no torch) or a meta tensor."""
-    from .raw import dtype_name
-
-    return getattr(t, "dtype_name", None) or dtype_name(t.dtype)
-
-
-def _byte_ranges(layout: dict, path: Path) -> dict:
-    """name -> (start, end) in the file for every contiguous tensor of a meta-device load."""
-    out = {}
-    for name, t in layout.items():
-        base = getattr(t.untyped_storage(), "_checkpoint_offset", None)
-        if base is None or not t.is_contiguous():
-            continue
-        start = base + t.storage_offset() * t.element_size()
-        out[name] = (start, start + t.numel() * t.element_size())
-    return out
 
 
 def params_from_hf(cfg: dict, geometry: Geometry, intermediate_size: int) -> dict:
@@ -385,34 +292,3 @@ def write_params(path: Path, params: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(params, f, indent=2)
         f.write("\n")
-
-
-class PthWriter(FixedLayoutWriter):
-    """Writes a ``torch.save``-format file tensor by tensor, like ``SafetensorsWriter``.
-
-    ``torch.save`` needs every tensor in memory at once.  Instead we save placeholders under
-    ``torch.serialization.skip_data`` (the zip layout is written, the data space only reserved;
-    ``torch.empty`` placeholders are never touched, so they cost no resident memory), ask
-    ``torch.load(map_location="meta")`` where each storage landed, and fill the bytes in place.
-    The zip CRC fields stay unset, as with ``torch.serialization.set_crc32_options(False)``;
-    ``torch.load`` does not check them.
-
-    The converter writes ``.pth`` files with ``torch_zip.PthZipWriter``, which needs no torch;
-    this writer is the reference it is tested against (``convert.RAW_PTH = False``).
-    """
-
-    def __init__(self, path, entries):
-        import torch
-
-        # dtypes: torch.dtype or safetensors names (the converter plans with names)
-        placeholders = {name: torch.empty(shape, dtype=torch_dtype(dtype)) for name, dtype, shape in entries}
-        with torch.serialization.skip_data():
-            torch.save(placeholders, path)
-        del placeholders
-        layout = torch.load(path, map_location="meta", weights_only=True)
-        offsets = {
-            name: t.untyped_storage()._checkpoint_offset + t.storage_offset() * t.element_size()
-            for name, t in layout.items()
-        }
-        sizes = {name: t.numel() * t.element_size() for name, t in layout.items()}
-        self._open(path, offsets, sizes, "r+b")

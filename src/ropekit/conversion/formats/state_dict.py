@@ -40,7 +40,7 @@ class StateDictCheckpoint(Checkpoint):
             self.sd = None
             names = self.file.names()
         else:
-            from .meta_dir import PthFile
+            from .pth_file import PthFile
 
             self.file = None
             self.sd = PthFile(self.path, "PyTorch state dict")
