@@ -23,7 +23,7 @@ import torch
 from .errors import RopePositionError, RopeShapeError
 from .kernels.eager import rotate_lean
 from .kernels.reference import compute_dtype, rotate_reference
-from .spec import normalize_layout
+from .layouts import LAYOUTS, is_interleaved, normalize_layout
 from .tables import as_positions
 
 __all__ = [
@@ -348,8 +348,6 @@ def _prepare(tensors, names, cos, sin, *, spec, layout, format, positions, offse
 # the lean eager path: small tensors, no gradient, outside torch.compile
 # ---------------------------------------------------------------------------------------------
 
-_LAYOUTS = {None: False, "half": False, "neox": False, "interleaved": True, "gptj": True}
-
 
 def _lean(tensors, cos, sin, *, layout, format, positions, offsets, cu_seqlens, inplace, inverse, backend, spec):
     """The rotated tensors without the op dispatch, or None when this call needs the general
@@ -379,7 +377,13 @@ def _lean(tensors, cos, sin, *, layout, format, positions, offsets, cu_seqlens, 
         grad = grad or (t.requires_grad and torch.is_grad_enabled())
     n_rows, n = cos.shape
     D = x.shape[-1]
-    if grad or layout not in _LAYOUTS or not x.is_floating_point() or n == 0 or 2 * n > D:
+    if (
+        grad
+        or not (layout is None or (isinstance(layout, str) and layout in LAYOUTS))
+        or not x.is_floating_point()
+        or n == 0
+        or 2 * n > D
+    ):
         return None
     views = [t.unsqueeze(0) if format == "thd" else t.transpose(1, 2) if format == "bhsd" else t for t in tensors]
     B, S = views[0].shape[:2]
@@ -406,7 +410,7 @@ def _lean(tensors, cos, sin, *, layout, format, positions, offsets, cu_seqlens, 
         if start < 0 or start + S > n_rows:
             return None
         idx = None
-    interleaved = _LAYOUTS[layout]
+    interleaved = layout is not None and is_interleaved(layout)
     if x.numel() >= CPU_COMPILE_MIN_NUMEL:
         # big enough for the compiled kernel: call it directly (its own guards are the dispatch)
         from .kernels.cpu import rotate_many_cpu

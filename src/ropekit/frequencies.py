@@ -26,14 +26,15 @@ import math
 import torch
 
 from .errors import RopeSpecError
-from .spec import Dynamic, Linear, Llama3, LongRope, Proportional, RopeSpec, Yarn
+from .spec import Dynamic, Linear, Llama3, LongRope, Proportional, RopeSpec, Yarn, yarn_mscale
 
-__all__ = ["inv_freq", "attention_factor", "PRECISIONS"]
+__all__ = ["inv_freq", "attention_factor", "PRECISIONS", "check_precision", "yarn_bounds"]
 
 PRECISIONS = ("exact", "hf")
 
 
-def _check_precision(precision: str) -> str:
+def check_precision(precision: str) -> str:
+    """``precision`` itself when it is one of ``PRECISIONS``; a RopeArgumentError otherwise."""
     if precision not in PRECISIONS:
         raise RopeSpecError(f"precision={precision!r} must be one of {PRECISIONS}")
     return precision
@@ -54,12 +55,6 @@ def _check_seq_len(seq_len) -> int | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
-    if scale <= 1:
-        return 1.0
-    return 0.1 * mscale * math.log(scale) + 1.0
-
-
 def attention_factor(spec: RopeSpec) -> float:
     """The factor cos and sin are multiplied by: ``spec.attention_factor`` when set, otherwise
     what the scaling implies (yarn: ``0.1 ln(factor) + 1`` or DeepSeek's mscale ratio; longrope:
@@ -70,8 +65,8 @@ def attention_factor(spec: RopeSpec) -> float:
     if isinstance(s, Yarn):
         # transformers tests truthiness: a 0 mscale counts as absent, and so it does here.
         if s.mscale and s.mscale_all_dim:
-            return float(_yarn_mscale(s.factor, s.mscale) / _yarn_mscale(s.factor, s.mscale_all_dim))
-        return _yarn_mscale(s.factor)
+            return float(yarn_mscale(s.factor, s.mscale) / yarn_mscale(s.factor, s.mscale_all_dim))
+        return yarn_mscale(s.factor)
     if isinstance(s, LongRope):
         if s.factor <= 1.0:
             return 1.0
@@ -84,7 +79,10 @@ def attention_factor(spec: RopeSpec) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _yarn_bounds(s: Yarn, dim: int, base: float) -> tuple[float, float]:
+def yarn_bounds(s: Yarn, dim: int, base: float) -> tuple[float, float]:
+    """The (low, high) pair indices of YaRN's ramp: below low frequencies are kept, above high
+    they are interpolated (divided by the factor)."""
+
     def correction_dim(rotations: float) -> float:
         # the dimension whose wavelength fits `rotations` times into the original context
         return (dim * math.log(s.original_max_position_embeddings / (rotations * 2 * math.pi))) / (2 * math.log(base))
@@ -133,7 +131,7 @@ def _exact(spec: RopeSpec, seq_len: int | None) -> torch.Tensor:
         ext = torch.tensor(s.long_factor if long else s.short_factor, dtype=f64)
         return inv / ext
     if isinstance(s, Yarn):
-        low, high = _yarn_bounds(s, r, base)
+        low, high = yarn_bounds(s, r, base)
         ramp = ((torch.arange(r // 2, dtype=f64) - low) / (high - low)).clamp(0, 1)
         keep = 1 - ramp  # 1: extrapolate (keep the frequency), 0: interpolate (divide by factor)
         return (inv / s.factor) * (1 - keep) + inv * keep
@@ -190,7 +188,7 @@ def _hf(spec: RopeSpec, seq_len: int | None) -> torch.Tensor:
         pos_freqs = base ** (torch.arange(0, dim, 2).to(dtype=f32) / dim)
         extrapolation = 1.0 / pos_freqs
         interpolation = 1.0 / (s.factor * pos_freqs)
-        low, high = _yarn_bounds(s, dim, base)
+        low, high = yarn_bounds(s, dim, base)
         ramp = torch.clamp((torch.arange(dim // 2, dtype=f32) - low) / (high - low), 0, 1)
         keep = 1 - ramp
         return interpolation * (1 - keep) + extrapolation * keep
@@ -219,7 +217,7 @@ def inv_freq(spec: RopeSpec, seq_len: int | None = None, precision: str = "exact
     """
     if not isinstance(spec, RopeSpec):
         raise RopeSpecError(f"spec must be a ropekit.RopeSpec, got {type(spec).__name__}")
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     seq_len = _check_seq_len(seq_len)
     inv = _exact(spec, seq_len) if precision == "exact" else _hf(spec, seq_len)
     return inv, attention_factor(spec)

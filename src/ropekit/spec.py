@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import RopeSpecError
+from .layouts import LAYOUTS, normalize_layout  # re-exported: spec.normalize_layout is older than layouts
 
 __all__ = [
     "RopeSpec",
@@ -33,22 +34,10 @@ __all__ = [
     "LongRope",
     "Llama3",
     "Proportional",
+    "yarn_mscale",
     "LAYOUTS",
     "normalize_layout",
 ]
-
-#: canonical layout names and the aliases accepted for them
-LAYOUTS = {"half": "half", "neox": "half", "interleaved": "interleaved", "gptj": "interleaved"}
-
-
-def normalize_layout(layout: str, field_name: str = "layout") -> str:
-    """Map ``half|neox`` to ``"half"`` and ``interleaved|gptj`` to ``"interleaved"``."""
-    if not isinstance(layout, str) or layout.lower() not in LAYOUTS:
-        raise RopeSpecError(
-            f"{field_name}={layout!r} is not a RoPE layout; use 'half' (alias 'neox') or 'interleaved' (alias 'gptj')"
-        )
-    return LAYOUTS[layout.lower()]
-
 
 # ---------------------------------------------------------------------------------------------
 # validation helpers: each names the field and the value
@@ -149,6 +138,14 @@ class Yarn:
                 _set(self, name, _check_number(f"scaling.{name}", value, low=0.0))
         if not isinstance(self.truncate, bool):
             raise RopeSpecError(f"scaling.truncate={self.truncate!r} must be a bool")
+
+
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's attention scale for a context extension ``scale``: ``0.1 * mscale * ln(scale) + 1``
+    (1 when the context is not extended); DeepSeek's configs divide two of them.  Here, torch-free, so config readers can use it."""
+    if scale <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(scale) + 1.0
 
 
 @dataclass(frozen=True)

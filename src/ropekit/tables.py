@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .errors import RopePositionError, RopeSpecError
-from .frequencies import _check_precision, inv_freq
+from .frequencies import check_precision, inv_freq
 from .spec import RopeSpec
 
 __all__ = ["cos_sin", "as_positions", "mrope_axis_of_columns", "MAX_EXACT_POSITION"]
@@ -95,7 +95,7 @@ def cos_sin(
     """
     if not isinstance(spec, RopeSpec):
         raise RopeSpecError(f"spec must be a ropekit.RopeSpec, got {type(spec).__name__}")
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise RopeSpecError(f"dtype={dtype!r} must be a floating-point torch dtype")
     positions = as_positions(positions)

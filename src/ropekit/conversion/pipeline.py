@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RopeCheckpointError, RopeSpecError
+from ..layouts import PERMUTED_ROLES, qk_row_count
 from ..spec import RopeSpec, normalize_layout
 from .formats import open_checkpoint, raw
 from .formats.base import UNSUPPORTED_FAMILIES, Checkpoint, permute_tensor, role_of
@@ -237,21 +238,16 @@ def plan(ckpt: Checkpoint, dst_fmt: str, dst_layout: str, inv_freq: str = "keep"
                             )
                     continue
             dst = rename(name) if rename is not None else name
-            if role in ("q", "k", "qkv_neox", "qkv_concat"):
+            if role in PERMUTED_ROLES:
                 found_qk = True
                 if permute:
                     if ".lora_A" in name:  # pragma: no cover - role_of never says q/k for lora_A
                         raise AssertionError(name)
-                    expected = g.heads_for(role) * g.head_dim
-                    if role == "qkv_neox":
-                        expected = 3 * g.n_heads * g.head_dim
-                    elif role == "qkv_concat":
-                        expected = (g.n_heads + 2 * g.n_kv_heads) * g.head_dim
+                    expected, what = qk_row_count(role, g.n_heads, g.n_kv_heads, g.head_dim)
                     if not shape or shape[0] != expected:
                         raise RopeCheckpointError(
                             f"tensor {name} has shape {list(shape)} but {role} needs {expected} rows "
-                            f"(heads {g.heads_for(role) if role in ('q', 'k') else g.n_heads} x head_dim {g.head_dim}"
-                            f"{'' if role not in ('q', 'k') else ', n_kv_heads for k'}); check num_attention_heads / num_key_value_heads"
+                            f"({what}); check num_attention_heads / num_key_value_heads"
                         )
                     steps.append(Step("permute", name, dst, role, dtype, shape))
                     add_inv_freq_after(name, steps)
