@@ -4,8 +4,8 @@
 can be compared with one torch wrote for the same tensors.
 """
 
+from ropekit.conversion.formats.dtypes import torch_dtype
 from ropekit.conversion.formats.fixed_writer import FixedLayoutWriter
-from ropekit.conversion.formats.raw import torch_dtype
 
 
 def torch_pth_writer(ckpt, path, steps):
@@ -41,4 +41,4 @@ class PthWriter(FixedLayoutWriter):
             for name, t in layout.items()
         }
         sizes = {name: t.numel() * t.element_size() for name, t in layout.items()}
-        self._open(path, offsets, sizes, "r+b")
+        self.open_output(path, offsets, sizes, "r+b")

@@ -12,12 +12,12 @@ __all__ = ["FixedLayoutWriter"]
 
 class FixedLayoutWriter:
     """What every writer of a file whose tensor byte ranges are fixed up front shares: subclasses
-    set ``path``, ``offsets`` / ``sizes`` {name: payload offset / size} and open ``_f``; tensors
+    lay the file out, then call ``open_output`` with {name: payload offset} and {name: size}; tensors
     then arrive in any order, as bytes or as kernel copies from a source file.  Same interface as
     ``safetensors_io.SafetensorsWriter``."""
 
-    def _open(self, path, offsets: dict, sizes: dict, mode: str, file_size: int = 0) -> None:
-        """``file_size``: the whole new file's size, reserved at once (``preallocate``)."""
+    def open_output(self, path, offsets: dict, sizes: dict, mode: str, file_size: int = 0) -> None:
+        """Open the output file; ``file_size``: the whole new file's size, reserved at once (``preallocate``)."""
         self.path = os.fspath(path)
         self.offsets, self.sizes = offsets, sizes
         self.total_size = sum(sizes.values())

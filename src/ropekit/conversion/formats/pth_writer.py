@@ -54,7 +54,7 @@ class PthZipWriter(FixedLayoutWriter):
         archive = os.path.splitext(os.path.basename(os.fspath(path)))[0] or "archive"
         self._plan = (entries, archive, align)
         head, tail, tail_at, offsets = plan_pth(entries, archive, align)
-        self._open(path, offsets, {n: nbytes(d, s) for n, d, s in entries}, "w+b", tail_at + len(tail))
+        self.open_output(path, offsets, {n: nbytes(d, s) for n, d, s in entries}, "w+b", tail_at + len(tail))
         self._write_layout(head, tail, tail_at)
         self._crcs: dict = {}  # name -> CRC-32, or a Future of it
         self._summer = None  # the worker thread that sums copied ranges
