@@ -195,3 +195,56 @@ def test_model_state_dict_with_metadata_reads(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
     torch.save(model.state_dict(), tmp_path / "m.pth")
     assert_same(ropekit_reads(tmp_path / "m.pth"), torch_reads(tmp_path / "m.pth"))
+
+
+def _grow_first_dim(pkl):
+    """The first tensor's first dim + 1 (its storage stays the size it was)."""
+    i = pkl.index(b"tQK\x00(K") + 6  # after BINPERSID and storage offset 0: MARK, BININT1 <dim 0>
+    return pkl[:i] + bytes([pkl[i] + 1]) + pkl[i + 1 :]
+
+
+def convert_in_subprocess(*args):
+    """``ropekit convert`` in its own process (a crash shows as a signal exit, not a dead suite)."""
+    code = "import sys; from ropekit.cli import main; sys.exit(main(['convert', *sys.argv[1:], '--no-progress']))"
+    env = dict(os.environ, PYTHONPATH=os.environ.get("ROPEKIT_SRC", str(ROOT / "src")))
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "big-endian byteorder",
+        "DoubleStorage over float32 bytes",
+        "missing storage record",
+        "shape larger than its storage",
+    ],
+)
+def test_convert_refuses_a_damaged_meta_checkpoint(tmp_path, case):
+    """Meta -> HF on a consolidated.00.pth that torch would refuse (or byte-swap): exit 2, one line
+    naming the file, no DST -- not a crash, not a converted checkpoint with wrong bytes."""
+    import ropekit.conversion.pipeline as rkconvert
+
+    from checkpoints import hf_tensors, make_hf_dir, quiet
+
+    src = make_hf_dir(tmp_path / "hf", hf_tensors(torch.float32))
+    rkconvert.convert(src, tmp_path / "meta", **quiet(to="meta"))
+    pth = tmp_path / "meta" / "consolidated.00.pth"
+    ok = tmp_path / "ok.pth"
+    pth.rename(ok)
+    edits = {
+        "big-endian byteorder": dict(edit={"byteorder": lambda d: b"big"}),
+        "DoubleStorage over float32 bytes": dict(
+            edit={"data.pkl": lambda d: d.replace(b"FloatStorage", b"DoubleStorage", 1)}
+        ),
+        "missing storage record": dict(drop=("data/3",)),
+        "shape larger than its storage": dict(edit={"data.pkl": _grow_first_dim}),
+    }
+    rezip(ok, pth, **edits[case])
+    assert torch_reads(pth) is None or case == "big-endian byteorder"
+    out = convert_in_subprocess(tmp_path / "meta", tmp_path / "dst", "--to", "hf")
+    err = out.stderr.strip()
+    assert out.returncode == 2, (out.returncode, err[-800:])
+    assert len(err.splitlines()) == 1 and "consolidated.00.pth" in err, err
+    assert not (tmp_path / "dst").exists()

@@ -160,3 +160,34 @@ def test_header_reads_no_more_than_the_file(tmp_path):
     path.write_bytes(struct.pack("<Q", 99_999_999) + json.dumps({}).encode())
     with pytest.raises(RopeCheckpointError, match="does not fit in the file"):
         SafetensorsFile(path)
+
+
+@pytest.mark.parametrize("case", ["overlapping offsets", "trailing bytes", "non-string metadata value", "negative dim"])
+def test_convert_refuses_a_shard_the_reference_refuses(tmp_path, capsys, case):
+    """A transformers directory whose shard the safetensors library refuses: exit 2, one line
+    naming the shard, no DST (the converter used to convert such files and exit 0)."""
+    from ropekit.cli import main
+
+    from checkpoints import make_hf_dir
+
+    src = make_hf_dir(tmp_path / "src", n_shards=1)
+    shard = src / "model-00001-of-00001.safetensors"
+    good = SafetensorsFile(shard)
+    names = good.names()
+    # keep the shard's tensors, but give it the damaged header of the case (rebuilt around its own data)
+    header = json.loads(shard.read_bytes()[8 : good.data_start])
+    if case == "overlapping offsets":
+        header[names[1]]["data_offsets"] = [o - 2 for o in header[names[1]]["data_offsets"]]
+    elif case == "non-string metadata value":
+        header["__metadata__"] = {"format": 1}
+    elif case == "negative dim":
+        header[names[0]]["shape"] = [-s for s in header[names[0]]["shape"]]
+    raw = json.dumps(header).encode()
+    data = shard.read_bytes()[good.data_start :] + (b"X" if case == "trailing bytes" else b"")
+    shard.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    assert reference(shard) is None
+    capsys.readouterr()
+    assert main(["convert", str(src), str(tmp_path / "dst"), "--layout", "interleaved", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and shard.name in err, err
+    assert not (tmp_path / "dst").exists()
