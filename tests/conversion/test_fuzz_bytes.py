@@ -10,7 +10,8 @@ tensors, never a file the reference refuses.  .pth files are read in worker proc
 Bounded by default (a few seconds); ``ROPEKIT_FUZZ=long`` runs 40x more examples, randomized.
 ``ROPEKIT_FUZZ_COUNT=file.json`` only counts (attempts / clear errors / raw tracebacks / silent
 wrong results / crashes) instead of asserting, to measure a tree (``ROPEKIT_SRC`` names its src/
-for the workers; ``-o pythonpath="SRC tests"`` for the in-process safetensors side).
+for the workers; ``-o pythonpath="SRC tests"`` for the in-process safetensors side); ``ROPEKIT_FUZZ_SAVE=dir`` keeps
+the bytes of each failing example.
 """
 
 import collections
@@ -58,7 +59,7 @@ def report():
             json.dump(COUNTS, f, indent=1, sort_keys=True)
 
 
-def judge(fmt: str, reference, ropekit) -> None:
+def judge(fmt: str, reference, ropekit, data: bytes) -> None:
     """Count one attempt; fail (unless only counting) on anything but agreement or a clear refusal.
     ``reference``: {name: bits} or None (refused); ``ropekit``: ("read", {name: bits}) |
     ("refused", message) | ("raw", what) | ("crash", what)."""
@@ -73,6 +74,9 @@ def judge(fmt: str, reference, ropekit) -> None:
     else:
         verdict = kind  # raw traceback or crash
     c[verdict] += 1
+    keep = os.environ.get("ROPEKIT_FUZZ_SAVE")  # a folder for the bytes of every failing example
+    if keep and verdict not in ("agree", "clear_error"):
+        Path(keep, f"{fmt}-{verdict}-{c['attempts']}.bin").write_bytes(data)
     if kind == "refused" and reference is not None:
         c["refused_what_reference_reads"] += 1
     if not COUNT_ONLY:
@@ -210,7 +214,7 @@ def scratch():
 def test_fuzz_safetensors_bytes(scratch, data):
     path = scratch / "m.safetensors"
     path.write_bytes(data)
-    judge("safetensors", st_reference(path), st_ropekit(path))
+    judge("safetensors", st_reference(path), st_ropekit(path), data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,4 +384,4 @@ def test_fuzz_pth_bytes(scratch, workers, data):
         result = (got["verdict"], got["why"])
     if ref["verdict"] == "crash":
         COUNTS["pth"]["reference_crashed"] += 1
-    judge("pth", reference, result)
+    judge("pth", reference, result, data)

@@ -119,6 +119,29 @@ def _archive(z: zipfile.ZipFile) -> str:
     return prefix
 
 
+def _check_records(f, z: zipfile.ZipFile, size: int) -> None:
+    """Every record's local header where the central directory says, under the same name and
+    method, its bytes before the central directory; and the small records torch parses, parsed
+    (torch refuses the whole file when any of these is broken, whatever the tensors say)."""
+    for info in z.infolist():
+        f.seek(info.header_offset)
+        head = f.read(30)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            raise ValueError(f"record {info.filename[:80]} has no local header at byte {info.header_offset}")
+        method, n, e = struct.unpack("<H", head[8:10])[0], *struct.unpack("<HH", head[26:30])
+        name = f.read(n)
+        if method != info.compress_type or name.decode("utf-8", "replace") != info.filename:
+            raise ValueError(f"record {info.filename[:80]}: its local header disagrees with the central directory")
+        if info.header_offset + 30 + n + e + info.compress_size > z.start_dir:
+            raise ValueError(f"record {info.filename[:80]} runs into the central directory")
+    prefix = z.namelist()[0].split("/", 1)[0] + "/"
+    for rel in (".format_version", ".storage_alignment"):
+        if prefix + rel in z.namelist() and not z.read(prefix + rel).strip().isdigit():
+            raise ValueError(f"its {rel} record is not a number")
+    if prefix + ".data/serialization_id" in z.namelist():
+        z.read(prefix + ".data/serialization_id").decode("utf-8")  # UnicodeDecodeError is a ValueError
+
+
 def _payload_start(f, info: zipfile.ZipInfo, size: int) -> int:
     """Where a STORED record's bytes begin: after its local header, whatever padding it has."""
     f.seek(info.header_offset)
@@ -151,6 +174,8 @@ def _check_view(name: str, ref: TensorRef) -> None:
 def _records(path: str, size: int) -> dict[str, TensorRecord]:
     with _open_zip(path, size) as z:
         prefix = _archive(z)
+        with open(path, "rb") as f:
+            _check_records(f, z, size)
         pkl = z.getinfo(prefix + "data.pkl")
         if pkl.file_size > _MAX_PICKLE:
             raise ValueError(f"its data.pkl is {pkl.file_size} bytes")
