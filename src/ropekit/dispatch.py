@@ -19,7 +19,6 @@ import torch
 
 from .arguments import canonical_view, check_format, check_tables, shape_str
 from .errors import (
-    MissingDependencyError,
     RopeArgumentError,
     RopePositionError,
     RopeShapeError,
@@ -44,9 +43,10 @@ _WARNED: dict[str, bool] = {}
 
 
 def _triton_available() -> bool:
+    # a plain import statement: torch.compile traces it (importlib calls would break the graph)
     try:
-        require("triton", "triton")
-    except MissingDependencyError:
+        import triton  # noqa: F401
+    except ImportError:
         return False
     return True
 
@@ -57,7 +57,8 @@ def backend_name(x: torch.Tensor, backend: str | None) -> str:
         raise RopeArgumentError(f"backend={short_repr(backend)} must be None (auto) or one of {BACKENDS}")
     if backend is not None:
         if backend == "triton":
-            require("triton", "triton")  # MissingDependencyError naming the extra
+            if not _triton_available():
+                require("triton", "triton")  # raises MissingDependencyError naming the extra
             from .kernels.triton import interpreting
 
             if x.device.type != "cuda" and not interpreting():

@@ -95,6 +95,10 @@ def _from_offsets(offsets, B: int, S: int, format: str, device) -> torch.Tensor:
         return pos + off
     if off.dim() == 1 and off.numel() == B and format != "thd":
         return pos + off[:, None]
+    if format == "thd":
+        raise RopeShapeError(
+            f"offsets {shape_str(off)}: packed tokens take an int, or one per sequence with cu_seqlens"
+        )
     raise RopeShapeError(f"offsets {shape_str(off)} must be an int or have one entry per batch row ({B})")
 
 
