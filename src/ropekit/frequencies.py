@@ -25,8 +25,8 @@ import math
 
 import torch
 
-from .errors import RopeSpecError
-from .spec import Dynamic, Linear, Llama3, LongRope, Proportional, RopeSpec, Yarn, yarn_mscale
+from .errors import RopeSpecError, short_repr
+from .spec import MAX_INT, Dynamic, Linear, Llama3, LongRope, Proportional, RopeSpec, Yarn, yarn_mscale
 
 __all__ = ["inv_freq", "attention_factor", "PRECISIONS", "check_precision", "yarn_bounds"]
 
@@ -34,9 +34,10 @@ PRECISIONS = ("exact", "hf")
 
 
 def check_precision(precision: str) -> str:
-    """``precision`` itself when it is one of ``PRECISIONS``; a RopeArgumentError otherwise."""
-    if precision not in PRECISIONS:
-        raise RopeSpecError(f"precision={precision!r} must be one of {PRECISIONS}")
+    """``precision`` itself when it is one of ``PRECISIONS``; a RopeSpecError otherwise (a
+    precision mode is part of what the frequencies are)."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise RopeSpecError(f"precision={short_repr(precision)} must be one of {PRECISIONS}")
     return precision
 
 
@@ -44,9 +45,11 @@ def _check_seq_len(seq_len) -> int | None:
     if seq_len is None:
         return None
     if isinstance(seq_len, torch.Tensor):
+        if seq_len.numel() == 0 or seq_len.is_floating_point() or seq_len.is_complex() or seq_len.is_meta:
+            raise RopeSpecError(f"seq_len={short_repr(seq_len)} must be a non-negative integer or None")
         seq_len = int(seq_len.max().item())
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
-        raise RopeSpecError(f"seq_len={seq_len!r} must be a non-negative integer or None")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 0 <= seq_len <= MAX_INT:
+        raise RopeSpecError(f"seq_len={short_repr(seq_len)} must be an integer in [0, 2**53] or None")
     return seq_len
 
 
@@ -70,6 +73,11 @@ def attention_factor(spec: RopeSpec) -> float:
     if isinstance(s, LongRope):
         if s.factor <= 1.0:
             return 1.0
+        if s.original_max_position_embeddings < 2:  # ln(1) = 0 below
+            raise RopeSpecError(
+                f"scaling.original_max_position_embeddings={s.original_max_position_embeddings} must be >= 2 for "
+                f"longrope with factor={s.factor!r}: its attention factor divides by ln(original_max_position_embeddings)"
+            )
         return math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_position_embeddings))
     return 1.0
 
@@ -99,7 +107,10 @@ def yarn_bounds(s: Yarn, dim: int, base: float) -> tuple[float, float]:
 def _dynamic_base(s: Dynamic, dim: int, base: float, seq_len: int | None) -> float:
     seq_len = max(seq_len or 0, s.original_max_position_embeddings)
     growth = (s.factor * seq_len / s.original_max_position_embeddings) - (s.factor - 1)
-    return base * growth ** (dim / (dim - 2))
+    grown = base * growth ** (dim / (dim - 2))
+    if not math.isfinite(grown):
+        raise OverflowError(f"the dynamic base for seq_len={seq_len} is {grown}")  # inv_freq names the spec
+    return grown
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,5 +230,19 @@ def inv_freq(spec: RopeSpec, seq_len: int | None = None, precision: str = "exact
         raise RopeSpecError(f"spec must be a ropekit.RopeSpec, got {type(spec).__name__}")
     precision = check_precision(precision)
     seq_len = _check_seq_len(seq_len)
-    inv = _exact(spec, seq_len) if precision == "exact" else _hf(spec, seq_len)
-    return inv, attention_factor(spec)
+    try:
+        inv = _exact(spec, seq_len) if precision == "exact" else _hf(spec, seq_len)
+        factor = attention_factor(spec)
+    except (OverflowError, ZeroDivisionError) as exc:  # Python-float scalars of extreme specs
+        raise RopeSpecError(f"spec {spec.describe()} has no finite frequencies ({exc})") from None
+    if not (math.isfinite(factor) and factor > 0):
+        raise RopeSpecError(
+            f"spec {spec.describe()} gives attention factor {factor!r}; it must be finite and > 0 "
+            "(check attention_factor / scaling.mscale / scaling.mscale_all_dim)"
+        )
+    if not bool(torch.isfinite(inv).all()):
+        raise RopeSpecError(
+            f"spec {spec.describe()} gives non-finite inverse frequencies in precision={precision!r} "
+            f"(base={spec.base!r} overflows or underflows {inv.dtype})"
+        )
+    return inv, factor
