@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from .arguments import shape_str
 from .errors import RopeShapeError, short_repr
 from .layouts import head_row_order, normalize_layout, qk_row_count, stacked_head_order
 
@@ -37,10 +38,6 @@ __all__ = [
     "permute_mla_q",
     "permute_mla_kv_a",
 ]
-
-
-def _shape(t) -> str:
-    return "[" + ", ".join(str(n) for n in t.shape) + "]"
 
 
 def layout_index(rotary_dim: int, src: str, dst: str) -> torch.Tensor:
@@ -91,7 +88,7 @@ def _check_rows(w, n_rows: int, what: str, name: str, hint: str = "") -> None:
     if w.dim() == 0:
         raise RopeShapeError(f"{name} is a scalar; q/k weights have one row per output feature")
     if w.shape[0] != n_rows:
-        raise RopeShapeError(f"{name} {_shape(w)} has {w.shape[0]} rows but {what} = {n_rows}{hint}")
+        raise RopeShapeError(f"{name} {shape_str(w)} has {w.shape[0]} rows but {what} = {n_rows}{hint}")
 
 
 def permute_qk(

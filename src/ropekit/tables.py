@@ -146,6 +146,9 @@ def cos_sin(
     error is at most half an ulp of ``dtype`` (plus < 2e-9 at position 2**24).
     ``precision="hf"``: transformers' float32 arithmetic (float32 positions, angles and trig).
     ``seq_len`` (dynamic/longrope only) defaults to ``max(positions) + 1``, transformers' rule.
+    Refused before anything is allocated: tables over ``MAX_TABLE_ELEMENTS`` (2**30) entries,
+    positions that are not dense integer (or float) tensors with real values, devices that are not
+    usable here, and specs whose frequencies or attention factor are not finite in ``dtype``.
 
     >>> import math, ropekit as rk, torch
     >>> cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=4), torch.tensor([0, 1]), dtype=torch.float64)
