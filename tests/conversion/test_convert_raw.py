@@ -16,9 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-import ropekit.conversion.pipeline as rkconvert
+import ropekit.conversion.driver as rkconvert
 from ropekit.conversion.formats import raw
 from ropekit.conversion.formats.base import Geometry
+from ropekit.conversion.stream import Writers
 from ropekit.errors import RopeShapeError
 from ropekit.permute import permute_neox_qkv, permute_phi3_qkv, permute_qk
 from torch_writers import torch_pth_writer
@@ -139,9 +140,8 @@ def test_dtype_table_agrees_with_torch():
 def convert_both(monkeypatch, src, tmp_path, **kw):
     outs = []
     for flag in (True, False):
-        monkeypatch.setattr(rkconvert, "RAW_PERMUTE", flag)
         dst = tmp_path / f"out-{'raw' if flag else 'torch'}{src.suffix}"
-        rep = rkconvert.convert(src, dst, **quiet(**kw))
+        rep = rkconvert.convert(src, dst, writers=Writers(permute_bytes=flag), **quiet(**kw))
         outs.append((dst, rep))
     return outs
 
@@ -363,10 +363,10 @@ def test_pth_writer_equals_torch_save_path(tmp_path, monkeypatch, dtype):
     src = make_hf_dir(tmp_path / "src", hf_tensors(dtype, bias=True))
     outs = {}
     for flag in (True, False):
-        if not flag:  # the torch.save reference writer in place of the torch-free one
-            monkeypatch.setattr(rkconvert, "_pth_writer", torch_pth_writer)
+        # the torch.save reference writer in place of the torch-free one
+        writers = Writers() if flag else Writers(pth=torch_pth_writer)
         dst = tmp_path / f"meta-{flag}"
-        rkconvert.convert(src, dst, **quiet(to="meta"))
+        rkconvert.convert(src, dst, writers=writers, **quiet(to="meta"))
         outs[flag] = dst / "consolidated.00.pth"
     a, b = load_both_ways(outs[True]), load_both_ways(outs[False])
     assert list(a) == list(b) and all(a[k].dtype == b[k].dtype == dtype and same_bytes(a[k], b[k]) for k in a)
