@@ -40,7 +40,7 @@ from ..errors import MissingDependencyError, RopeCheckpointError, RopeSpecError
 from ..spec import RopeSpec
 from .formats import open_checkpoint
 from .formats.base import Checkpoint
-from .install import Staging, check_paths, clean_stale
+from .install import Staging, check_free, check_paths, clean_stale
 from .plan import Plan, Step, plan, target
 from .stream import Progress, Streamer, Writers
 
@@ -183,7 +183,11 @@ def convert(
     from .source import check_tree
 
     check_tree(src)
-    check_paths(src, dst, force or dry_run)  # a dry run writes nothing: an existing DST is only reported
+    check_paths(src, dst)
+    if not dry_run:  # a run killed between two renames left the old DST aside: put it back first
+        for line in clean_stale(dst):
+            log(line)
+    check_free(dst, force or dry_run)  # a dry run writes nothing: an existing DST is only reported
     ckpt = open_checkpoint(src, config=config, layout=src_layout)
     dst_fmt, dst_layout = target(ckpt, layout, to)
     need_spec = inv_freq in ("add", "verify")
@@ -200,8 +204,6 @@ def convert(
     if dry_run:
         _dry_run(ckpt, the_plan, dst, dst_fmt, dst_layout, force, log)
         return report
-    for line in clean_stale(dst):
-        log(line)
     options = dict(progress=progress, writers=writers or Writers(), after_tensor=after_tensor)
     options["meta_generation"] = meta_generation
     _write(ckpt, dst, dst_fmt, dst_layout, the_plan, report, options)

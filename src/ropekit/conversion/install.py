@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..errors import RopeCheckpointError
 
-__all__ = ["Staging", "check_paths", "clean_stale", "deferred_signals", "exchange", "PARTIAL", "OLD"]
+__all__ = ["Staging", "check_paths", "check_free", "clean_stale", "deferred_signals", "exchange", "PARTIAL", "OLD"]
 
 PARTIAL = ".ropekit-partial-"
 OLD = ".ropekit-old-"
@@ -41,17 +41,21 @@ _AT_FDCWD = -100
 _SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
-def check_paths(src: Path, dst: Path, force: bool) -> None:
-    """Refuse a DST that overlaps SRC, exists without ``force``, or has no parent directory."""
+def check_paths(src: Path, dst: Path) -> None:
+    """Refuse a DST that overlaps SRC or has no parent directory."""
     src_r, dst_r = src.resolve(), dst.resolve()
     if dst_r == src_r or src_r in dst_r.parents:
         raise RopeCheckpointError(f"dst={str(dst)!r} is inside src={str(src)!r}; write the conversion next to it")
     if dst_r in src_r.parents:
         raise RopeCheckpointError(f"src={str(src)!r} is inside dst={str(dst)!r}; replacing dst would delete src")
-    if (dst.exists() or dst.is_symlink()) and not force:
-        raise RopeCheckpointError(f"dst={str(dst)!r} exists; pass force=True to replace it")
     if not dst_r.parent.is_dir():
         raise RopeCheckpointError(f"dst={str(dst)!r}: its parent directory does not exist")
+
+
+def check_free(dst: Path, force: bool) -> None:
+    """Refuse an existing DST without ``force`` (after ``clean_stale`` may have restored one)."""
+    if (dst.exists() or dst.is_symlink()) and not force:
+        raise RopeCheckpointError(f"dst={str(dst)!r} exists; pass force=True to replace it")
 
 
 @contextlib.contextmanager
