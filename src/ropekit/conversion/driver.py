@@ -94,10 +94,12 @@ def spec_for(ckpt: Checkpoint, spec, why: str) -> RopeSpec:
 
 def _require(module: str, why: str, install: str) -> None:
     """Fail before anything is written when an optional module a requested step needs is missing."""
-    import importlib.util
+    import importlib
 
-    if importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(f"{why} needs {module}, which is not installed: {install}")
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(f"{why} needs {module}, which is not installed: {install}") from None
 
 
 def _check_dependencies(inv_freq: str, verify: bool) -> None:
