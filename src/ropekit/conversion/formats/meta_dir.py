@@ -88,10 +88,14 @@ def is_meta_dir(path: Path) -> bool:
 
 def _geometry(params: dict, source: str) -> Geometry:
     for key in ("dim", "n_heads", "n_layers"):
-        if not isinstance(params.get(key), int) or params[key] < 1:
+        if isinstance(params.get(key), bool) or not isinstance(params.get(key), int) or params[key] < 1:
             raise RopeCheckpointError(f"{source}: {key}={params.get(key)!r} must be a positive integer")
     n_heads = params["n_heads"]
-    n_kv = params.get("n_kv_heads") or n_heads
+    n_kv = params.get("n_kv_heads")
+    if n_kv is None:
+        n_kv = n_heads
+    elif isinstance(n_kv, bool) or not isinstance(n_kv, int) or n_kv < 1:
+        raise RopeCheckpointError(f"{source}: n_kv_heads={n_kv!r} must be a positive integer")
     if params["dim"] % n_heads:
         raise RopeCheckpointError(f"{source}: dim={params['dim']} is not divisible by n_heads={n_heads}")
     head_dim = params["dim"] // n_heads
