@@ -130,7 +130,8 @@ def _siblings(dst: Path, marker: str):
     """(path, pid) of every sibling of DST with ``marker`` whose writer is no longer running."""
     for p in dst.parent.glob(f".{dst.name}{marker}*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        # this process's own siblings are stale too: its runs for one DST are one after another
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
             yield p
 
 
