@@ -8,6 +8,7 @@ original context 8192) are restated here as field lists: the tests cannot fetch 
 
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
@@ -175,3 +176,34 @@ def test_meta_rope_freqs_is_not_copied_into_every_layer(tmp_path):
     convert(tmp_path / "meta", tmp_path / "hf_f", to="hf", inv_freq="add", **quiet())
     stored = {n: t for n, t in read_all(tmp_path / "hf_f").items() if "inv_freq" in n}
     assert len(stored) == 2 and all(t.dtype == torch.float32 for t in stored.values())
+
+
+def test_verify_reads_the_output_with_the_reference_readers(tmp_path, monkeypatch):
+    """--verify once re-read DST with ropekit's own reader, so a writer and reader sharing a bug
+    passed; now every output file goes through safetensors.safe_open / torch.load(weights_only=True)."""
+    import safetensors
+
+    src = make_hf_dir(tmp_path / "src", hf_tensors(torch.float32))
+    opened, loaded = [], []
+    real_open, real_load = safetensors.safe_open, torch.load
+    monkeypatch.setattr(safetensors, "safe_open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: loaded.append((str(path), k)) or real_load(path, *a, **k))
+    convert(src, tmp_path / "inter", layout="interleaved", verify=True, **quiet())
+    assert sorted(os.path.basename(p) for p in opened) == sorted(
+        p.name for p in (tmp_path / "inter").glob("*.safetensors")
+    )
+    convert(src, tmp_path / "meta", to="meta", verify=True, **quiet())
+    assert [(os.path.basename(p), k.get("weights_only")) for p, k in loaded] == [("consolidated.00.pth", True)]
+
+
+def test_a_fifo_given_as_spec_or_config_is_refused_without_blocking(tmp_path, capsys):
+    src = make_hf_dir(tmp_path / "src")
+    os.mkfifo(tmp_path / "fifo")
+    assert "is not a regular file" in _cli_error(
+        capsys, src, tmp_path / "d", "--inv-freq", "add", "--spec", tmp_path / "fifo"
+    )
+    sd = tmp_path / "sd.safetensors"
+    save_file(hf_tensors(), sd)
+    assert "is a FIFO" in _cli_error(
+        capsys, sd, tmp_path / "o.safetensors", "--layout", "interleaved", "--config", tmp_path / "fifo"
+    )

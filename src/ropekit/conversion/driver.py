@@ -74,9 +74,15 @@ def spec_for(ckpt: Checkpoint, spec, why: str) -> RopeSpec:
     if isinstance(spec, RopeSpec):
         return spec
     if isinstance(spec, (str, os.PathLike)):
+        import stat
+
         try:
+            if not stat.S_ISREG(os.stat(spec).st_mode):  # a FIFO would block the read
+                raise RopeSpecError(f"spec={str(spec)!r} is not a regular file")
             return RopeSpec.from_json(Path(spec).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
+            if isinstance(exc, RopeSpecError):
+                raise
             raise RopeSpecError(f"spec={str(spec)!r}: not a RopeSpec JSON file ({str(exc)[:200]})") from None
     if spec is not None:
         raise RopeSpecError(f"spec={spec!r} must be a RopeSpec or the path of its JSON")

@@ -1,4 +1,4 @@
-"""``convert --verify``: are two checkpoints the same model as far as RoPE can tell?
+"""``convert(verify=True)``: are two checkpoints the same model as far as RoPE can tell?
 
 For every layer, both sides project the same random hidden states to q and k (float64, biases
 included), rotate them in *their own* layout with the same exact tables, and form the attention

@@ -34,11 +34,12 @@ def is_hf_dir(path: Path) -> bool:
 
 
 def read_json(path: Path) -> dict:
-    """A JSON object from a regular file (a FIFO would block, a link could point anywhere)."""
+    """A JSON object from a regular file (a FIFO would block).  Links inside SRC were refused
+    before (conversion/source.py); a config the user names may be one."""
     import stat
 
     try:
-        st = os.lstat(path)
+        st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
             from ..source import kind_of
 
