@@ -103,13 +103,47 @@ SCENARIOS = [
     ("hf-layout-new", dict(layout="interleaved"), False),
     ("hf-layout-force", dict(layout="interleaved", force=True), True),
     ("hf-to-meta-force", dict(to="meta", force=True), True),
+    ("two-step-force", dict(layout="interleaved", force=True), True),  # a file system without RENAME_EXCHANGE
 ]
+
+
+class NoExchange:
+    """Make ``install.exchange`` report a file system without RENAME_EXCHANGE (the two-step path)."""
+
+    def __init__(self, on: bool):
+        self.on, self.saved = on, None
+
+    def __enter__(self):
+        try:
+            from ropekit.conversion import install
+        except ImportError:  # a tree before install.py: always two renames
+            return self
+        if self.on:
+            self.saved = install.exchange
+            install.exchange = lambda a, b: False
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            from ropekit.conversion import install
+
+            install.exchange = self.saved
+        return False
 
 
 class Outcomes:
     """The tallies the notes report."""
 
-    KINDS = ("attempts", "clear_errors", "raw_tracebacks", "silent_wrong", "crashes", "data_lost", "left_behind")
+    KINDS = (
+        "attempts",
+        "clear_errors",
+        "raw_tracebacks",
+        "silent_wrong",
+        "crashes",
+        "data_lost",
+        "left_behind",
+        "restored_by_next_run",
+    )
 
     def __init__(self):
         self.counts = dict.fromkeys(self.KINDS, 0)
@@ -137,7 +171,6 @@ def judge(out: Outcomes, label: str, src_before, src_after, dst_before, dst_afte
 def run_in_process(work: Path, make_src, ks=None) -> Outcomes:
     """Every scenario, failing at each call number in ``ks(n)`` (default: all)."""
     from ropekit import convert
-    from ropekit.errors import RopeError
 
     out = Outcomes()
     quiet = dict(progress=False, log=lambda s: None)
@@ -159,25 +192,32 @@ def run_in_process(work: Path, make_src, ks=None) -> Outcomes:
             convert(src, dst, **dict(kw, force=True), **quiet)
         n = len(counting.calls)
         for k in ks(n) if ks else range(1, n + 1):
-            fresh()
-            src_before, dst_before = content_digest(src), content_digest(dst)
-            out.add("attempts")
-            label = f"{name} #{k}/{n}"
-            exc = KeyboardInterrupt if k % 2 else Injected
-            try:
-                with Faults(k, action=lambda where, exc=exc: (_ for _ in ()).throw(exc(where))) as f:
-                    convert(src, dst, **kw, **quiet)
-                label += f" ({f.calls[k - 1] if len(f.calls) >= k else '?'})"
-            except (Injected, KeyboardInterrupt):
-                out.add("clear_errors")
-            except RopeError:
-                out.add("clear_errors")
-            except Exception as e:  # a raw error from deep inside: what the CLI would print as a traceback
-                out.add("raw_tracebacks", f"{label}: {type(e).__name__}: {e}")
-            dst_after = content_digest(dst)
-            convert(src, dst, **dict(kw, force=True), **quiet)  # the next run for the same DST
-            judge(out, label, src_before, content_digest(src), dst_before, dst_after, reference, hidden_siblings(dst))
+            with NoExchange(name.startswith("two-step")):
+                _one_case(out, name, kw, k, n, src, dst, fresh, reference, quiet)
     return out
+
+
+def _one_case(out, name, kw, k, n, src, dst, fresh, reference, quiet):
+    """Fail call ``k`` of ``n`` of one scenario (an exception, KeyboardInterrupt every other k), judge."""
+    from ropekit import convert
+    from ropekit.errors import RopeError
+
+    fresh()
+    src_before, dst_before = content_digest(src), content_digest(dst)
+    out.add("attempts")
+    label = f"{name} #{k}/{n}"
+    exc = KeyboardInterrupt if k % 2 else Injected
+    try:
+        with Faults(k, action=lambda where: (_ for _ in ()).throw(exc(where))) as f:
+            convert(src, dst, **kw, **quiet)
+        label += f" ({f.calls[k - 1] if len(f.calls) >= k else '?'})"
+    except (Injected, KeyboardInterrupt, RopeError):
+        out.add("clear_errors")
+    except Exception as e:  # a raw error from deep inside: what the CLI would print as a traceback
+        out.add("raw_tracebacks", f"{label}: {type(e).__name__}: {e}")
+    dst_after = content_digest(dst)
+    convert(src, dst, **dict(kw, force=True), **quiet)  # the next run for the same DST
+    judge(out, label, src_before, content_digest(src), dst_before, dst_after, reference, hidden_siblings(dst))
 
 
 _CHILD = """
@@ -185,15 +225,17 @@ import os, signal, sys
 sys.path[:0] = [{tests!r}]
 import faults
 sig, k = int(sys.argv[1]), int(sys.argv[2])
-with faults.Faults(k, action=lambda where: os.kill(os.getpid(), sig)):
+two_step = faults.NoExchange(os.environ.get("ROPEKIT_TEST_TWO_STEP") == "1")
+with two_step, faults.Faults(k, action=lambda where: os.kill(os.getpid(), sig)):
     from ropekit.cli import main
     code = main(sys.argv[3:])
 sys.exit(code)
 """
 
 
-def run_killed(work: Path, make_src, src_root: Path, cases) -> Outcomes:
-    """``cases``: [(signal, k)] for the hf-layout-force scenario, each in its own process."""
+def run_killed(work: Path, make_src, src_root: Path, cases, two_step: bool = False) -> Outcomes:
+    """``cases``: [(signal, k)] for the hf-layout-force scenario, each in its own process
+    (``two_step``: on a file system without RENAME_EXCHANGE)."""
     from ropekit import convert
 
     out = Outcomes()
@@ -204,6 +246,7 @@ def run_killed(work: Path, make_src, src_root: Path, cases) -> Outcomes:
     reference = content_digest(base / "ref")
     dst = base / "dst"
     env = dict(os.environ, PYTHONPATH=f"{Path(__file__).parent}{os.pathsep}{src_root}")
+    env["ROPEKIT_TEST_TWO_STEP"] = "1" if two_step else "0"
     child = _CHILD.format(tests=str(Path(__file__).parent))
     for sig, k in cases:
         shutil.rmtree(dst, ignore_errors=True)
@@ -222,6 +265,16 @@ def run_killed(work: Path, make_src, src_root: Path, cases) -> Outcomes:
         else:
             out.add("crashes", f"{label}: exit {proc.returncode}")
         dst_after = content_digest(dst)
+        if dst_after is None and hidden_siblings(dst):  # killed between two renames: the next run restores
+            from ropekit.errors import RopeError
+
+            try:
+                convert(src, dst, dry_run=True, **quiet)
+                convert(src, dst, layout="interleaved", **quiet)  # without force: refused if DST came back
+            except RopeError:
+                pass
+            dst_after = content_digest(dst)
+            out.add("restored_by_next_run", label)
         convert(src, dst, layout="interleaved", force=True, **quiet)  # the next run
         judge(out, label, src_before, content_digest(src), dst_before, dst_after, reference, hidden_siblings(dst))
     return out
@@ -240,8 +293,10 @@ def main_report(long: bool) -> None:  # pragma: no cover - run by hand
         a = run_in_process(Path(d) / "in", make_hf_dir, sample)
         cases = [(s, k) for s in (signal.SIGTERM, signal.SIGKILL) for k in ((5, 20, 40, 60, 80) if long else (10, 40))]
         b = run_killed(Path(d) / "out", make_hf_dir, src_root, cases)
-    print(json.dumps({"tree": str(src_root), "in_process": a.counts, "killed": b.counts}, indent=1))
-    for line in (a.failures + b.failures)[:20]:
+        c = run_killed(Path(d) / "two", make_hf_dir, src_root, cases, two_step=True)
+    report = {"tree": str(src_root), "in_process": a.counts, "killed": b.counts, "killed_two_step": c.counts}
+    print(json.dumps(report, indent=1))
+    for line in (a.failures + b.failures + c.failures)[:20]:
         print(" ", line)
 
 
