@@ -193,8 +193,11 @@ def convert(
     check_tree(src)
     check_paths(src, dst)
     if not dry_run:  # a run killed between two renames left the old DST aside: put it back first
-        for line in clean_stale(dst):
-            log(line)
+        try:
+            for line in clean_stale(dst):
+                log(line)
+        except OSError as exc:
+            raise RopeCheckpointError(f"dst={str(dst)!r}: cannot clean up {exc.filename}: {exc.strerror}") from None
     check_free(dst, force or dry_run)  # a dry run writes nothing: an existing DST is only reported
     ckpt = open_checkpoint(src, config=config, layout=src_layout)
     dst_fmt, dst_layout = target(ckpt, layout, to)
