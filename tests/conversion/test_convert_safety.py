@@ -277,3 +277,21 @@ def test_dst_name_too_long_is_one_line(tmp_path, capsys):
     err = _cli_error(capsys, src, tmp_path / ("d" * 240), "--layout", "interleaved")
     assert "File name too long" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_signal_during_a_deferred_section_is_delivered_after_it():
+    """Renames and clean-ups run with SIGINT / SIGTERM held back, then re-raised: a second Ctrl-C
+    cannot cut a clean-up short, and the signal is not lost either."""
+    from ropekit.conversion.install import deferred_signals
+
+    got = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: got.append("handled"))
+    try:
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # without the deferral the handler runs here
+            got.append("section done")
+        time.sleep(0.01)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert got == ["section done", "handled"]

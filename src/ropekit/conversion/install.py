@@ -69,6 +69,8 @@ def deferred_signals():
     held: list[int] = []
     previous = {}
     for sig in _SIGNALS:
+        if signal.getsignal(sig) is None:  # a handler installed outside Python: cannot be put back
+            continue
         previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
     try:
         yield
