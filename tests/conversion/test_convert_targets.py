@@ -207,3 +207,39 @@ def test_a_fifo_given_as_spec_or_config_is_refused_without_blocking(tmp_path, ca
     assert "is a FIFO" in _cli_error(
         capsys, sd, tmp_path / "o.safetensors", "--layout", "interleaved", "--config", tmp_path / "fifo"
     )
+
+
+def test_verify_catches_a_copied_tensor_with_wrong_bytes(tmp_path):
+    """A writer that damages a pass-through tensor (q/k scores cannot see it) fails --verify."""
+    from ropekit.conversion.formats.safetensors_io import SafetensorsWriter
+    from ropekit.conversion.stream import Writers
+
+    class Damaging(SafetensorsWriter):
+        def close(self):
+            super().close()
+            with open(self.path, "r+b") as f:  # flip one byte of the last tensor's data
+                f.seek(-1, 2)
+                b = f.read(1)
+                f.seek(-1, 2)
+                f.write(bytes([b[0] ^ 0x40]))
+
+    src = make_hf_dir(tmp_path / "src", hf_tensors(torch.float32))
+    with pytest.raises(rk.RopeCheckpointError, match="verify failed: .* is not a copy of"):
+        convert(
+            src, tmp_path / "d", layout="interleaved", verify=True, writers=Writers(safetensors=Damaging), **quiet()
+        )
+
+
+def test_verify_reports_an_unreadable_output_in_one_error(tmp_path):
+    """A damaged output is a RopeCheckpointError of --verify, not a traceback from a reader."""
+    from ropekit.conversion.formats.torch_zip import PthZipWriter
+    from ropekit.conversion.stream import Writers
+
+    class Truncating(PthZipWriter):
+        def close(self):
+            super().close()
+            os.truncate(self.path, 100)
+
+    src = make_hf_dir(tmp_path / "src", hf_tensors(torch.float32))
+    with pytest.raises(rk.RopeCheckpointError, match="consolidated.00.pth"):
+        convert(src, tmp_path / "m", to="meta", verify=True, writers=Writers(pth=Truncating), **quiet())

@@ -227,7 +227,9 @@ def convert(
         f"{report.bytes_written / 2**20:.1f} MiB in {report.seconds:.2f} s"
     )
     if verify:
-        _verify_output(ckpt, dst, spec, the_spec, config, dst_layout if dst_fmt == "state_dict" else None, report, log)
+        copies = [(s.src, s.dst) for s in the_plan.steps() if s.action == "copy"]
+        file_layout = dst_layout if dst_fmt == "state_dict" else None
+        _verify_output(ckpt, dst, spec, the_spec, config, file_layout, copies, report, log)
     return report
 
 
@@ -242,7 +244,7 @@ def _verify_stored_frequencies(ckpt, spec, report, log) -> None:
         log("inv_freq verify: the checkpoint stores no inv_freq tensors; nothing to check")
 
 
-def _verify_output(ckpt, dst: Path, spec, the_spec, config, file_layout, report, log) -> None:
+def _verify_output(ckpt, dst: Path, spec, the_spec, config, file_layout, copies, report, log) -> None:
     from .verify import check_conversion
 
     spec_v = the_spec
@@ -256,7 +258,7 @@ def _verify_output(ckpt, dst: Path, spec, the_spec, config, file_layout, report,
                 f"verify: no model spec ({str(exc).split(';')[0]}); using base 10000 for the check (layout errors show with any frequencies)"
             )
     explicit = spec is not None
-    max_abs, max_rel, per_layer = check_conversion(ckpt, dst, spec_v, config, file_layout, explicit)
+    max_abs, max_rel, per_layer = check_conversion(ckpt, dst, spec_v, config, file_layout, explicit, copies)
     report.verify_max_abs, report.verify_max_rel = max_abs, max_rel
     log(
         f"verify: attention scores q.k on random inputs, {len(per_layer)} layer(s): max |diff| {max_abs:.3e} (relative {max_rel:.3e})"

@@ -99,12 +99,18 @@ class Reread(Checkpoint):
         base = self.path if self.path.is_dir() else self.path.parent
         for file, names in opened.shards:
             path = self.path if self.path.is_file() else base / file
-            if path.suffix == ".safetensors":
-                handle = safe_open(str(path), "pt")
-                keys = set(handle.keys())
-            else:
-                handle = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                keys = set(handle)
+            try:
+                if path.suffix == ".safetensors":
+                    handle = safe_open(str(path), "pt")
+                    keys = set(handle.keys())
+                else:
+                    handle = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                    keys = set(handle)
+            except Exception as exc:  # the output is what a reference reader refuses: that is the finding
+                first = (str(exc).splitlines() or [""])[0][:200]
+                raise RopeCheckpointError(
+                    f"verify failed: {path} cannot be loaded by the reference reader ({type(exc).__name__}: {first})"
+                ) from None
             if keys != set(names):
                 raise RopeCheckpointError(
                     f"verify: {path} holds {sorted(keys ^ set(names))[:3]} that ropekit did not plan"
@@ -131,9 +137,26 @@ def output_spec(dst: Checkpoint, fallback: RopeSpec) -> RopeSpec:
     return fallback
 
 
-def check_conversion(src: Checkpoint, dst_path, spec: RopeSpec, config=None, file_layout=None, explicit=False):
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal dtype, shape and bytes (NaN payloads and -0.0 included)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def check_copies(src: Checkpoint, dst: Checkpoint, copies) -> None:
+    """Every tensor the plan copied (``copies``: [(source name, output name)]) has the source's bits."""
+    for src_name, dst_name in copies:
+        if not same_bits(src.tensor(src_name), dst.tensor(dst_name)):
+            raise RopeCheckpointError(f"verify failed: {dst_name} in {dst.path} is not a copy of {src_name}")
+
+
+def check_conversion(
+    src: Checkpoint, dst_path, spec: RopeSpec, config=None, file_layout=None, explicit=False, copies=()
+):
     """``compare_scores`` of SRC (its spec: ``spec``) and the output at ``dst_path`` re-read
-    independently (its spec: what its own config says, unless ``explicit``)."""
+    independently (its spec: what its own config says, unless ``explicit``), after checking that
+    the ``copies`` [(source name, output name)] hold the source's bits."""
     from ..errors import RopeSpecError
     from .formats import open_checkpoint
 
@@ -142,4 +165,6 @@ def check_conversion(src: Checkpoint, dst_path, spec: RopeSpec, config=None, fil
         spec_b = spec if explicit else output_spec(dst, spec)
     except RopeSpecError:  # the output's config gives no spec: its source's could not either
         spec_b = spec
-    return compare_scores(src, Reread(dst), spec, spec_b=spec_b)
+    reread = Reread(dst)
+    check_copies(src, reread, copies)
+    return compare_scores(src, reread, spec, spec_b=spec_b)
