@@ -42,8 +42,10 @@ class Injected(RuntimeError):
 class Faults:
     """Count calls to every point; at call ``fail_at`` (1-based) run ``action`` instead."""
 
-    def __init__(self, fail_at: int | None = None, action=None):
+    def __init__(self, fail_at: int | None = None, action=None, only: str | None = None):
+        """``only``: count calls to that point alone (e.g. ``"os.rename"``)."""
         self.fail_at, self.action = fail_at, action or (lambda where: (_ for _ in ()).throw(Injected(where)))
+        self.only = only
         self.calls: list[str] = []
         self._lock = threading.Lock()
         self._saved = []
@@ -54,6 +56,8 @@ class Faults:
             # I/O threads write too, and must not be hit)
             me = threading.current_thread()
             if me is not self._owner and not me.name.startswith("ropekit-"):
+                return fn(*args, **kwargs)
+            if self.only is not None and where != self.only:
                 return fn(*args, **kwargs)
             with self._lock:
                 self.calls.append(where)
@@ -230,9 +234,10 @@ _CHILD = """
 import os, signal, sys
 sys.path[:0] = [{tests!r}]
 import faults
-sig, k = int(sys.argv[1]), int(sys.argv[2])
+sig, at = int(sys.argv[1]), sys.argv[2]
+only, k = at.rsplit(":", 1) if ":" in at else (None, at)
 two_step = faults.NoExchange(os.environ.get("ROPEKIT_TEST_TWO_STEP") == "1")
-with two_step, faults.Faults(k, action=lambda where: os.kill(os.getpid(), sig)):
+with two_step, faults.Faults(int(k), action=lambda where: os.kill(os.getpid(), sig), only=only):
     from ropekit.cli import main
     code = main(sys.argv[3:])
 sys.exit(code)
@@ -240,7 +245,8 @@ sys.exit(code)
 
 
 def run_killed(work: Path, make_src, src_root: Path, cases, two_step: bool = False) -> Outcomes:
-    """``cases``: [(signal, k)] for the hf-layout-force scenario, each in its own process
+    """``cases``: [(signal, k)] for the hf-layout-force scenario, each in its own process; k is a
+    call number, or ``"point:n"`` for the n-th call to one point (``"os.rename:1"``)
     (``two_step``: on a file system without RENAME_EXCHANGE)."""
     from ropekit import convert
 
@@ -263,7 +269,7 @@ def run_killed(work: Path, make_src, src_root: Path, cases, two_step: bool = Fal
         proc = subprocess.run(
             [sys.executable, "-c", child, *argv, "--no-progress"], env=env, capture_output=True, text=True
         )
-        label = f"{signal.Signals(sig).name} at #{k}"
+        label = f"{signal.Signals(sig).name} at #{k}{' (two-step)' if two_step else ''}"
         if "Traceback" in proc.stderr:
             out.add("raw_tracebacks", f"{label}: {proc.stderr.strip().splitlines()[-1]}")
         elif proc.returncode in (0, 2, 130, -signal.SIGKILL, -signal.SIGTERM):
@@ -297,7 +303,9 @@ def main_report(long: bool) -> None:  # pragma: no cover - run by hand
     with tempfile.TemporaryDirectory() as d:
         sample = None if long else (lambda n: sorted({1 + (i * (n - 1)) // 11 for i in range(12)}))
         a = run_in_process(Path(d) / "in", make_hf_dir, sample)
-        cases = [(s, k) for s in (signal.SIGTERM, signal.SIGKILL) for k in ((5, 20, 40, 60, 80) if long else (10, 40))]
+        ks = (5, 20, 40, 60, 80) if long else (10, 40)
+        ks += ("os.rename:1", "os.rename:2", "install.exchange:1")  # the install itself
+        cases = [(s, k) for s in (signal.SIGTERM, signal.SIGKILL) for k in ks]
         b = run_killed(Path(d) / "out", make_hf_dir, src_root, cases)
         c = run_killed(Path(d) / "two", make_hf_dir, src_root, cases, two_step=True)
     report = {"tree": str(src_root), "in_process": a.counts, "killed": b.counts, "killed_two_step": c.counts}
