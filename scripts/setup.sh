@@ -9,4 +9,4 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[hf,triton,plot,fast,test]"
+python -m pip install -q -e ".[hf,litgpt,triton,plot,fast,test]"

@@ -23,6 +23,8 @@ from .errors import (
     RopePositionError,
     RopeShapeError,
     RopeSpecError,
+    RopeSpecTypeError,
+    RopeTypeError,
 )
 
 __version__ = "0.1.0"
@@ -83,6 +85,8 @@ __all__ = [
     "RopeShapeError",
     "RopeSpec",
     "RopeSpecError",
+    "RopeSpecTypeError",
+    "RopeTypeError",
     "RotaryEmbedding",
     "Yarn",
     "apply_rope",

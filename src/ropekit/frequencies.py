@@ -25,17 +25,19 @@ import math
 
 import torch
 
-from .errors import RopeSpecError
-from .spec import Dynamic, Linear, Llama3, LongRope, Proportional, RopeSpec, Yarn
+from .errors import RopeSpecError, short_repr
+from .spec import MAX_INT, Dynamic, Linear, Llama3, LongRope, Proportional, RopeSpec, Yarn, yarn_mscale
 
-__all__ = ["inv_freq", "attention_factor", "PRECISIONS"]
+__all__ = ["inv_freq", "attention_factor", "PRECISIONS", "check_precision", "yarn_bounds"]
 
 PRECISIONS = ("exact", "hf")
 
 
-def _check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise RopeSpecError(f"precision={precision!r} must be one of {PRECISIONS}")
+def check_precision(precision: str) -> str:
+    """``precision`` itself when it is one of ``PRECISIONS``; a RopeSpecError otherwise (a
+    precision mode is part of what the frequencies are)."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise RopeSpecError(f"precision={short_repr(precision)} must be one of {PRECISIONS}")
     return precision
 
 
@@ -43,21 +45,17 @@ def _check_seq_len(seq_len) -> int | None:
     if seq_len is None:
         return None
     if isinstance(seq_len, torch.Tensor):
+        if seq_len.numel() == 0 or seq_len.is_floating_point() or seq_len.is_complex() or seq_len.is_meta:
+            raise RopeSpecError(f"seq_len={short_repr(seq_len)} must be a non-negative integer or None")
         seq_len = int(seq_len.max().item())
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
-        raise RopeSpecError(f"seq_len={seq_len!r} must be a non-negative integer or None")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 0 <= seq_len <= MAX_INT:
+        raise RopeSpecError(f"seq_len={short_repr(seq_len)} must be an integer in [0, 2**53] or None")
     return seq_len
 
 
 # ---------------------------------------------------------------------------------------------
 # attention factor (a Python float: transformers multiplies cos/sin by a Python float too)
 # ---------------------------------------------------------------------------------------------
-
-
-def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
-    if scale <= 1:
-        return 1.0
-    return 0.1 * mscale * math.log(scale) + 1.0
 
 
 def attention_factor(spec: RopeSpec) -> float:
@@ -70,11 +68,16 @@ def attention_factor(spec: RopeSpec) -> float:
     if isinstance(s, Yarn):
         # transformers tests truthiness: a 0 mscale counts as absent, and so it does here.
         if s.mscale and s.mscale_all_dim:
-            return float(_yarn_mscale(s.factor, s.mscale) / _yarn_mscale(s.factor, s.mscale_all_dim))
-        return _yarn_mscale(s.factor)
+            return float(yarn_mscale(s.factor, s.mscale) / yarn_mscale(s.factor, s.mscale_all_dim))
+        return yarn_mscale(s.factor)
     if isinstance(s, LongRope):
         if s.factor <= 1.0:
             return 1.0
+        if s.original_max_position_embeddings < 2:  # ln(1) = 0 below
+            raise RopeSpecError(
+                f"scaling.original_max_position_embeddings={s.original_max_position_embeddings} must be >= 2 for "
+                f"longrope with factor={s.factor!r}: its attention factor divides by ln(original_max_position_embeddings)"
+            )
         return math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_position_embeddings))
     return 1.0
 
@@ -84,7 +87,10 @@ def attention_factor(spec: RopeSpec) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _yarn_bounds(s: Yarn, dim: int, base: float) -> tuple[float, float]:
+def yarn_bounds(s: Yarn, dim: int, base: float) -> tuple[float, float]:
+    """The (low, high) pair indices of YaRN's ramp: below low frequencies are kept, above high
+    they are interpolated (divided by the factor)."""
+
     def correction_dim(rotations: float) -> float:
         # the dimension whose wavelength fits `rotations` times into the original context
         return (dim * math.log(s.original_max_position_embeddings / (rotations * 2 * math.pi))) / (2 * math.log(base))
@@ -101,7 +107,10 @@ def _yarn_bounds(s: Yarn, dim: int, base: float) -> tuple[float, float]:
 def _dynamic_base(s: Dynamic, dim: int, base: float, seq_len: int | None) -> float:
     seq_len = max(seq_len or 0, s.original_max_position_embeddings)
     growth = (s.factor * seq_len / s.original_max_position_embeddings) - (s.factor - 1)
-    return base * growth ** (dim / (dim - 2))
+    grown = base * growth ** (dim / (dim - 2))
+    if not math.isfinite(grown):
+        raise OverflowError(f"the dynamic base for seq_len={seq_len} is {grown}")  # inv_freq names the spec
+    return grown
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +142,7 @@ def _exact(spec: RopeSpec, seq_len: int | None) -> torch.Tensor:
         ext = torch.tensor(s.long_factor if long else s.short_factor, dtype=f64)
         return inv / ext
     if isinstance(s, Yarn):
-        low, high = _yarn_bounds(s, r, base)
+        low, high = yarn_bounds(s, r, base)
         ramp = ((torch.arange(r // 2, dtype=f64) - low) / (high - low)).clamp(0, 1)
         keep = 1 - ramp  # 1: extrapolate (keep the frequency), 0: interpolate (divide by factor)
         return (inv / s.factor) * (1 - keep) + inv * keep
@@ -190,7 +199,7 @@ def _hf(spec: RopeSpec, seq_len: int | None) -> torch.Tensor:
         pos_freqs = base ** (torch.arange(0, dim, 2).to(dtype=f32) / dim)
         extrapolation = 1.0 / pos_freqs
         interpolation = 1.0 / (s.factor * pos_freqs)
-        low, high = _yarn_bounds(s, dim, base)
+        low, high = yarn_bounds(s, dim, base)
         ramp = torch.clamp((torch.arange(dim // 2, dtype=f32) - low) / (high - low), 0, 1)
         keep = 1 - ramp
         return interpolation * (1 - keep) + extrapolation * keep
@@ -219,7 +228,21 @@ def inv_freq(spec: RopeSpec, seq_len: int | None = None, precision: str = "exact
     """
     if not isinstance(spec, RopeSpec):
         raise RopeSpecError(f"spec must be a ropekit.RopeSpec, got {type(spec).__name__}")
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     seq_len = _check_seq_len(seq_len)
-    inv = _exact(spec, seq_len) if precision == "exact" else _hf(spec, seq_len)
-    return inv, attention_factor(spec)
+    try:
+        inv = _exact(spec, seq_len) if precision == "exact" else _hf(spec, seq_len)
+        factor = attention_factor(spec)
+    except (OverflowError, ZeroDivisionError) as exc:  # Python-float scalars of extreme specs
+        raise RopeSpecError(f"spec {spec.describe()} has no finite frequencies ({exc})") from None
+    if not (math.isfinite(factor) and factor > 0):
+        raise RopeSpecError(
+            f"spec {spec.describe()} gives attention factor {factor!r}; it must be finite and > 0 "
+            "(check attention_factor / scaling.mscale / scaling.mscale_all_dim)"
+        )
+    if not bool(torch.isfinite(inv).all()):
+        raise RopeSpecError(
+            f"spec {spec.describe()} gives non-finite inverse frequencies in precision={precision!r} "
+            f"(base={spec.base!r} overflows or underflows {inv.dtype})"
+        )
+    return inv, factor

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import torch
 
-from .errors import RopeShapeError
-from .spec import normalize_layout
+from .errors import RopeShapeError, short_repr
+from .layouts import head_row_order, normalize_layout, qk_row_count, stacked_head_order
+
+#: more rows than any projection could have (2**31: int32 row indices in every framework)
+MAX_ROWS = 2**31
 
 __all__ = [
     "permute_qk",
@@ -49,30 +52,37 @@ def layout_index(rotary_dim: int, src: str, dst: str) -> torch.Tensor:
     >>> layout_index(6, "half", "interleaved").tolist()
     [0, 3, 1, 4, 2, 5]
     """
-    src, dst = normalize_layout(src, "src"), normalize_layout(dst, "dst")
-    if rotary_dim % 2:
-        raise RopeShapeError(f"rotary_dim={rotary_dim} must be even (dims rotate in pairs)")
-    half = rotary_dim // 2
-    if src == dst:
-        return torch.arange(rotary_dim)
-    # pair j is (2j, 2j+1) when interleaved and (j, j + half) when half
-    pair_first = torch.arange(half)
-    if src == "interleaved":  # -> half: first all pair-firsts, then all pair-seconds
-        return torch.cat((2 * pair_first, 2 * pair_first + 1))
-    return torch.stack((pair_first, pair_first + half), dim=1).flatten()  # half -> interleaved
+    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int) or rotary_dim < 0 or rotary_dim % 2:
+        raise RopeShapeError(f"rotary_dim={short_repr(rotary_dim)} must be an even int >= 0 (dims rotate in pairs)")
+    return torch.tensor(head_row_order(rotary_dim, src, dst), dtype=torch.int64)
 
 
 def _head_index(n_heads: int, head_dim: int, start: int, rotary_dim: int, src: str, dst: str) -> torch.Tensor:
     """Row order for ``n_heads`` stacked heads; rows [start, start + rotary_dim) of each head move."""
-    one = torch.arange(head_dim)
-    one[start : start + rotary_dim] = start + layout_index(rotary_dim, src, dst)
-    return (torch.arange(n_heads)[:, None] * head_dim + one[None, :]).flatten()
+    return torch.tensor(stacked_head_order(n_heads, head_dim, rotary_dim, src, dst, start), dtype=torch.int64)
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise RopeShapeError(f"{name}={value!r} must be an integer >= {low}")
+        raise RopeShapeError(f"{name}={short_repr(value)} must be an integer >= {low}")
+    if value > MAX_ROWS:
+        raise RopeShapeError(f"{name}={value} is larger than any q/k projection (limit {MAX_ROWS} rows)")
     return value
+
+
+def _check_rotary_dim(rotary_dim, head_dim: int) -> int:
+    """rotary_dim (default head_dim) must be an even int in [0, head_dim]; layouts are checked too."""
+    if rotary_dim is None:
+        rotary_dim = head_dim
+    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int):
+        raise RopeShapeError(f"rotary_dim={short_repr(rotary_dim)} must be an integer")
+    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
+        raise RopeShapeError(f"rotary_dim={rotary_dim} must be even and <= head_dim={head_dim}")
+    return rotary_dim
+
+
+def _check_layouts(src, dst) -> None:
+    normalize_layout(src, "src"), normalize_layout(dst, "dst")
 
 
 def _check_rows(w, n_rows: int, what: str, name: str, hint: str = "") -> None:
@@ -116,12 +126,10 @@ def permute_qk(
     """
     n_heads = _check_int("n_heads", n_heads)
     head_dim = _check_int("head_dim", head_dim)
-    rotary_dim = head_dim if rotary_dim is None else _check_int("rotary_dim", rotary_dim, low=0)
-    if rotary_dim % 2 or rotary_dim > head_dim:
-        raise RopeShapeError(f"rotary_dim={rotary_dim} must be even and <= head_dim={head_dim}")
-    _check_rows(
-        w, n_heads * head_dim, f"n_heads * head_dim = {n_heads} * {head_dim}", name, "; for k pass num_key_value_heads"
-    )
+    rotary_dim = _check_rotary_dim(rotary_dim, head_dim)
+    _check_layouts(src, dst)
+    # the parameter is n_heads for q and for k alike: count rows as for q
+    _check_rows(w, *qk_row_count("q", n_heads, n_heads, head_dim), name, "; for k pass num_key_value_heads")
     index = _head_index(n_heads, head_dim, 0, rotary_dim, src, dst)
     return w.index_select(0, index.to(w.device))
 
@@ -141,8 +149,9 @@ def permute_neox_qkv(w, n_heads: int, head_dim: int, rotary_dim=None, src="inter
     [0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0, 8.0, 9.0, 10.0, 11.0]
     """
     n_heads, head_dim = _check_int("n_heads", n_heads), _check_int("head_dim", head_dim)
-    rotary_dim = head_dim if rotary_dim is None else rotary_dim
-    _check_rows(w, 3 * n_heads * head_dim, f"n_heads * 3 * head_dim = {n_heads} * 3 * {head_dim}", name)
+    rotary_dim = _check_rotary_dim(rotary_dim, head_dim)
+    _check_layouts(src, dst)
+    _check_rows(w, *qk_row_count("qkv_neox", n_heads, n_heads, head_dim), name)
     # view the rows as 2 * n_heads "heads" of q/k plus v blocks: permute q and k, keep v
     rows = torch.arange(3 * n_heads * head_dim).view(n_heads, 3, head_dim)
     qk = rows[:, :2].reshape(2 * n_heads * head_dim)
@@ -154,9 +163,10 @@ def permute_neox_qkv(w, n_heads: int, head_dim: int, rotary_dim=None, src="inter
 def _concat_qkv(w, n_heads, n_kv_heads, head_dim, rotary_dim, src, dst, name):
     n_heads, n_kv_heads = _check_int("n_heads", n_heads), _check_int("n_kv_heads", n_kv_heads)
     head_dim = _check_int("head_dim", head_dim)
-    rotary_dim = head_dim if rotary_dim is None else rotary_dim
-    total = (n_heads + 2 * n_kv_heads) * head_dim
-    _check_rows(w, total, f"(n_heads + 2 * n_kv_heads) * head_dim = ({n_heads} + 2 * {n_kv_heads}) * {head_dim}", name)
+    rotary_dim = _check_rotary_dim(rotary_dim, head_dim)
+    _check_layouts(src, dst)
+    total, what = qk_row_count("qkv_concat", n_heads, n_kv_heads, head_dim)
+    _check_rows(w, total, what, name)
     # q heads then k heads are one run of n_heads + n_kv_heads heads; v follows untouched
     qk = _head_index(n_heads + n_kv_heads, head_dim, 0, rotary_dim, src, dst)
     index = torch.cat((qk, torch.arange(qk.numel(), total)))
@@ -199,7 +209,10 @@ def permute_mla_q(w, n_heads, qk_nope_head_dim, qk_rope_head_dim, src="interleav
         _check_int("qk_nope_head_dim", qk_nope_head_dim, low=0),
         _check_int("qk_rope_head_dim", qk_rope_head_dim),
     )
+    if rope % 2:
+        raise RopeShapeError(f"qk_rope_head_dim={rope} must be even (dims rotate in pairs)")
     head_dim = nope + rope
+    _check_layouts(src, dst)
     _check_rows(w, n_heads * head_dim, f"n_heads * (nope + rope) = {n_heads} * ({nope} + {rope})", name)
     index = _head_index(n_heads, head_dim, nope, rope, src, dst)
     return w.index_select(0, index.to(w.device))
@@ -214,6 +227,9 @@ def permute_mla_kv_a(w, kv_lora_rank, qk_rope_head_dim, src="interleaved", dst="
     [0.0, 1.0, 2.0, 4.0, 3.0, 5.0]
     """
     rank, rope = _check_int("kv_lora_rank", kv_lora_rank, low=0), _check_int("qk_rope_head_dim", qk_rope_head_dim)
+    if rope % 2:
+        raise RopeShapeError(f"qk_rope_head_dim={rope} must be even (dims rotate in pairs)")
+    _check_layouts(src, dst)
     _check_rows(w, rank + rope, f"kv_lora_rank + qk_rope_head_dim = {rank} + {rope}", name)
     index = _head_index(1, rank + rope, rank, rope, src, dst)
     return w.index_select(0, index.to(w.device))

@@ -22,7 +22,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import RopeSpecError
+from .errors import RopeSpecError, RopeSpecTypeError, short_repr
+from .layouts import LAYOUTS, normalize_layout  # re-exported: spec.normalize_layout is older than layouts
 
 __all__ = [
     "RopeSpec",
@@ -33,32 +34,29 @@ __all__ = [
     "LongRope",
     "Llama3",
     "Proportional",
+    "yarn_mscale",
     "LAYOUTS",
     "normalize_layout",
 ]
-
-#: canonical layout names and the aliases accepted for them
-LAYOUTS = {"half": "half", "neox": "half", "interleaved": "interleaved", "gptj": "interleaved"}
-
-
-def normalize_layout(layout: str, field_name: str = "layout") -> str:
-    """Map ``half|neox`` to ``"half"`` and ``interleaved|gptj`` to ``"interleaved"``."""
-    if not isinstance(layout, str) or layout.lower() not in LAYOUTS:
-        raise RopeSpecError(
-            f"{field_name}={layout!r} is not a RoPE layout; use 'half' (alias 'neox') or 'interleaved' (alias 'gptj')"
-        )
-    return LAYOUTS[layout.lower()]
-
 
 # ---------------------------------------------------------------------------------------------
 # validation helpers: each names the field and the value
 # ---------------------------------------------------------------------------------------------
 
 
+#: the largest integer a spec field may hold: float64 (every frequency computation) is exact up to here
+MAX_INT = 2**53
+#: the largest head_dim a spec accepts; real models use 64-576, and frequency tables scale with it
+MAX_HEAD_DIM = 2**16
+
+
 def _check_number(name: str, value: Any, *, low: float | None = None, low_inclusive: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RopeSpecError(f"{name}={value!r} must be a number")
-    value = float(value)
+        raise RopeSpecTypeError(f"{name}={short_repr(value)} must be a number")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise RopeSpecError(f"{name}={short_repr(value)} is beyond float64 range") from None
     if not math.isfinite(value):
         raise RopeSpecError(f"{name}={value!r} must be finite")
     if low is not None and (value < low or (value == low and not low_inclusive)):
@@ -67,14 +65,16 @@ def _check_number(name: str, value: Any, *, low: float | None = None, low_inclus
     return value
 
 
-def _check_int(name: str, value: Any, *, low: int = 1) -> int:
+def _check_int(name: str, value: Any, *, low: int = 1, high: int = MAX_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise RopeSpecError(f"{name}={value!r} must be an integer")
+            raise RopeSpecTypeError(f"{name}={short_repr(value)} must be an integer")
     if value < low:
         raise RopeSpecError(f"{name}={value!r} must be >= {low}")
+    if value > high:
+        raise RopeSpecError(f"{name}={short_repr(value)} must be <= {high}")
     return int(value)
 
 
@@ -148,7 +148,15 @@ class Yarn:
             if value is not None:
                 _set(self, name, _check_number(f"scaling.{name}", value, low=0.0))
         if not isinstance(self.truncate, bool):
-            raise RopeSpecError(f"scaling.truncate={self.truncate!r} must be a bool")
+            raise RopeSpecTypeError(f"scaling.truncate={short_repr(self.truncate)} must be a bool")
+
+
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's attention scale for a context extension ``scale``: ``0.1 * mscale * ln(scale) + 1``
+    (1 when the context is not extended); DeepSeek's configs divide two of them.  Here, torch-free, so config readers can use it."""
+    if scale <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(scale) + 1.0
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,7 @@ class LongRope:
         for name in ("short_factor", "long_factor"):
             values = getattr(self, name)
             if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-                raise RopeSpecError(f"scaling.{name}={values!r} must be a list of numbers")
+                raise RopeSpecTypeError(f"scaling.{name}={short_repr(values)} must be a list of numbers")
             values = tuple(
                 _check_number(f"scaling.{name}[{i}]", v, low=0.0, low_inclusive=False) for i, v in enumerate(values)
             )
@@ -258,15 +266,17 @@ def scaling_from_dict(data: dict[str, Any] | None) -> Scaling | None:
     if data is None:
         return None
     if not isinstance(data, dict) or "kind" not in data:
-        raise RopeSpecError(f"scaling={data!r} must be None or a dict with a 'kind' key")
+        raise RopeSpecError(f"scaling={short_repr(data)} must be None or a dict with a 'kind' key")
     kind = data["kind"]
-    if kind not in SCALINGS:
-        raise RopeSpecError(f"scaling.kind={kind!r} is not a known scaling; known: {sorted(SCALINGS)}")
+    if not isinstance(kind, str) or kind not in SCALINGS:
+        raise RopeSpecError(f"scaling.kind={short_repr(kind)} is not a known scaling; known: {sorted(SCALINGS)}")
     cls = SCALINGS[kind]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names - {"kind"}
     if unknown:
-        raise RopeSpecError(f"scaling of kind {kind!r} has unknown fields {sorted(unknown)}; known: {sorted(names)}")
+        raise RopeSpecError(
+            f"scaling of kind {kind!r} has unknown fields {short_repr(sorted(map(str, unknown)))}; known: {sorted(names)}"
+        )
     try:
         return cls(**{k: v for k, v in data.items() if k != "kind"})
     except TypeError as exc:  # a required field is missing
@@ -311,7 +321,7 @@ class RopeSpec:
     FORMAT_VERSION: ClassVar[int] = 1
 
     def __post_init__(self):
-        head_dim = _check_int("head_dim", self.head_dim)
+        head_dim = _check_int("head_dim", self.head_dim, high=MAX_HEAD_DIM)
         _set(self, "head_dim", head_dim)
         rotary_dim = head_dim if self.rotary_dim is None else _check_int("rotary_dim", self.rotary_dim)
         if rotary_dim % 2:
@@ -327,8 +337,8 @@ class RopeSpec:
             if isinstance(self.scaling, dict):
                 _set(self, "scaling", scaling_from_dict(self.scaling))
             else:
-                raise RopeSpecError(
-                    f"scaling={self.scaling!r} must be None or one of {sorted(SCALINGS)} "
+                raise RopeSpecTypeError(
+                    f"scaling={short_repr(self.scaling)} must be None or one of {sorted(SCALINGS)} "
                     f"(ropekit.Linear, ropekit.Yarn, ...)"
                 )
         if isinstance(self.scaling, LongRope) and len(self.scaling.short_factor) != rotary_dim // 2:
@@ -355,16 +365,16 @@ class RopeSpec:
         if self.mrope_section is not None:
             section = self.mrope_section
             if isinstance(section, (str, bytes)) or not hasattr(section, "__iter__"):
-                raise RopeSpecError(f"mrope_section={section!r} must be a list of integers")
+                raise RopeSpecTypeError(f"mrope_section={short_repr(section)} must be a list of integers")
             section = tuple(_check_int(f"mrope_section[{i}]", s, low=0) for i, s in enumerate(section))
             if sum(section) != rotary_dim // 2:
                 raise RopeSpecError(
-                    f"mrope_section={list(section)} sums to {sum(section)}; it must sum to "
+                    f"mrope_section={short_repr(list(section))} sums to {sum(section)}; it must sum to "
                     f"rotary_dim / 2 = {rotary_dim // 2}"
                 )
             _set(self, "mrope_section", section)
         if not isinstance(self.mrope_interleaved, bool):
-            raise RopeSpecError(f"mrope_interleaved={self.mrope_interleaved!r} must be a bool")
+            raise RopeSpecTypeError(f"mrope_interleaved={short_repr(self.mrope_interleaved)} must be a bool")
         if self.mrope_interleaved and self.mrope_section is None:
             raise RopeSpecError("mrope_interleaved=True needs mrope_section")
 
@@ -383,6 +393,10 @@ class RopeSpec:
 
     def replace(self, **changes: Any) -> RopeSpec:
         """A copy with some fields changed (validated again)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise RopeSpecError(f"unknown RopeSpec fields {sorted(unknown)}; known: {sorted(names)}")
         return dataclasses.replace(self, **changes)
 
     def with_layout(self, layout: str) -> RopeSpec:
@@ -422,11 +436,13 @@ class RopeSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RopeSpec:
         if not isinstance(data, dict):
-            raise RopeSpecError(f"a RopeSpec dict was expected, got {type(data).__name__}")
+            raise RopeSpecTypeError(f"a RopeSpec dict was expected, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise RopeSpecError(f"unknown RopeSpec fields {sorted(unknown)}; known: {sorted(names)}")
+            raise RopeSpecError(
+                f"unknown RopeSpec fields {short_repr(sorted(map(str, unknown)))}; known: {sorted(names)}"
+            )
         if "head_dim" not in data:
             raise RopeSpecError("head_dim is missing from the RopeSpec dict")
         data = dict(data)
@@ -439,10 +455,12 @@ class RopeSpec:
 
     @classmethod
     def from_json(cls, text: str) -> RopeSpec:
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise RopeSpecTypeError(f"RopeSpec JSON must be a str, got {type(text).__name__}")
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RopeSpecError(f"RopeSpec JSON is malformed: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, nesting too deep
+            raise RopeSpecError(f"RopeSpec JSON is malformed: {short_repr(str(exc), 200)}") from None
         return cls.from_dict(data)
 
     def describe(self) -> str:

@@ -13,32 +13,56 @@ from __future__ import annotations
 
 import torch
 
-from .errors import RopePositionError, RopeSpecError
-from .frequencies import _check_precision, inv_freq
+from .errors import RopeArgumentError, RopePositionError, RopeSpecError, RopeSpecTypeError, RopeTypeError, short_repr
+from .frequencies import check_precision, inv_freq
 from .spec import RopeSpec
 
-__all__ = ["cos_sin", "as_positions", "mrope_axis_of_columns", "MAX_EXACT_POSITION"]
+__all__ = ["cos_sin", "as_positions", "mrope_axis_of_columns", "MAX_EXACT_POSITION", "MAX_TABLE_ELEMENTS"]
 
 #: float64 holds every integer up to 2**53 exactly; past that a position is no longer itself.
 MAX_EXACT_POSITION = 2**53
 
 
+#: the most entries a table may have (positions x rotary_dim / 2): 2**30, i.e. 8 GiB per float64
+#: intermediate, beyond any context a model is run at; checked before anything is allocated
+MAX_TABLE_ELEMENTS = 2**30
+
+#: dtypes positions may have (unsigned beyond 8 bits has no min/max in torch; bool is no position)
+POSITION_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.float16,
+                   torch.bfloat16, torch.float32, torch.float64)  # fmt: skip
+
+
 def as_positions(positions, name: str = "positions") -> torch.Tensor:
-    """An int/range/sequence/tensor of positions as an integer (or float64) tensor, validated."""
+    """An int/range/sequence/tensor of positions as an integer (or float) tensor, validated."""
     if isinstance(positions, bool):
-        raise RopePositionError(f"{name}={positions!r} must be an int, a range or a tensor of positions")
+        raise RopeTypeError(f"{name}={positions!r} must be an int, a range or a tensor of positions")
     if isinstance(positions, int):
         if positions < 0:
             raise RopePositionError(f"{name}={positions} must be >= 0 (an int n means positions 0..n-1)")
+        if positions > MAX_TABLE_ELEMENTS:
+            raise RopePositionError(f"{name}={positions} is more positions than any table holds ({MAX_TABLE_ELEMENTS})")
         return torch.arange(positions, dtype=torch.int64)
+    if isinstance(positions, float):
+        raise RopeTypeError(
+            f"{name}={positions!r} is a float; an int n means positions 0..n-1, and fractional positions "
+            "come as a tensor"
+        )
     if isinstance(positions, range):
+        if len(positions) > MAX_TABLE_ELEMENTS:
+            raise RopePositionError(f"{name}={positions!r} is more positions than any table holds")
         positions = torch.tensor(positions, dtype=torch.int64)
     elif not isinstance(positions, torch.Tensor):
         try:
             positions = torch.as_tensor(positions)
-        except (TypeError, ValueError, RuntimeError):
-            raise RopePositionError(f"{name}={positions!r} must be an int, a range or a tensor of positions") from None
-    if positions.is_complex() or positions.dtype == torch.bool:
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            raise RopeTypeError(
+                f"{name}={short_repr(positions)} must be an int, a range or a tensor of positions"
+            ) from None
+    if positions.layout != torch.strided or positions.device.type == "meta":
+        raise RopePositionError(
+            f"{name} is a {positions.layout} tensor on {positions.device}; positions must be a dense tensor with values"
+        )
+    if positions.dtype not in POSITION_DTYPES:
         raise RopePositionError(f"{name} has dtype {positions.dtype}; positions must be integers")
     if positions.is_floating_point() and positions.numel():
         # fractional positions are legitimate (some models interpolate positions themselves)
@@ -51,6 +75,41 @@ def as_positions(positions, name: str = "positions") -> torch.Tensor:
         if hi > MAX_EXACT_POSITION:
             raise RopePositionError(f"{name} contains {hi}; positions above 2**53 are not representable exactly")
     return positions
+
+
+def _check_device(device) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)  # an unavailable device (no CUDA here, a bad index) says so now
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        raise RopeArgumentError(
+            f"device={short_repr(device)} is not usable here ({short_repr(str(exc), 160)})"
+        ) from None
+    if device.type == "meta":
+        raise RopeArgumentError("device='meta' holds no values; tables need a real device")
+    return device
+
+
+def _check_table_dtype(dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype):
+        raise RopeTypeError(f"dtype={short_repr(dtype)} must be a torch dtype (torch.float32, ...)")
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise RopeArgumentError(f"dtype={dtype} must be float16, bfloat16, float32 or float64")
+    return dtype
+
+
+def _check_factor_fits(factor: float, dtype: torch.dtype, precision: str) -> None:
+    """|cos|, |sin| <= factor: a factor within the dtype's range keeps every entry finite."""
+    limit = (
+        torch.finfo(dtype).max if precision == "exact" else min(torch.finfo(dtype).max, torch.finfo(torch.float32).max)
+    )
+    if factor > limit:
+        raise RopeSpecError(
+            f"attention factor {factor!r} of the spec exceeds the largest {dtype} ({limit:g}): the tables would be "
+            "infinite; check attention_factor / scaling.mscale"
+        )
 
 
 def mrope_axis_of_columns(spec: RopeSpec) -> torch.Tensor:
@@ -94,11 +153,21 @@ def cos_sin(
     True
     """
     if not isinstance(spec, RopeSpec):
-        raise RopeSpecError(f"spec must be a ropekit.RopeSpec, got {type(spec).__name__}")
-    precision = _check_precision(precision)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise RopeSpecError(f"dtype={dtype!r} must be a floating-point torch dtype")
+        raise RopeSpecTypeError(f"spec must be a ropekit.RopeSpec, got {type(spec).__name__}")
+    precision = check_precision(precision)
+    dtype = _check_table_dtype(dtype)
+    device = _check_device(device)
+    if isinstance(positions, int) and not isinstance(positions, bool) and positions * spec.n_pairs > MAX_TABLE_ELEMENTS:
+        raise RopePositionError(
+            f"positions={positions} with rotary_dim={spec.rotary_dim} is a table of {positions * spec.n_pairs} "
+            f"entries; at most {MAX_TABLE_ELEMENTS} (ropekit.tables.MAX_TABLE_ELEMENTS)"
+        )
     positions = as_positions(positions)
+    if positions.numel() * spec.n_pairs > MAX_TABLE_ELEMENTS:
+        raise RopePositionError(
+            f"positions {list(positions.shape)} with rotary_dim={spec.rotary_dim} is a table of "
+            f"{positions.numel() * spec.n_pairs} entries; at most {MAX_TABLE_ELEMENTS}"
+        )
     if device is None:
         device = positions.device
     if spec.mrope_section is not None:
@@ -109,6 +178,7 @@ def cos_sin(
         seq_len = int(positions.max().item()) + 1
 
     inv, factor = inv_freq(spec, seq_len=seq_len, precision=precision)
+    _check_factor_fits(factor, dtype, precision)
     if precision == "exact":
         pos = positions.to(device=device, dtype=torch.float64)
         angles = pos[..., None] * inv.to(device)

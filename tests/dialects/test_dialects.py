@@ -1,5 +1,5 @@
 """from_config: every accepted form, every dialect, and a clear error (key + value) for every
-malformed config.  Parity of the numbers with transformers' modules lives in test_hf_parity.py."""
+malformed config.  Parity of the numbers with transformers' modules lives in test_dialects_hf_parity.py."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from .. import __version__
 from ..errors import RopeError
 
 __all__ = ["main", "build_parser"]
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exact, convention-aware rotary position embeddings: inspect, compare, convert, benchmark.",
         epilog="Run 'ropekit COMMAND --help' for a command's options and an example.",
     )
+    parser.add_argument("--version", action="version", version=f"ropekit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in COMMANDS:

@@ -12,13 +12,14 @@ converter does: a bf16 copy in every layer would be loaded by releases that stil
 from __future__ import annotations
 
 from ..errors import RopeCheckpointError, RopeSpecError
+from ..layouts import FUSED_QK_ROLES
 from ..spec import RopeSpec
 from .formats.base import Checkpoint, role_of
 from .plan import Step
 
 __all__ = ["InvFreqPlanner", "verify_inv_freq", "check_spec_fits"]
 
-_ADD_AFTER = ("q", "qkv_neox", "qkv_concat")
+_ADD_AFTER = ("q",) + FUSED_QK_ROLES  # the tensors holding q rows
 
 
 def check_spec_fits(spec: RopeSpec, ckpt: Checkpoint, param: str = "spec") -> None:

@@ -12,15 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import RopeCheckpointError
-from ..spec import RopeSpec, normalize_layout
+from ..layouts import PERMUTED_ROLES, normalize_layout, qk_row_count
+from ..spec import RopeSpec
 from .formats import raw
 from .formats.base import UNSUPPORTED_FAMILIES, Checkpoint, Geometry, role_of
 
-__all__ = ["Step", "Plan", "plan", "target", "INV_FREQ_POLICIES", "QK_ROLES", "FORMATS_TO"]
+__all__ = ["Step", "Plan", "plan", "target", "INV_FREQ_POLICIES", "FORMATS_TO"]
 
 INV_FREQ_POLICIES = ("keep", "drop", "add", "verify")
-#: roles whose stored rows hold q or k heads (formats.base.role_of)
-QK_ROLES = ("q", "k", "qkv_neox", "qkv_concat")
 META_FAMILIES = ("llama", "mistral")
 FORMATS_TO = ("hf", "meta")
 
@@ -104,22 +103,12 @@ def _renamer(ckpt: Checkpoint, dst_fmt: str, meta_generation: str | None) -> Cal
     return None
 
 
-def expected_rows(role: str, g: Geometry) -> int:
-    """Rows a stored tensor of ``role`` has under geometry ``g``."""
-    if role == "qkv_neox":
-        return 3 * g.n_heads * g.head_dim
-    if role == "qkv_concat":
-        return (g.n_heads + 2 * g.n_kv_heads) * g.head_dim
-    return g.heads_for(role) * g.head_dim
-
-
 def _check_rows(name: str, role: str, shape, g: Geometry) -> None:
-    expected = expected_rows(role, g)
+    expected, what = qk_row_count(role, g.n_heads, g.n_kv_heads, g.head_dim)
     if not shape or shape[0] != expected:
-        heads = g.heads_for(role) if role in ("q", "k") else g.n_heads
         raise RopeCheckpointError(
-            f"tensor {name} has shape {list(shape)} but {role} needs {expected} rows (heads {heads} x head_dim "
-            f"{g.head_dim}{', n_kv_heads for k' if role in ('q', 'k') else ''}); check num_attention_heads / num_key_value_heads"
+            f"tensor {name} has shape {list(shape)} but {role} needs {expected} rows ({what}); "
+            "check num_attention_heads / num_key_value_heads"
         )
 
 
@@ -165,7 +154,7 @@ def plan(
                 continue
             dst = rename(name) if rename is not None else name
             action = "copy"
-            if role in QK_ROLES:
+            if role in PERMUTED_ROLES:
                 found_qk = True
                 if permute:
                     _check_rows(name, role, shape, ckpt.geometry)

@@ -13,6 +13,7 @@ import torch
 
 from ..apply import apply_rope
 from ..errors import RopeCheckpointError
+from ..layouts import PERMUTED_ROLES, QK_ROLES
 from ..spec import RopeSpec
 from ..tables import cos_sin
 from .formats.base import Checkpoint, layer_of, role_of
@@ -26,11 +27,11 @@ def layer_qk(ckpt: Checkpoint, layer: int) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name in ckpt.names():
         role = role_of(name)
-        if role not in ("q", "k", "qkv_neox", "qkv_concat") or "lora_" in name or layer_of(name) != layer:
+        if role not in PERMUTED_ROLES or "lora_" in name or layer_of(name) != layer:
             continue
         kind = "w" if name.endswith(".weight") else "b"
         t = ckpt.tensor(name).to(torch.float64)
-        if role in ("q", "k"):
+        if role in QK_ROLES:
             out[kind + role] = t
             continue
         rest = t.shape[1:]
@@ -58,7 +59,7 @@ def compare_scores(a: Checkpoint, b: Checkpoint, spec: RopeSpec, tokens: int = 1
     """(max |diff|, max relative diff, [(layer, |diff|)]) of the attention scores of a and b, each
     rotated with its own spec (``spec_b``: b's, default ``spec``)."""
     g = a.geometry
-    layers = sorted({layer_of(n) for n in a.names() if role_of(n) in ("q", "k", "qkv_neox", "qkv_concat")} - {None})
+    layers = sorted({layer_of(n) for n in a.names() if role_of(n) in PERMUTED_ROLES} - {None})
     if not layers:
         raise RopeCheckpointError(f"{a.path}: no q/k tensors to verify")
     gen = torch.Generator().manual_seed(seed)

@@ -27,10 +27,8 @@ LitGPT's ``build_rope_cache`` and ``apply_rope`` define the rules:
 
 from __future__ import annotations
 
-import math
-
 from ..errors import RopeConfigError, RopeSpecError
-from ..spec import Linear, Llama3, RopeSpec, Yarn, normalize_layout
+from ..spec import Linear, Llama3, RopeSpec, Yarn, normalize_layout, yarn_mscale
 from .reading import Source, flag, integer, number, spec_error
 
 __all__ = ["read", "looks_like_litgpt"]
@@ -38,10 +36,6 @@ __all__ = ["read", "looks_like_litgpt"]
 
 def looks_like_litgpt(cfg: dict) -> bool:
     return "n_embd" in cfg and "n_head" in cfg and "model_type" not in cfg
-
-
-def _yarn_mscale(scale: float, mscale: float) -> float:
-    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
 
 
 def _adjustments(adj: dict, condense: float):
@@ -65,11 +59,11 @@ def _adjustments(adj: dict, condense: float):
         mscale = number(adj, "mscale", where=w) if adj.get("mscale") is not None else None
         mscale_all = number(adj, "mscale_all_dim", where=w) if adj.get("mscale_all_dim") is not None else None
         if mscale and mscale_all:
-            attention = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all)
+            attention = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all)
         elif mscale_all:
-            attention = _yarn_mscale(factor, mscale_all)
+            attention = yarn_mscale(factor, mscale_all)
         elif mscale:
-            attention = _yarn_mscale(factor, mscale)
+            attention = yarn_mscale(factor, mscale)
         else:
             attention = 1.0  # LitGPT applies no attention scaling without mscale (transformers would)
         return Yarn(

@@ -29,6 +29,8 @@ import torch
 
 from ..errors import RopeShapeError
 from ..frequencies import attention_factor as spec_attention_factor
+from ..kernels.reference import eps
+from ..layouts import pair_dims  # re-exported: doctor callers know it from here
 from ..spec import scaling_to_dict
 from .layerdiff import LayerDiff, diff_models
 from .probe import Fingerprint, call_rope, fingerprint, spec_rope_fn
@@ -43,24 +45,8 @@ COMPARE_POSITIONS = tuple(range(32)) + (100, 1000, 4095, 4096, 8191, 32768, 1310
 DEFAULT_TOLERANCE_ULPS = 8.0
 
 
-def _eps(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).eps)
-
-
 def _coarser(*dtypes: torch.dtype) -> torch.dtype:
-    return max(dtypes, key=_eps)
-
-
-def pair_dims(layout: str, rotary_dim: int) -> list[tuple[int, int]]:
-    """The (first, second) dims of each rotating pair, in frequency order.
-
-    >>> pair_dims("interleaved", 4), pair_dims("half", 4)
-    ([(0, 1), (2, 3)], [(0, 2), (1, 3)])
-    """
-    n = rotary_dim // 2
-    if layout == "half":
-        return [(i, i + n) for i in range(n)]
-    return [(2 * i, 2 * i + 1) for i in range(n)]
+    return max(dtypes, key=eps)
 
 
 @dataclass
@@ -94,7 +80,7 @@ def _measure(fn_a, fn_b, head_dim, dtype_a, dtype_b, positions, tolerance_ulps, 
     diff = ya.detach().double().cpu() - yb.detach().double().cpu()
     err = diff.abs()
     scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-30)
-    ulps = err / (scale * _eps(dtype))
+    ulps = err / (scale * eps(dtype))
     per_pos = err.view(len(positions), rows, head_dim).amax((1, 2))
     return Measurement(
         max_abs_err=err.max().item(),

@@ -21,9 +21,9 @@ import math
 import torch
 
 from ..errors import RopeError
-from ..frequencies import _yarn_bounds
 from ..frequencies import attention_factor as spec_attention_factor
 from ..frequencies import inv_freq as spec_inv_freq
+from ..frequencies import yarn_bounds
 from ..spec import Linear, Llama3, LongRope, RopeSpec, Yarn
 
 __all__ = ["candidates", "low_precision_fit", "ntk_alpha_notes", "nice", "F32_EPS"]
@@ -345,7 +345,7 @@ def _yarn_candidates(spec, base, factor, g, band, r, af, af_cands, af_tol):
                 sc = Yarn(factor=factor, original_max_position_embeddings=orig, truncate=truncate)
             except RopeError:
                 continue
-            lo, hi = _yarn_bounds(sc, r, base)
+            lo, hi = yarn_bounds(sc, r, base)
             if abs(lo - low) > 0.02 or abs(hi - high) > 0.02:
                 continue
             implied = spec_attention_factor(RopeSpec(head_dim=r, base=base, scaling=sc))

@@ -49,6 +49,7 @@ import torch
 from ..errors import RopeError, RopeShapeError
 from ..frequencies import attention_factor as spec_attention_factor
 from ..frequencies import inv_freq as spec_inv_freq
+from ..kernels.reference import eps as eps_of
 from ..spec import RopeSpec
 from .fitting import F32_EPS as _F32_EPS
 from .fitting import candidates as _candidates
@@ -107,10 +108,6 @@ def call_rope(fn: RopeFn, x: torch.Tensor, positions: torch.Tensor, name: str = 
     if not y.is_floating_point():
         raise RopeShapeError(f"{name} returned dtype {y.dtype}; a rotation returns floats")
     return y
-
-
-def _eps(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).eps) if dtype != torch.float64 else 2.0**-50
 
 
 def _wrap(a: torch.Tensor) -> torch.Tensor:
@@ -301,7 +298,8 @@ def fingerprint(
         )
     M = y[: P * D].view(P, D, D).transpose(1, 2)  # M[p, out, j] = fn(e_j, p)[out]
     y_rand, x_rand = y[P * D :].view(P, n_rand, D), rand.double().view(P, n_rand, D)
-    eps = max(_eps(out_dtype), _eps(dtype))
+    # float64 functions get 4 ulps (2**-50): their own fp64 trig is not correctly rounded
+    eps = max(eps_of(out_dtype), eps_of(dtype), 2.0**-50)
     tol = eps  # one rounding of a value in [-1, 1] is half of this
 
     def result(**kw) -> Fingerprint:

@@ -13,12 +13,22 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rotate_reference", "compute_dtype"]
+__all__ = ["rotate_reference", "compute_dtype", "eps"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """At least float32: bf16/fp16 products and sums lose too much to be a rotation."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def eps(dtype: torch.dtype) -> float:
+    """Machine epsilon of ``dtype`` (the spacing of floats at 1.0; an ulp of a value in [1, 2)):
+    the one unit every ulp-based error measure in ropekit counts in.
+
+    >>> eps(torch.bfloat16), eps(torch.float64) == 2.0**-52
+    (0.0078125, True)
+    """
+    return float(torch.finfo(dtype).eps)
 
 
 def rotate_reference(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import RopeShapeError, RopeSpecError
-from ..frequencies import _check_precision
+from ..frequencies import check_precision
 from ..spec import RopeSpec
 from ..tables import cos_sin
 
@@ -60,7 +60,7 @@ class RotaryEmbedding(torch.nn.Module):
         if duplicate not in DUPLICATE:
             raise RopeSpecError(f"duplicate={duplicate!r} must be one of {DUPLICATE}")
         self.specs: dict[str | None, RopeSpec] = dict(spec)
-        self.precision = _check_precision(precision)
+        self.precision = check_precision(precision)
         self.duplicate = duplicate
 
     # transformers code and users sometimes read these attributes

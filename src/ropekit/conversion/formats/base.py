@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import RopeCheckpointError, RopeShapeError
-from ...spec import normalize_layout
+from ...layouts import QK_ROLES, ROLES, normalize_layout  # ROLES re-exported
 
 __all__ = ["Geometry", "Checkpoint", "role_of", "layer_of", "permute_tensor", "ROLES"]
 
-ROLES = ("q", "k", "qkv_neox", "qkv_concat", "inv_freq")
 
 _LORA_B = r"(\.lora_B(\.[A-Za-z0-9_-]+)?)?"
 _PATTERNS = [
@@ -123,7 +122,7 @@ def permute_tensor(t, role: str, g: Geometry, src: str, dst: str, name: str):
     """Move the q/k rows of one stored tensor (any role) from layout src to dst."""
     from ...permute import permute_neox_qkv, permute_phi3_qkv, permute_qk  # torch
 
-    if role in ("q", "k"):
+    if role in QK_ROLES:
         return permute_qk(t, g.heads_for(role), g.head_dim, g.rotary_dim, src, dst, name=name)
     if role == "qkv_neox":
         return permute_neox_qkv(t, g.n_heads, g.head_dim, g.rotary_dim, src, dst, name=name)

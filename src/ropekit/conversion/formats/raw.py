@@ -26,6 +26,7 @@ import os
 import threading
 
 from ...errors import RopeCheckpointError, RopeShapeError
+from ...layouts import PERMUTED_ROLES, QK_ROLES, qk_row_count, stacked_head_order
 
 __all__ = [
     "SIZES",
@@ -96,46 +97,25 @@ def torch_dtype(dtype):
     return getattr(torch, torch_name(dtype))
 
 
-def _head_order(n_heads: int, head_dim: int, rotary_dim: int, src: str, dst: str) -> list[int]:
-    """Row order of ``n_heads`` stacked heads whose first ``rotary_dim`` rows change layout;
-    ``rows_dst[i] = rows_src[order[i]]``, the same order as ``ropekit.permute``'s (tested)."""
-    half = rotary_dim // 2
-    if src == dst:
-        one = list(range(rotary_dim))
-    elif src == "interleaved":  # -> half: all pair-firsts (2j), then all pair-seconds (2j + 1)
-        one = [2 * j for j in range(half)] + [2 * j + 1 for j in range(half)]
-    else:  # half -> interleaved: pair j is (j, j + half)
-        one = [r for j in range(half) for r in (j, j + half)]
-    one += range(rotary_dim, head_dim)
-    return [h * head_dim + r for h in range(n_heads) for r in one]
-
-
 def row_order(role: str, g, src: str, dst: str, rows: int) -> list[int]:
     """Source row of every destination row of a stored q/k tensor (``role`` as in
     ``formats.base.role_of``, geometry ``g``), checking the row count like ``permute_tensor``."""
-    if role in ("q", "k"):
-        heads = g.heads_for(role)
-        want, what = heads * g.head_dim, f"n_heads * head_dim = {heads} * {g.head_dim}"
-    elif role == "qkv_neox":
-        want, what = 3 * g.n_heads * g.head_dim, f"n_heads * 3 * head_dim = {g.n_heads} * 3 * {g.head_dim}"
-    elif role == "qkv_concat":
-        want = (g.n_heads + 2 * g.n_kv_heads) * g.head_dim
-        what = f"(n_heads + 2 * n_kv_heads) * head_dim = ({g.n_heads} + 2 * {g.n_kv_heads}) * {g.head_dim}"
-    else:
+    if role not in PERMUTED_ROLES:
         raise RopeShapeError(f"role {role!r} has no q/k rows to permute")
+    want, what = qk_row_count(role, g.n_heads, g.n_kv_heads, g.head_dim)
     if rows != want:
         raise RopeShapeError(f"{rows} rows but {what}")
-    if role in ("q", "k"):
-        return _head_order(heads, g.head_dim, g.rotary_dim, src, dst)
+    if role in QK_ROLES:
+        return stacked_head_order(g.heads_for(role), g.head_dim, g.rotary_dim, src, dst)
     if role == "qkv_neox":  # per head [q_h, k_h, v_h]: q_h and k_h move like two heads, v_h stays
         hd = g.head_dim
-        qk = _head_order(2 * g.n_heads, hd, g.rotary_dim, src, dst)  # over the q/k rows only
+        qk = stacked_head_order(2 * g.n_heads, hd, g.rotary_dim, src, dst)  # over the q/k rows only
         out = []
         for h in range(g.n_heads):
             out += [(r // (2 * hd)) * 3 * hd + r % (2 * hd) for r in qk[2 * h * hd : 2 * (h + 1) * hd]]
             out += range(h * 3 * hd + 2 * hd, (h + 1) * 3 * hd)
         return out
-    qk = _head_order(g.n_heads + g.n_kv_heads, g.head_dim, g.rotary_dim, src, dst)  # [q; k; v]
+    qk = stacked_head_order(g.n_heads + g.n_kv_heads, g.head_dim, g.rotary_dim, src, dst)  # [q; k; v]
     return qk + list(range(len(qk), want))
 
 
