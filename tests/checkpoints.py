@@ -114,3 +114,10 @@ def quiet(**kw):
 # ---------------------------------------------------------------------------------------------
 # reading and streaming writing
 # ---------------------------------------------------------------------------------------------
+
+
+def files_of(path: Path) -> dict:
+    """{relative name: bytes} of every file under a directory (or of one file)."""
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}

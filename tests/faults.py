@@ -28,6 +28,11 @@ POINTS = [
     ("ropekit.conversion.formats.safetensors_io", "SafetensorsWriter.write_bytes"),
     ("ropekit.conversion.formats.safetensors_io", "SafetensorsWriter.copy_range"),
     ("ropekit.conversion.formats.safetensors_io", "SafetensorsWriter.close"),
+    ("ropekit.conversion.formats.pth_writer", "PthZipWriter.__init__"),
+    ("ropekit.conversion.formats.fixed_writer", "FixedLayoutWriter.write_bytes"),
+    ("ropekit.conversion.formats.fixed_writer", "FixedLayoutWriter.copy_range"),
+    ("ropekit.conversion.formats.pth_writer", "PthZipWriter.close"),
+    # where the same classes lived before (the tree of main, for the before figures)
     ("ropekit.conversion.formats.torch_zip", "PthZipWriter.__init__"),
     ("ropekit.conversion.formats.torch_zip", "FixedLayoutWriter.write_bytes"),
     ("ropekit.conversion.formats.torch_zip", "FixedLayoutWriter.copy_range"),

@@ -4,8 +4,8 @@
 can be compared with one torch wrote for the same tensors.
 """
 
-from ropekit.conversion.formats.raw import torch_dtype
-from ropekit.conversion.formats.torch_zip import FixedLayoutWriter
+from ropekit.conversion.formats.dtypes import torch_dtype
+from ropekit.conversion.formats.fixed_writer import FixedLayoutWriter
 
 
 def torch_pth_writer(path, entries, align=None):
@@ -24,7 +24,7 @@ class PthWriter(FixedLayoutWriter):
     The zip CRC fields stay unset, as with ``torch.serialization.set_crc32_options(False)``;
     ``torch.load`` does not check them.
 
-    The converter writes ``.pth`` files with ``torch_zip.PthZipWriter``, which needs no torch;
+    The converter writes ``.pth`` files with ``pth_writer.PthZipWriter``, which needs no torch;
     this writer is the reference it is tested against (tests inject it as the converter's .pth writer).
     """
 
@@ -42,4 +42,4 @@ class PthWriter(FixedLayoutWriter):
             for name, t in layout.items()
         }
         sizes = {name: t.numel() * t.element_size() for name, t in layout.items()}
-        self._open(path, offsets, sizes, "r+b")
+        self.open_output(path, offsets, sizes, "r+b")

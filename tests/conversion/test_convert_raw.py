@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,14 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import ropekit.conversion.driver as rkconvert
+from pth_crafting import load_both_ways
 from ropekit.conversion.formats import raw
 from ropekit.conversion.formats.base import Geometry
 from ropekit.conversion.stream import Writers
 from ropekit.errors import RopeShapeError
 from ropekit.permute import permute_neox_qkv, permute_phi3_qkv, permute_qk
-from torch_writers import torch_pth_writer
 
-from checkpoints import KV, D, H, hf_tensors, make_hf_dir, quiet, read_all, same_bytes
+from checkpoints import KV, D, H, files_of, hf_tensors, make_hf_dir, quiet, read_all, same_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUT_PAIRS = [("half", "interleaved"), ("interleaved", "half"), ("half", "half")]
@@ -125,9 +124,10 @@ def test_read_rows_survives_short_reads(tmp_path, monkeypatch):
 
 
 def test_dtype_table_agrees_with_torch():
-    from ropekit.conversion.formats.safetensors_io import DTYPES
+    from ropekit.conversion.formats.dtypes import SIZES
 
-    for name, dtype in DTYPES.items():
+    for name in SIZES:
+        dtype = getattr(torch, raw.torch_name(name))
         assert raw.itemsize(name) == torch.empty((), dtype=dtype).element_size()
         assert raw.dtype_name(dtype) == name and raw.torch_dtype(name) is dtype
 
@@ -144,12 +144,6 @@ def convert_both(monkeypatch, src, tmp_path, **kw):
         rep = rkconvert.convert(src, dst, writers=Writers(permute_bytes=flag), **quiet(**kw))
         outs.append((dst, rep))
     return outs
-
-
-def files_of(path: Path) -> dict:
-    if path.is_file():
-        return {path.name: path.read_bytes()}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -256,66 +250,6 @@ def test_cli_safetensors_paths_do_not_import_torch(tmp_path):
     assert code == 0 and "'torch'" in mods, (mods, err)
 
 
-# ---------------------------------------------------------------------------------------------
-# torch.save layouts read without torch (formats/torch_zip.py) against torch.load(meta)
-# ---------------------------------------------------------------------------------------------
-
-
-def test_torch_zip_layout_matches_torch_load(tmp_path):
-    from ropekit.conversion.formats.pth_file import _byte_ranges
-    from ropekit.conversion.formats.torch_zip import read_layout
-
-    base = torch.randn(6, 8)
-    sd = {
-        "bf16": torch.randn(5, 3).bfloat16(),
-        "f16": torch.randn(7).half(),
-        "f64": torch.randn(2, 2).double(),
-        "i8": torch.arange(-4, 4, dtype=torch.int8),
-        "bool": torch.tensor([True, False]),
-        "i64": torch.arange(3),
-        "scalar": torch.tensor(2.5),
-        "empty": torch.zeros(0, 4),
-        "view_rows": base[2:5],
-        "view_t": base.t(),
-        "base": base,
-    }
-    path = tmp_path / "sd.pth"
-    torch.save(sd, path)
-    got = read_layout(path)
-    meta = torch.load(path, map_location="meta", weights_only=True)
-    ranges = _byte_ranges(meta, path)
-    assert list(got) == list(meta)
-    for name, t in meta.items():
-        r = got[name]
-        assert (r.dtype, r.shape, r.stride, r.is_contiguous()) == (
-            t.dtype,
-            tuple(t.shape),
-            t.stride(),
-            t.is_contiguous(),
-        ), name
-        if t.is_contiguous():
-            assert (r.start, r.end) == ranges[name], name
-            data = path.read_bytes()[r.start : r.end]
-            assert data == bytes(sd[name].contiguous().view(-1).view(torch.uint8).numpy()), name
-
-
-def test_torch_zip_refuses_what_it_does_not_know(tmp_path):
-    from ropekit.conversion.formats.torch_zip import read_layout
-
-    torch.save({"a": {"nested": torch.ones(2)}}, tmp_path / "nested.pt")
-    torch.save({"a": torch.ones(2), "n": 3}, tmp_path / "mixed.pt")
-    torch.save({"a": torch.nn.Parameter(torch.ones(2))}, tmp_path / "param.pt")
-    torch.save({"a": torch.ones(2).to(torch.float8_e4m3fn)}, tmp_path / "f8.pt")  # pickled with _rebuild_tensor_v3
-    (tmp_path / "junk.pt").write_bytes(b"not a zip")
-    for f in ("nested.pt", "mixed.pt", "param.pt", "f8.pt", "junk.pt"):
-        assert read_layout(tmp_path / f) is None, f
-    # such files are still read, by torch.load (weights only)
-    from ropekit.conversion.formats.pth_file import PthFile
-
-    assert PthFile(tmp_path / "f8.pt").info("a") == (torch.float8_e4m3fn, (2,))
-    assert PthFile(tmp_path / "param.pt").tensor("a").tolist() == [1.0, 1.0]
-
-
 def test_cli_meta_to_hf_does_not_import_torch(tmp_path):
     src = make_hf_dir(tmp_path / "src", hf_tensors(torch.bfloat16))
     rkconvert.convert(src, tmp_path / "meta", **quiet(to="meta"))
@@ -340,207 +274,6 @@ def test_building_the_cli_parser_imports_no_torch():
         timeout=60,
     )
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
-
-
-# ---------------------------------------------------------------------------------------------
-# torch.save files written without torch (formats/torch_zip.py: PthZipWriter)
-# ---------------------------------------------------------------------------------------------
-
-
-def load_both_ways(path):
-    """torch.load weights-only, plain and memory-mapped: the two must agree."""
-    plain = torch.load(path, weights_only=True)
-    mapped = torch.load(path, weights_only=True, mmap=True)
-    assert list(plain) == list(mapped) and all(same_bytes(plain[k], mapped[k]) for k in plain)
-    return plain
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_pth_writer_equals_torch_save_path(tmp_path, monkeypatch, dtype):
-    """hf -> meta with the byte writer and with torch.save: the same tensors, one storage each."""
-    from ropekit.conversion.formats.torch_zip import read_layout
-
-    src = make_hf_dir(tmp_path / "src", hf_tensors(dtype, bias=True))
-    outs = {}
-    for flag in (True, False):
-        # the torch.save reference writer in place of the torch-free one
-        writers = Writers() if flag else Writers(pth=torch_pth_writer)
-        dst = tmp_path / f"meta-{flag}"
-        rkconvert.convert(src, dst, writers=writers, **quiet(to="meta"))
-        outs[flag] = dst / "consolidated.00.pth"
-    a, b = load_both_ways(outs[True]), load_both_ways(outs[False])
-    assert list(a) == list(b) and all(a[k].dtype == b[k].dtype == dtype and same_bytes(a[k], b[k]) for k in a)
-    for path in outs.values():  # no tensor shares a storage with another, in either file
-        keys = [r.key for r in read_layout(path).values()]
-        assert len(set(keys)) == len(keys)
-    # the converter's file is a valid zip, CRCs included: zipfile-based .pth readers check them
-    # even where torch does not (the torch.save reference writer, test-only, leaves them unset)
-    with zipfile.ZipFile(outs[True]) as z:
-        assert z.testzip() is None
-    # and against an independent reading: the safetensors library + ropekit.permute
-    orig = read_all(src)
-    from ropekit.conversion.formats.meta_dir import hf_to_meta_name
-
-    for name, t in orig.items():
-        if ".q_proj." in name or ".k_proj." in name:
-            t = permute_qk(t, H if ".q_proj." in name else KV, D, D, "half", "interleaved")
-        assert same_bytes(a[hf_to_meta_name(name)], t), name
-
-
-def test_fast_crc32_is_zlibs():
-    """The fast extra's CRC-32 (zlib-ng) is the one in use, and it is zlib's, chunked or not."""
-    import random
-    import zlib
-
-    from zlib_ng import zlib_ng
-
-    from ropekit.conversion.formats.torch_zip import crc32
-
-    assert crc32() is zlib_ng.crc32
-    rng = random.Random(0)
-    for size in [0, 1, 7, 4095, 65537, (1 << 20) + 3]:
-        data = rng.randbytes(size)
-        assert crc32()(data) == zlib.crc32(data)
-        assert crc32()(data[size // 3 :], crc32()(data[: size // 3])) == zlib.crc32(data)
-
-
-def test_pth_writer_without_the_fast_crc(tmp_path, monkeypatch):
-    """With only CPython's zlib (no fast extra) the .pth is the same file."""
-    import zlib
-
-    from ropekit.conversion.formats import torch_zip
-
-    src = make_hf_dir(tmp_path / "src", hf_tensors(torch.bfloat16))
-    rkconvert.convert(src, tmp_path / "fast", **quiet(to="meta"))
-    monkeypatch.setattr(torch_zip, "crc32", lambda: zlib.crc32)
-    rkconvert.convert(src, tmp_path / "plain", **quiet(to="meta"))
-    assert (tmp_path / "fast" / "consolidated.00.pth").read_bytes() == (
-        tmp_path / "plain" / "consolidated.00.pth"
-    ).read_bytes()
-    with zipfile.ZipFile(tmp_path / "plain" / "consolidated.00.pth") as z:
-        assert z.testzip() is None
-
-
-@pytest.mark.parametrize("to", ["hf", "meta"])
-def test_full_disk_is_found_before_writing(tmp_path, monkeypatch, capsys, to):
-    """Output files are reserved whole first: no space -> exit 2, one line naming the file, nothing left."""
-    import errno
-
-    from ropekit.cli import main
-    from ropekit.conversion.formats import safetensors_io
-
-    src = make_hf_dir(tmp_path / "src")
-    monkeypatch.setattr(safetensors_io, "_fallocate", lambda: (lambda fd, mode, at, size: -1, lambda: errno.ENOSPC))
-    args = ["--layout", "interleaved"] if to == "hf" else ["--to", "meta"]
-    assert main(["convert", str(src), str(tmp_path / "dst"), *args, "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "cannot reserve" in err and "No space left on device" in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
-
-
-def test_preallocation_is_only_a_speed_up(tmp_path, monkeypatch):
-    """A file system without fallocate (EOPNOTSUPP) gives the same files; real fallocate reserves the size."""
-    import errno
-
-    from ropekit.conversion.formats import safetensors_io
-
-    src = make_hf_dir(tmp_path / "src")
-    for to in ("hf", "meta"):
-        rkconvert.convert(src, tmp_path / f"{to}-a", **quiet(to=to, layout="interleaved"))
-    monkeypatch.setattr(safetensors_io, "_fallocate", lambda: (lambda fd, mode, at, size: -1, lambda: errno.EOPNOTSUPP))
-    for to in ("hf", "meta"):
-        rkconvert.convert(src, tmp_path / f"{to}-b", **quiet(to=to, layout="interleaved"))
-        a, b = files_of(tmp_path / f"{to}-a"), files_of(tmp_path / f"{to}-b")
-        assert len(a) > 2 and a == b
-    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
-    monkeypatch.undo()
-    safetensors_io.preallocate(fd, 1 << 20)
-    st = os.fstat(fd)
-    os.close(fd)
-    assert st.st_size == 1 << 20 and st.st_blocks * 512 >= 1 << 20  # blocks really reserved (ext4, tmpfs, xfs)
-
-
-def test_pth_payloads_keep_the_sources_in_page_offset(tmp_path):
-    """Copied tensors start at their source's offset mod 4096 (when that is a multiple of 8: the
-    alignment every dtype needs), all others on a page, so the kernel copies at full speed."""
-    from ropekit.conversion.formats.meta_dir import hf_to_meta_name
-    from ropekit.conversion.formats.safetensors_io import SafetensorsFile
-    from ropekit.conversion.formats.torch_zip import read_layout
-
-    tensors = hf_tensors(torch.bfloat16, bias=True)
-    tensors["model.layers.0.input_layernorm.weight"] = torch.ones(
-        3, dtype=torch.bfloat16
-    )  # 6 bytes: shifts the rest off 8
-    src = make_hf_dir(tmp_path / "src", tensors)
-    rkconvert.convert(src, tmp_path / "meta", **quiet(to="meta"))
-    layout = read_layout(tmp_path / "meta" / "consolidated.00.pth")
-    checked = {"source": 0, "moved": 0, "unaligned": 0}
-    for shard in sorted(src.glob("*.safetensors")):
-        for name, info in SafetensorsFile(shard).infos.items():
-            rec = layout[hf_to_meta_name(name)]
-            moved = ".q_proj." in name or ".k_proj." in name
-            if not moved and info.start % 8 == 0:
-                assert rec.start % 4096 == info.start % 4096, name
-                checked["source"] += 1
-            else:
-                assert rec.start % 4096 == 0, name
-                checked["moved" if moved else "unaligned"] += 1
-    assert all(checked.values()), checked  # every case was seen
-
-
-def test_state_dict_pickle_equals_torch_saves(tmp_path):
-    """The hand-written pickle unpickles (restricted, as torch_zip reads) to what torch.save's does,
-    and uses protocol-2 opcodes only."""
-    import io
-    import pickletools
-    import zipfile
-
-    from ropekit.conversion.formats import torch_zip
-
-    sd = {
-        "a": torch.randn(3, 5),
-        "b.bf16": torch.randn(300, 2).bfloat16(),
-        "c": torch.randn(2, 2, 2).half(),
-        "scalar": torch.tensor(2.0),
-        "empty": torch.zeros(0, 4),
-        "big": torch.zeros(70000, dtype=torch.int8),
-        "i64": torch.arange(3),
-        "bool": torch.tensor([True, False]),
-    }
-    torch.save(sd, tmp_path / "ref.pth")
-    with zipfile.ZipFile(tmp_path / "ref.pth") as z:
-        ref = torch_zip._Unpickler(io.BytesIO(z.read("ref/data.pkl"))).load()
-    mine = torch_zip.state_dict_pickle([(k, raw.dtype_name(v.dtype), tuple(v.shape)) for k, v in sd.items()])
-    assert torch_zip._Unpickler(io.BytesIO(mine)).load() == ref
-    assert max(op.proto for op, _, _ in pickletools.genops(mine)) <= 2
-
-
-def test_pth_zip_writer_many_tensors_and_zip64(tmp_path, monkeypatch):
-    """More than 1000 tensors (SETITEMS batches) and zip64 records (forced: real files need 4 GiB)
-    load with torch.load, plain and memory-mapped, and with Python's zipfile."""
-    import zipfile
-
-    from ropekit.conversion.formats import torch_zip
-
-    sd = {
-        f"t{i}": torch.full((i % 7 + 1,), float(i), dtype=torch.float32 if i % 2 else torch.bfloat16)
-        for i in range(1003)
-    }
-    for z64 in (False, True):
-        if z64:
-            monkeypatch.setattr(torch_zip, "_ZIP64_AT", 0)
-        path = tmp_path / f"z{z64}.pth"
-        w = torch_zip.PthZipWriter(path, [(k, v.dtype, v.shape) for k, v in sd.items()], align={"t1": 8, "t2": 3})
-        for k, v in sd.items():
-            w.write_tensor(k, v)
-        w.close()
-        got = load_both_ways(path)
-        assert list(got) == list(sd) and all(same_bytes(got[k], sd[k]) for k in sd)
-        layout = torch_zip.read_layout(path)
-        assert layout["t1"].start % 4096 == 8 and layout["t2"].start % 4096 == 0  # 3 is no dtype's alignment
-        with zipfile.ZipFile(path) as z:
-            assert z.read(f"z{z64}/version") == b"3\n" and z.read(f"z{z64}/byteorder") == b"little"
-            assert (z.infolist()[2].extra[:2] == b"\x01\x00") is z64  # the zip64 field comes first
 
 
 def test_cli_hf_to_meta_does_not_import_torch(tmp_path):

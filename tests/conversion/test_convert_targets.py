@@ -232,7 +232,7 @@ def test_verify_catches_a_copied_tensor_with_wrong_bytes(tmp_path):
 
 def test_verify_reports_an_unreadable_output_in_one_error(tmp_path):
     """A damaged output is a RopeCheckpointError of --verify, not a traceback from a reader."""
-    from ropekit.conversion.formats.torch_zip import PthZipWriter
+    from ropekit.conversion.formats.pth_writer import PthZipWriter
     from ropekit.conversion.stream import Writers
 
     class Truncating(PthZipWriter):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .formats import raw
 from .formats.base import Checkpoint
-from .formats.safetensors_io import PAGE, best_alignment
+from .formats.file_io import PAGE, best_alignment
 from .plan import Plan, Step
 from .stream import Writer, Writers
 

@@ -22,8 +22,8 @@ from typing import Protocol
 
 from .formats import raw
 from .formats.base import Checkpoint, permute_tensor
+from .formats.pth_writer import PthZipWriter
 from .formats.safetensors_io import SafetensorsWriter
-from .formats.torch_zip import PthZipWriter
 from .plan import Step
 
 __all__ = ["Writer", "Writers", "Counts", "Streamer", "Progress"]

@@ -153,7 +153,7 @@ class Checkpoint:
     def raw_info(self, name: str) -> tuple[str, tuple[int, ...]]:
         """(safetensors dtype name, shape): like ``info`` without needing torch where the format
         does not (safetensors)."""
-        from .raw import dtype_name
+        from .dtypes import dtype_name
 
         dtype, shape = self.info(name)
         return dtype_name(dtype), shape

@@ -1,19 +1,27 @@
-"""One ``torch.save`` file opened for streaming: its layout read without running code, its
-tensors read one at a time by byte range.
+"""One ``torch.save`` file opened for streaming: its layout read and checked without torch and
+without running code (``torch_zip``), its tensors read one at a time.
+
+Nothing here hands a file to ``torch.load``: a file the reader refuses is refused with its
+reason (``torch.load`` on the meta device crashes the process on some of them, e.g. a big-endian
+byteorder record).
 
 >>> import os, tempfile, torch
 >>> p = os.path.join(tempfile.mkdtemp(), "sd.pt")
 >>> torch.save({"w": torch.arange(6.0).view(2, 3)}, p)
->>> PthFile(p).raw_info("w")
-('F32', (2, 3))
+>>> f = PthFile(p)
+>>> f.names(), f.info("w"), f.raw_info("w"), f.tensor("w")[1].tolist()
+(['w'], (torch.float32, (2, 3)), ('F32', (2, 3)), [3.0, 4.0, 5.0])
 """
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import RopeCheckpointError
+from .file_io import read_range
+from .torch_zip import TensorRecord, read_layout
 
 if TYPE_CHECKING:  # annotations only: this module never imports torch at run time
     import torch
@@ -22,71 +30,55 @@ __all__ = ["PthFile", "dtype_name_of"]
 
 
 class PthFile:
-    """One ``torch.save`` file opened for streaming.
+    """One ``torch.save`` file holding a flat dict of tensors.
 
-    Its layout (names, dtypes, shapes, byte offsets) comes from the file's pickle, read without
-    torch and without running code (``formats/torch_zip.py``), or, for anything that reader does
-    not know, from a weights-only load on the meta device.  No tensor data is read until it is
-    needed, and then one tensor at a time, by byte range (a memory map would keep every page it
-    touched resident until the end).  Tensors stored as strided views of a larger storage come
-    from torch's own memory-mapped load.
+    No tensor data is read until it is needed, and then one tensor at a time, by byte range (a
+    memory map would keep every page it touched resident until the end).  Strided views of a
+    larger storage and DEFLATE-compressed records are rebuilt from their storage's bytes."""
 
-    >>> import os, tempfile, torch
-    >>> p = os.path.join(tempfile.mkdtemp(), "sd.pt")
-    >>> torch.save({"w": torch.arange(6.0).view(2, 3)}, p)
-    >>> f = PthFile(p)
-    >>> f.names(), f.info("w"), f.tensor("w")[1].tolist()
-    (['w'], (torch.float32, (2, 3)), [3.0, 4.0, 5.0])
-    """
-
-    def __init__(self, path, what: str = "PyTorch checkpoint"):
-        from .torch_zip import read_layout
-
+    def __init__(self, path):
         self.path = Path(path)
-        self._mapped: dict | None = None
-        # a plain state dict's layout is read without torch (formats/torch_zip.py); anything else
-        # goes to torch.load, which also says what is wrong with it
-        records = read_layout(self.path)
-        if records is not None:
-            self.layout: dict = records
-            self.ranges = {n: (r.start, r.end) for n, r in records.items() if r.is_contiguous()}
-            return
-        import torch
-
-        try:
-            sd = torch.load(self.path, map_location="meta", weights_only=True)
-        except Exception as exc:  # a pickle that is not plain tensors, or a truncated zip
-            raise RopeCheckpointError(
-                f"{self.path} is not a weights-only {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-            ) from None
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise RopeCheckpointError(f"{self.path} does not hold a flat dict of tensors")
-        self.layout = sd
-        self.ranges = _byte_ranges(sd, self.path)
+        self.layout: dict[str, TensorRecord] = read_layout(self.path)
+        self.ranges = {
+            n: (r.start, r.end) for n, r in self.layout.items() if r.data_start is not None and r.is_contiguous()
+        }
 
     def names(self) -> list[str]:
         return list(self.layout)
 
     def info(self, name: str):
-        t = self.layout[name]
-        return t.dtype, tuple(t.shape)
+        r = self.layout[name]
+        return r.dtype, r.shape
 
     def raw_info(self, name: str):
-        t = self.layout[name]
-        return dtype_name_of(t), tuple(t.shape)
+        r = self.layout[name]
+        return r.dtype_name, r.shape
 
     def tensor(self, name: str) -> torch.Tensor:
-        from .safetensors_io import read_range
-
+        r = self.layout[name]
         rng = self.ranges.get(name)
         if rng is not None:
-            t = self.layout[name]
-            return read_range(str(self.path), rng[0], rng[1], dtype_name_of(t), t.shape)
-        if self._mapped is None:  # a strided view of a larger storage: torch materializes it
-            import torch
+            return read_range(str(self.path), rng[0], rng[1], r.dtype_name, r.shape)
+        import torch
 
-            self._mapped = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-        return self._mapped[name]
+        storage = self._storage_bytes(r)
+        flat = torch.frombuffer(storage, dtype=torch.uint8) if len(storage) else torch.empty(0, dtype=torch.uint8)
+        return flat.view(r.dtype).as_strided(r.shape, r.stride, r.offset).clone()
+
+    def _storage_bytes(self, r: TensorRecord) -> bytearray:
+        if r.data_start is not None:
+            with open(self.path, "rb", buffering=0) as f:
+                f.seek(r.data_start)
+                data = bytearray(f.read(r.storage_bytes))
+        else:  # a DEFLATE record, as torch reads it
+            try:
+                with zipfile.ZipFile(self.path) as z:
+                    data = bytearray(z.read(r.record))
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+                raise RopeCheckpointError(f"{self.path}: record {r.record} cannot be read ({exc})") from None
+        if len(data) != r.storage_bytes:
+            raise RopeCheckpointError(f"{self.path} ended while reading record {r.record}")
+        return data
 
     def byte_range(self, name: str):
         rng = self.ranges.get(name)
@@ -94,19 +86,7 @@ class PthFile:
 
 
 def dtype_name_of(t) -> str:
-    """safetensors dtype name of a TensorRecord (no torch) or a meta tensor."""
-    from .raw import dtype_name
+    """safetensors dtype name of a TensorRecord (or anything with a torch ``dtype``)."""
+    from .dtypes import dtype_name
 
     return getattr(t, "dtype_name", None) or dtype_name(t.dtype)
-
-
-def _byte_ranges(layout: dict, path: Path) -> dict:
-    """name -> (start, end) in the file for every contiguous tensor of a meta-device load."""
-    out = {}
-    for name, t in layout.items():
-        base = getattr(t.untyped_storage(), "_checkpoint_offset", None)
-        if base is None or not t.is_contiguous():
-            continue
-        start = base + t.storage_offset() * t.element_size()
-        out[name] = (start, start + t.numel() * t.element_size())
-    return out

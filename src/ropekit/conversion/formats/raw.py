@@ -6,8 +6,8 @@ and skip ``import torch`` (over a second per run, more than the copy of a 2 GB c
 a row is ``prod(shape[1:]) * itemsize`` contiguous bytes in any dtype, and a permuted tensor is
 read with ``preadv`` straight into its new row order (one copy out of the page cache).
 
-Dtypes are safetensors' names (``"BF16"``); a torch.dtype is accepted wherever a name is and
-turned into one by its printed name, which needs no torch import either.
+Dtypes are safetensors' names (``"BF16"``, the table is ``formats/dtypes.py``); a torch.dtype is
+accepted wherever a name is and turned into one by its printed name, which needs no torch import.
 
 >>> from ropekit.conversion.formats.base import Geometry
 >>> g = Geometry(n_heads=1, n_kv_heads=1, head_dim=8, rotary_dim=8)
@@ -15,18 +15,16 @@ turned into one by its printed name, which needs no torch import either.
 [0, 4, 1, 5, 2, 6, 3, 7]
 >>> row_order("q", g, "interleaved", "half", 8)
 [0, 2, 4, 6, 1, 3, 5, 7]
->>> dtype_name("BF16"), itemsize("BF16"), nbytes("F32", (3, 4)), torch_name("F8_E4M3")
-('BF16', 2, 48, 'float8_e4m3fn')
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 
 from ...errors import RopeCheckpointError, RopeShapeError
 from ...layouts import PERMUTED_ROLES, QK_ROLES, qk_row_count, stacked_head_order
+from .dtypes import SIZES, dtype_name, itemsize, nbytes, torch_dtype, torch_name
 
 __all__ = [
     "SIZES",
@@ -41,60 +39,8 @@ __all__ = [
     "RowReader",
 ]
 
-#: safetensors dtype name -> (bytes per element, torch's name for it)
-_TABLE = {
-    "F64": (8, "float64"),
-    "F32": (4, "float32"),
-    "F16": (2, "float16"),
-    "BF16": (2, "bfloat16"),
-    "I64": (8, "int64"),
-    "I32": (4, "int32"),
-    "I16": (2, "int16"),
-    "I8": (1, "int8"),
-    "U8": (1, "uint8"),
-    "BOOL": (1, "bool"),
-    "F8_E4M3": (1, "float8_e4m3fn"),
-    "F8_E5M2": (1, "float8_e5m2"),
-    "U16": (2, "uint16"),
-    "U32": (4, "uint32"),
-    "U64": (8, "uint64"),
-}
-SIZES = {k: v[0] for k, v in _TABLE.items()}
-_BY_TORCH_NAME = {v[1]: k for k, v in _TABLE.items()}
 #: preadv takes at most IOV_MAX buffers per call (1024 on Linux)
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 1024
-
-
-def dtype_name(dtype) -> str:
-    """The safetensors name of a dtype given by that name or as a torch.dtype."""
-    if isinstance(dtype, str):
-        if dtype not in _TABLE:
-            raise KeyError(dtype)
-        return dtype
-    name = str(dtype).removeprefix("torch.")  # str(torch.bfloat16) == "torch.bfloat16": no torch import needed
-    if name not in _BY_TORCH_NAME:
-        raise RopeCheckpointError(f"dtype {name} cannot be stored in safetensors")
-    return _BY_TORCH_NAME[name]
-
-
-def itemsize(dtype) -> int:
-    return _TABLE[dtype_name(dtype)][0]
-
-
-def nbytes(dtype, shape) -> int:
-    return math.prod(shape) * itemsize(dtype)
-
-
-def torch_name(dtype) -> str:
-    """``"bfloat16"`` for ``"BF16"`` (what messages print)."""
-    return _TABLE[dtype_name(dtype)][1]
-
-
-def torch_dtype(dtype):
-    """The torch.dtype (imports torch: only for paths that need tensors anyway)."""
-    import torch
-
-    return getattr(torch, torch_name(dtype))
 
 
 def row_order(role: str, g, src: str, dst: str, rows: int) -> list[int]:

@@ -43,7 +43,7 @@ class StateDictCheckpoint(Checkpoint):
             from .pth_file import PthFile
 
             self.file = None
-            self.sd = PthFile(self.path, "PyTorch state dict")
+            self.sd = PthFile(self.path)
             names = self.sd.names()
         self.shards = [(self.path.name, names)]
         self.aux_files = []
