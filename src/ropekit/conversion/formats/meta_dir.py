@@ -26,6 +26,7 @@ from .raw import torch_dtype, torch_name
 __all__ = [
     "MetaCheckpoint",
     "is_meta_dir",
+    "geometry_from_params",
     "hf_to_meta_name",
     "meta_to_hf_name",
     "params_from_hf",
@@ -86,7 +87,8 @@ def is_meta_dir(path: Path) -> bool:
     return path.is_dir() and (path / "params.json").is_file() and any(_SHARD.match(p.name) for p in path.iterdir())
 
 
-def _geometry(params: dict, source: str) -> Geometry:
+def geometry_from_params(params: dict, source: str) -> Geometry:
+    """The attention geometry a Meta params.json describes (``source`` names it in errors)."""
     for key in ("dim", "n_heads", "n_layers"):
         if isinstance(params.get(key), bool) or not isinstance(params.get(key), int) or params[key] < 1:
             raise RopeCheckpointError(f"{source}: {key}={params.get(key)!r} must be a positive integer")
@@ -113,7 +115,7 @@ class MetaCheckpoint(Checkpoint):
 
         self.path = Path(path)
         self.config = read_json(self.path / "params.json")
-        self.geometry = _geometry(self.config, str(self.path / "params.json"))
+        self.geometry = geometry_from_params(self.config, str(self.path / "params.json"))
         self.layout = "interleaved"
         files = sorted(
             (p.name for p in self.path.iterdir() if _SHARD.match(p.name)), key=lambda n: int(_SHARD.match(n).group(1))
