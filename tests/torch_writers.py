@@ -8,9 +8,10 @@ from ropekit.conversion.formats.dtypes import torch_dtype
 from ropekit.conversion.formats.fixed_writer import FixedLayoutWriter
 
 
-def torch_pth_writer(ckpt, path, steps):
-    """The converter's ``.pth`` writer hook, answered with the torch.save reference writer."""
-    return PthWriter(path, [(s.dst, s.dtype, s.shape) for s in steps])
+def torch_pth_writer(path, entries, align=None):
+    """The converter's ``.pth`` writer (``Writers(pth=...)``), answered with the torch.save
+    reference writer (which places payloads where torch.save does: ``align`` does not apply)."""
+    return PthWriter(path, entries)
 
 
 class PthWriter(FixedLayoutWriter):

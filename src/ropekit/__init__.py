@@ -50,8 +50,8 @@ _LAZY = {
     "apply_rope_qkv": "ropekit.apply",
     # checkpoints: q/k rows, whole conversions
     "permute_qk": "ropekit.permute",
-    "convert": "ropekit.conversion.pipeline",
-    "ConvertReport": "ropekit.conversion.pipeline",
+    "convert": "ropekit.conversion.driver",
+    "ConvertReport": "ropekit.conversion.driver",
     # the transformers boundary
     "RotaryEmbedding": "ropekit.transformers.rotary_embedding",
     # the doctor

@@ -567,7 +567,8 @@ def test_tied_embeddings_to_meta_store_output(tmp_path):
     assert same_bytes(meta["output.weight"], t["model.embed_tokens.weight"])
     assert same_bytes(meta["tok_embeddings.weight"], t["model.embed_tokens.weight"])
     params = json.loads((tmp_path / "meta" / "params.json").read_text())
-    assert params["n_kv_heads"] == KV and params["rope_theta"] == 10000.0
+    # theta 10000 without scaling is Llama 1/2, whose ModelArgs (a dataclass) refuses a rope_theta key
+    assert params["n_kv_heads"] == KV and "rope_theta" not in params
     # Meta's FeedForward sizing rule, as in Meta's reference model code, gives back the FFN width
     ffn = int(2 * (4 * params["dim"]) / 3)
     if params.get("ffn_dim_multiplier") is not None:
@@ -649,15 +650,15 @@ def test_without_kernel_copy_the_bytes_match_and_the_report_says_so(tmp_path, mo
 
 
 def test_llama3_scaling_survives_hf_meta_hf(tmp_path):
-    """rope parameters go through ropekit.dialects both ways: a Llama 3.2-style llama3 scaling
-    (factor 32, not Meta's hard-coded 8) reads back to the same spec from params.json and from
-    the regenerated config.json, and transformers reads the same parameters."""
+    """rope parameters go through ropekit.dialects both ways: Llama 3.1's llama3 scaling (Meta's
+    hard-coded constants) reads back to the same spec from params.json and from the regenerated
+    config.json, and transformers reads the same parameters."""
     from transformers import LlamaConfig
 
     llama3 = {
         "rope_theta": 500000.0,
         "rope_type": "llama3",
-        "factor": 32.0,
+        "factor": 8.0,
         "low_freq_factor": 1.0,
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192,
@@ -665,16 +666,15 @@ def test_llama3_scaling_survives_hf_meta_hf(tmp_path):
     src = make_hf_dir(tmp_path / "hf", rope_parameters=llama3, max_position_embeddings=131072)
     convert(src, tmp_path / "meta", to="meta", **quiet())
     params = json.loads((tmp_path / "meta" / "params.json").read_text())
-    assert (
-        params["use_scaled_rope"] is True and params["rope_scaling_factor"] == 32.0 and params["rope_theta"] == 500000.0
-    )
+    assert params["use_scaled_rope"] is True and params["rope_theta"] == 500000.0
+    assert not any(k.startswith("rope_scaling") for k in params)  # Meta's code would not read them
     convert(tmp_path / "meta", tmp_path / "hf2", to="hf", **quiet())
 
     def key(spec):
         return spec.head_dim, spec.rotary_dim, spec.base, spec.scaling
 
     want = rk.from_config(src / "config.json")
-    assert want.scaling.kind == "llama3" and want.scaling.factor == 32.0
+    assert want.scaling.kind == "llama3" and want.scaling.factor == 8.0
     assert key(rk.from_config(tmp_path / "meta" / "params.json")) == key(want)
     assert rk.from_config(tmp_path / "meta" / "params.json").layout == "interleaved"
     assert key(rk.from_config(tmp_path / "hf2" / "config.json")) == key(want)

@@ -15,10 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-import ropekit.conversion.pipeline as rkconvert
+import ropekit.conversion.driver as rkconvert
 from pth_crafting import load_both_ways
 from ropekit.conversion.formats import raw
 from ropekit.conversion.formats.base import Geometry
+from ropekit.conversion.stream import Writers
 from ropekit.errors import RopeShapeError
 from ropekit.permute import permute_neox_qkv, permute_phi3_qkv, permute_qk
 
@@ -139,9 +140,8 @@ def test_dtype_table_agrees_with_torch():
 def convert_both(monkeypatch, src, tmp_path, **kw):
     outs = []
     for flag in (True, False):
-        monkeypatch.setattr(rkconvert, "RAW_PERMUTE", flag)
         dst = tmp_path / f"out-{'raw' if flag else 'torch'}{src.suffix}"
-        rep = rkconvert.convert(src, dst, **quiet(**kw))
+        rep = rkconvert.convert(src, dst, writers=Writers(permute_bytes=flag), **quiet(**kw))
         outs.append((dst, rep))
     return outs
 

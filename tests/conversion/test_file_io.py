@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-import ropekit.conversion.pipeline as rkconvert
+import ropekit.conversion.driver as rkconvert
 
 from checkpoints import files_of, make_hf_dir, quiet
 

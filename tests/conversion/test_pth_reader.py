@@ -224,7 +224,7 @@ def convert_in_subprocess(*args):
 def test_convert_refuses_a_damaged_meta_checkpoint(tmp_path, case):
     """Meta -> HF on a consolidated.00.pth that torch would refuse (or byte-swap): exit 2, one line
     naming the file, no DST -- not a crash, not a converted checkpoint with wrong bytes."""
-    import ropekit.conversion.pipeline as rkconvert
+    import ropekit.conversion.driver as rkconvert
 
     from checkpoints import hf_tensors, make_hf_dir, quiet
 

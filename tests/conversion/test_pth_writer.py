@@ -8,7 +8,7 @@ import zipfile
 import pytest
 import torch
 
-import ropekit.conversion.pipeline as rkconvert
+import ropekit.conversion.driver as rkconvert
 from pth_crafting import bits, load_both_ways
 from ropekit.conversion.formats import zip_layout
 from ropekit.conversion.formats.dtypes import SIZES, dtype_name, torch_dtype
@@ -17,6 +17,7 @@ from ropekit.conversion.formats.pth_pickle import load_state_dict_pickle, state_
 from ropekit.conversion.formats.pth_writer import PthZipWriter
 from ropekit.conversion.formats.safetensors_io import SafetensorsFile
 from ropekit.conversion.formats.torch_zip import read_layout
+from ropekit.conversion.stream import Writers
 from ropekit.permute import permute_qk
 from torch_writers import torch_pth_writer
 
@@ -29,10 +30,10 @@ def test_pth_writer_equals_torch_save_path(tmp_path, monkeypatch, dtype):
     src = make_hf_dir(tmp_path / "src", hf_tensors(dtype, bias=True))
     outs = {}
     for flag in (True, False):
-        if not flag:  # the torch.save reference writer in place of the torch-free one
-            monkeypatch.setattr(rkconvert, "_pth_writer", torch_pth_writer)
+        # the torch.save reference writer in place of the torch-free one
+        writers = Writers() if flag else Writers(pth=torch_pth_writer)
         dst = tmp_path / f"meta-{flag}"
-        rkconvert.convert(src, dst, **quiet(to="meta"))
+        rkconvert.convert(src, dst, writers=writers, **quiet(to="meta"))
         outs[flag] = dst / "consolidated.00.pth"
     a, b = load_both_ways(outs[True]), load_both_ways(outs[False])
     assert list(a) == list(b) and all(a[k].dtype == b[k].dtype == dtype and same_bytes(a[k], b[k]) for k in a)

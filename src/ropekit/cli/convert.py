@@ -2,7 +2,45 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import sys
+
+#: convert()'s parameter names -> this command's operands and flags (library errors name parameters)
+_FLAGS = {
+    "src_layout": "--src-layout",
+    "inv_freq": "--inv-freq",
+    "meta_generation": "--meta-generation",
+    "layout": "--layout",
+    "to": "--to",
+    "spec": "--spec",
+    "config": "--config",
+    "src": "SRC",
+    "dst": "DST",
+}
+_PARAM = re.compile(r"(?<![\w.\-])(" + "|".join(_FLAGS) + r")=(?=(\S?))")
+_SWITCHES = {"force=True": "--force", "verify=True": "--verify", "dry_run=True": "--dry-run"}
+
+
+def cli_words(text: str) -> str:
+    """A library message in this command's words.
+
+    >>> cli_words("to='safetensors' is not a format; pass spec= or config=; force=True replaces it")
+    "--to='safetensors' is not a format; pass --spec or --config; --force replaces it"
+    >>> cli_words("dst='out' exists")
+    "DST 'out' exists"
+    """
+    for param, flag in _SWITCHES.items():
+        text = text.replace(param, flag)
+
+    def flag(m: re.Match) -> str:
+        name, following = _FLAGS[m.group(1)], m.group(2)
+        if name.isupper():  # an operand: "DST 'out'"
+            return name + " "
+        return name + ("=" if following and following not in ";,)" else "")
+
+    return _PARAM.sub(flag, text)
+
 
 EXAMPLES = """examples:
   ropekit convert llama-hf/ llama-meta/ --to meta --verify
@@ -46,18 +84,27 @@ def register(subparsers) -> None:
     p.add_argument(
         "--verify", action="store_true", help="after writing, compare attention scores q.k per layer of SRC and DST"
     )
-    p.add_argument("--force", action="store_true", help="replace an existing DST")
+    p.add_argument(
+        "--meta-generation",
+        choices=["llama2", "llama3"],
+        help="with --to meta: the Meta code params.json is written for (llama2: no rope_theta key; "
+        "default: the generation the source's RoPE belongs to)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing DST (atomically)")
     p.add_argument("--dry-run", action="store_true", help="print which tensors would change; write nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def _raise_interrupt(signum, frame):
+    # one interrupt is enough: a second SIGTERM during the clean-up must not cut it short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt  # unwinds through the converter's cleanup like Ctrl-C
 
 
 def run(args) -> int:
-    from ..conversion.pipeline import convert
+    from ..conversion.driver import convert
+    from ..errors import RopeError
 
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -73,8 +120,13 @@ def run(args) -> int:
             force=args.force,
             dry_run=args.dry_run,
             verify=args.verify,
+            meta_generation=args.meta_generation,
             progress=not args.no_progress,
+            log=lambda line: print(cli_words(line), file=sys.stderr),
         )
+    except RopeError as exc:
+        exc.args = (cli_words(str(exc)),)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0

@@ -60,6 +60,6 @@ def open_checkpoint(path, *, config=None, layout: str | None = None) -> Checkpoi
         return StateDictCheckpoint(Path(path), config, layout)
     if layout is not None and Checkpoint.check_layout(layout) != ckpt.layout:
         raise RopeCheckpointError(
-            f"{path} is a {fmt} checkpoint in layout {ckpt.layout!r}; --src-layout={layout!r} contradicts it"
+            f"{path} is a {fmt} checkpoint in layout {ckpt.layout!r}; src_layout={layout!r} contradicts it"
         )
     return ckpt

@@ -86,7 +86,10 @@ class Geometry:
         """Read the head layout from a transformers config dict (v4 or v5 keys)."""
         family = str(cfg.get("model_type", "llama"))
         n_heads = _int(cfg, "num_attention_heads", source)
-        n_kv = cfg.get("num_key_value_heads") or cfg.get("multi_query_group_num") or n_heads
+        kv_key = next((k for k in ("num_key_value_heads", "multi_query_group_num") if cfg.get(k) is not None), None)
+        n_kv = n_heads if kv_key is None else _int(cfg, kv_key, source)
+        if cfg.get("num_hidden_layers") is not None:
+            _int(cfg, "num_hidden_layers", source)
         if cfg.get("head_dim"):
             head_dim = _int(cfg, "head_dim", source)
         else:
@@ -97,13 +100,17 @@ class Geometry:
                 )
             head_dim = hidden // n_heads
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise RopeCheckpointError(f"{source}: rope_parameters={rope!r} must be a JSON object")
         if isinstance(cfg.get("rotary_dim"), int):  # GPT-J, CodeGen: an absolute count
             rotary_dim = cfg["rotary_dim"]
         else:
             fraction = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor", cfg.get("rotary_pct", 1.0)))
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+                raise RopeCheckpointError(f"{source}: partial_rotary_factor={fraction!r} must be a number in (0, 1]")
             rotary_dim = int(head_dim * float(fraction))
         try:
-            return cls(n_heads, int(n_kv), head_dim, rotary_dim, cfg.get("num_hidden_layers"), family)
+            return cls(n_heads, n_kv, head_dim, rotary_dim, cfg.get("num_hidden_layers"), family)
         except RopeCheckpointError as exc:
             raise RopeCheckpointError(f"{source}: {exc}") from None
 

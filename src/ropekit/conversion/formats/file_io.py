@@ -216,7 +216,15 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     flat = t.detach().contiguous().reshape(-1)
     if flat.dtype == torch.bool:
         flat = flat.view(torch.uint8)
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+    n = flat.numel() * flat.element_size()
+    if n == 0:
+        return memoryview(b"")
+    # a ctypes view of the storage, not .numpy(): numpy is optional; the view keeps the tensor alive
+    import ctypes
+
+    buf = (ctypes.c_char * n).from_address(flat.cpu().data_ptr())
+    buf.keep = flat
+    return memoryview(buf).cast("B")
 
 
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ...errors import RopeCheckpointError
+from ..source import check_member
 from . import raw
 from .base import Checkpoint, Geometry, list_aux
 from .safetensors_io import SafetensorsFile, SafetensorsWriter
@@ -33,11 +34,22 @@ def is_hf_dir(path: Path) -> bool:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from a regular file (a FIFO would block).  Links inside SRC were refused
+    before (conversion/source.py); a config the user names may be one."""
+    import stat
+
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            from ..source import kind_of
+
+            raise RopeCheckpointError(f"{path} is {kind_of(st.st_mode)}; a config must be a regular file")
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise RopeCheckpointError(f"{path} is not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RopeCheckpointError(f"{path} is not valid UTF-8 JSON ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise RopeCheckpointError(f"{path} is nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise RopeCheckpointError(f"{path} must hold a JSON object")
     return data
@@ -58,7 +70,8 @@ class HFCheckpoint(Checkpoint):
             if not isinstance(weight_map, dict) or not weight_map:
                 raise RopeCheckpointError(f"{self.path / INDEX} has no weight_map")
             files = list(dict.fromkeys(weight_map.values()))
-            for shard in files:
+            for shard in files:  # a name like ../x or /x must not make convert read (or overwrite) it
+                check_member(self.path, shard, f"{INDEX} weight_map")
                 if not (self.path / shard).is_file():
                     tensor = next(n for n, s in weight_map.items() if s == shard)
                     raise RopeCheckpointError(
@@ -125,19 +138,24 @@ def write_hf(
     config_bytes: bytes | None,
     aligns: dict | None = None,
     clones: dict | None = None,
+    open_writer=SafetensorsWriter,
 ):
     """Open one streaming writer per shard.  ``shards``: [(file, [(name, dtype, shape), ...])].
-    Returns {file: SafetensorsWriter}; the config and index are written immediately (small).
+    Returns {file: writer}; the config and index are written immediately (small).
     ``aligns``: {file: data-start residue} for ``SafetensorsWriter(align=...)``; ``clones``: {file:
-    source SafetensorsFile} for ``SafetensorsWriter(clone=...)``."""
+    source SafetensorsFile} for ``SafetensorsWriter(clone=...)``; ``open_writer``: the writer class
+    (called like ``SafetensorsWriter``)."""
     os.makedirs(dst, exist_ok=True)
+    for f, _ in shards:  # shard names come from the source's index: never a path out of dst
+        if not f or os.path.basename(f) != f or f in (".", ".."):
+            raise RopeCheckpointError(f"shard name {f!r} is not a plain file name")
     if config_bytes is not None:  # unchanged config: keep the user's bytes exactly
         (dst / "config.json").write_bytes(config_bytes)
     else:
         write_json(dst / "config.json", config)
     writers = {}
     for f, entries in shards:
-        writers[f] = SafetensorsWriter(
+        writers[f] = open_writer(
             dst / f, entries, metadata.get(f) or {"format": "pt"}, (aligns or {}).get(f), (clones or {}).get(f)
         )
     if len(shards) > 1 or index_extra is not None:

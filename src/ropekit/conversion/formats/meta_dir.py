@@ -26,6 +26,7 @@ from .raw import torch_dtype, torch_name
 __all__ = [
     "MetaCheckpoint",
     "is_meta_dir",
+    "geometry_from_params",
     "hf_to_meta_name",
     "meta_to_hf_name",
     "params_from_hf",
@@ -86,12 +87,17 @@ def is_meta_dir(path: Path) -> bool:
     return path.is_dir() and (path / "params.json").is_file() and any(_SHARD.match(p.name) for p in path.iterdir())
 
 
-def _geometry(params: dict, source: str) -> Geometry:
+def geometry_from_params(params: dict, source: str) -> Geometry:
+    """The attention geometry a Meta params.json describes (``source`` names it in errors)."""
     for key in ("dim", "n_heads", "n_layers"):
-        if not isinstance(params.get(key), int) or params[key] < 1:
+        if isinstance(params.get(key), bool) or not isinstance(params.get(key), int) or params[key] < 1:
             raise RopeCheckpointError(f"{source}: {key}={params.get(key)!r} must be a positive integer")
     n_heads = params["n_heads"]
-    n_kv = params.get("n_kv_heads") or n_heads
+    n_kv = params.get("n_kv_heads")
+    if n_kv is None:
+        n_kv = n_heads
+    elif isinstance(n_kv, bool) or not isinstance(n_kv, int) or n_kv < 1:
+        raise RopeCheckpointError(f"{source}: n_kv_heads={n_kv!r} must be a positive integer")
     if params["dim"] % n_heads:
         raise RopeCheckpointError(f"{source}: dim={params['dim']} is not divisible by n_heads={n_heads}")
     head_dim = params["dim"] // n_heads
@@ -109,7 +115,7 @@ class MetaCheckpoint(Checkpoint):
 
         self.path = Path(path)
         self.config = read_json(self.path / "params.json")
-        self.geometry = _geometry(self.config, str(self.path / "params.json"))
+        self.geometry = geometry_from_params(self.config, str(self.path / "params.json"))
         self.layout = "interleaved"
         files = sorted(
             (p.name for p in self.path.iterdir() if _SHARD.match(p.name)), key=lambda n: int(_SHARD.match(n).group(1))
@@ -139,7 +145,6 @@ class MetaCheckpoint(Checkpoint):
                     )
         # one logical checkpoint; it is written back as a single file
         self.shards = [("consolidated.00.pth", names)]
-        self.shard_files = files
         self.aux_files = list_aux(self.path, set(files) | {"params.json"})
 
     def _concat_dim(self, name: str) -> int | None:
@@ -181,10 +186,27 @@ class MetaCheckpoint(Checkpoint):
         return self.files[0].byte_range(name) if len(self.files) == 1 else None
 
 
-def params_from_hf(cfg: dict, geometry: Geometry, intermediate_size: int) -> dict:
+#: the Meta code generations a params.json is written for (``meta_generation=``):
+#: "llama2": Meta's llama repo (Llama 1/2): ModelArgs is a dataclass, so an unknown key such as
+#:   rope_theta is a TypeError; theta is hard-coded 10000, no scaling.
+#: "llama3": Meta's llama-models (Llama 3.x): rope_theta (default 500000) and use_scaled_rope,
+#:   whose apply_scaling hard-codes the constants below; other keys are ignored.
+META_GENERATIONS = ("llama2", "llama3")
+LLAMA2_THETA = 10000.0
+#: Meta's apply_scaling constants (llama-models, models/llama3/model.py): params.json cannot change them
+_META_LLAMA3 = {
+    "rope_scaling_factor": ("factor", 8.0),
+    "rope_low_freq_factor": ("low_freq_factor", 1.0),
+    "rope_high_freq_factor": ("high_freq_factor", 4.0),
+    "rope_original_max_position_embeddings": ("original_max_position_embeddings", 8192),
+}
+
+
+def params_from_hf(cfg: dict, geometry: Geometry, intermediate_size: int, generation: str | None = None) -> dict:
     """A Meta params.json for a transformers Llama config (Meta derives the FFN width from
-    ``multiple_of`` and ``ffn_dim_multiplier``; we choose them so that it comes out exact)."""
-    rope_keys = check_meta_expressible(cfg, geometry)
+    ``multiple_of`` and ``ffn_dim_multiplier``; we choose them so that it comes out exact), with
+    only the keys the target generation's ModelArgs accepts (see META_GENERATIONS)."""
+    rope_keys = check_meta_expressible(cfg, geometry, generation)
     hidden = cfg["hidden_size"]
     params = {
         "dim": hidden,
@@ -203,9 +225,11 @@ def params_from_hf(cfg: dict, geometry: Geometry, intermediate_size: int) -> dic
     return params
 
 
-def check_meta_expressible(cfg: dict, geometry: Geometry) -> dict:
-    """The params.json RoPE keys of a transformers config, or the error that says why a Meta
-    params.json cannot describe it (checked before any tensor is written)."""
+def check_meta_expressible(cfg: dict, geometry: Geometry, generation: str | None = None) -> dict:
+    """The params.json RoPE keys of a transformers config, or the error that says why Meta's
+    reference code cannot compute the same RoPE from a params.json (checked before any tensor is
+    written).  ``generation``: one of META_GENERATIONS, or None for the one the config came from
+    (Llama 1/2 for theta 10000 without scaling, else Llama 3)."""
     hidden = cfg.get("hidden_size")
     if geometry.head_dim * geometry.n_heads != hidden:
         raise RopeCheckpointError(
@@ -216,16 +240,9 @@ def check_meta_expressible(cfg: dict, geometry: Geometry) -> dict:
         raise RopeCheckpointError(
             f"config.json: partial rotary (rotary_dim={geometry.rotary_dim}) has no Meta params.json form"
         )
-    return _meta_rope_keys(cfg)
-
-
-#: Meta's apply_scaling constants, which a params.json only overrides with explicit keys
-_META_LLAMA3 = {
-    "rope_scaling_factor": ("factor", 8.0),
-    "rope_low_freq_factor": ("low_freq_factor", 1.0),
-    "rope_high_freq_factor": ("high_freq_factor", 4.0),
-    "rope_original_max_position_embeddings": ("original_max_position_embeddings", 8192),
-}
+    if generation is not None and generation not in META_GENERATIONS:
+        raise RopeCheckpointError(f"meta_generation={generation!r} must be one of {META_GENERATIONS}")
+    return _meta_rope_keys(cfg, generation)
 
 
 def _spec_of(cfg: dict, source: str):
@@ -239,26 +256,54 @@ def _spec_of(cfg: dict, source: str):
         raise RopeCheckpointError(f"{source}: {exc}") from None
 
 
-def _meta_rope_keys(cfg: dict) -> dict:
-    """params.json RoPE keys for a transformers config: rope_theta, and use_scaled_rope (+ the
-    optional keys ropekit.dialects.meta_params reads back) for llama3 scaling."""
+def _meta_rope_keys(cfg: dict, generation: str | None) -> dict:
     spec = _spec_of(cfg, "config.json")
+    if spec.attention_factor not in (None, 1.0):
+        raise RopeCheckpointError(f"config.json: attention_factor={spec.attention_factor} has no Meta params.json form")
+    if spec.scaling is not None:
+        if spec.scaling.kind != "llama3":
+            raise RopeCheckpointError(f"config.json: rope_type={spec.scaling.kind!r} has no Meta params.json form")
+        off = [
+            f"{f}={getattr(spec.scaling, f)!r}" for f, meta in _META_LLAMA3.values() if getattr(spec.scaling, f) != meta
+        ]
+        if off:
+            raise RopeCheckpointError(
+                f"config.json: llama3 scaling with {', '.join(off)}: Meta's reference code (apply_scaling) hard-codes "
+                "factor=8, low_freq_factor=1, high_freq_factor=4, original_max_position_embeddings=8192, "
+                "so a Meta checkpoint cannot carry these"
+            )
+    if generation is None:
+        generation = "llama2" if spec.base == LLAMA2_THETA and spec.scaling is None else "llama3"
+    if generation == "llama2":
+        if spec.base != LLAMA2_THETA or spec.scaling is not None:
+            raise RopeCheckpointError(
+                f"meta_generation='llama2': Meta's Llama 1/2 code hard-codes theta 10000 without scaling; "
+                f"this model has base={spec.base:g}, scaling={spec.scaling.kind if spec.scaling else None}"
+            )
+        return {}  # Llama 1/2's ModelArgs refuses rope_theta
     out: dict = {"rope_theta": float(spec.base)}
-    if spec.scaling is None:
-        return out
-    if spec.scaling.kind != "llama3":
-        raise RopeCheckpointError(f"config.json: rope_type={spec.scaling.kind!r} has no Meta params.json form")
-    out["use_scaled_rope"] = True
-    for key, (field, meta_default) in _META_LLAMA3.items():
-        value = getattr(spec.scaling, field)
-        if value != meta_default:
-            out[key] = value
+    if spec.scaling is not None:
+        out["use_scaled_rope"] = True
     return out
+
+
+def meta_spec(params: dict, source: str = "params.json"):
+    """The RoPE spec Meta's reference code computes from a params.json.  Keys that Llama 3's code
+    ignores but Llama 4's reads (rope_scaling_factor, ...) are refused when they disagree with the
+    hard-coded constants: the same file would mean two different models."""
+    if params.get("use_scaled_rope"):
+        for key, (_, meta) in _META_LLAMA3.items():
+            if key in params and params[key] != meta:
+                raise RopeCheckpointError(
+                    f"{source}: {key}={params[key]!r} is ignored by Meta's Llama 3 code (which uses {meta:g}) "
+                    "but read by others; ropekit cannot tell which model this is"
+                )
+    return _spec_of(params, source)
 
 
 def _hf_rope_parameters(params: dict) -> dict:
     """transformers ``rope_parameters`` for a params.json (read by ropekit.dialects.meta_params)."""
-    spec = _spec_of(params, "params.json")
+    spec = meta_spec(params)
     rope: dict = {"rope_theta": float(spec.base), "rope_type": "default"}
     if spec.scaling is not None:  # the Meta reader knows llama3 only
         rope.update(rope_type="llama3", **{field: getattr(spec.scaling, field) for field, _ in _META_LLAMA3.values()})

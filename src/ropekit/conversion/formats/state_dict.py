@@ -21,11 +21,11 @@ def is_state_dict_file(path: Path) -> bool:
 
 def geometry_from_config(path: Path) -> tuple[dict, Geometry]:
     from .hf_dir import read_json
-    from .meta_dir import _geometry
+    from .meta_dir import geometry_from_params
 
     cfg = read_json(path)
     if "n_heads" in cfg:  # Meta params.json
-        return cfg, _geometry(cfg, str(path))
+        return cfg, geometry_from_params(cfg, str(path))
     return cfg, Geometry.from_hf_config(cfg, str(path))
 
 
