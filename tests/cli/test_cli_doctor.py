@@ -169,7 +169,9 @@ def test_single_operand_fingerprints(capsys, user_dir):
         (["no_such_module_xyz:fn"], "cannot import module 'no_such_module_xyz'"),
         (["{mod}:missing"], "has no attribute 'missing'"),
         (["{mod}:NOT_CALLABLE", "--head-dim", "64"], "not a function"),
-        (["{mod}:interleaved"], "head_dim unknown; pass --head-dim"),
+        (["{mod}:interleaved"], "head_dim unknown (a function without a head_dim attribute); pass --head-dim"),
+        (["{mod}:interleaved", "{mod}:doubles"], "head_dim unknown"),
+        (["Llama-9.9-Nope"], "catalog name"),
         (["zoo:gptj", "zoo:hf_rotate_half"], "head_dim differs"),
         (["missing/config.json"], "neither package.module:function"),
         (["zoo:glm", "--max-position", "4"], "--max-position=4"),
@@ -260,3 +262,26 @@ def test_meta_params_vs_transformers_config(capsys, tmp_path):
     assert "why: layout: A half (pairs (i, i + r/2)), B interleaved (pairs (2i, 2i+1))" in out
     assert "permute_qk(w, n_heads=32, head_dim=128, rotary_dim=128, src='interleaved', dst='half')" in out
     assert "fix verified: yes" in out
+
+
+def test_zoo_report_ends_with_the_next_step(capsys):
+    rc, out, _ = run(capsys)
+    assert rc == 0 and out.rstrip().splitlines()[-1].startswith("point it at your model: ropekit doctor path/to/model")
+
+
+def test_catalog_names_are_configs(capsys):
+    # the names `ropekit spec` and `ropekit plot` accept
+    rc, out, _ = run(capsys, "Llama-3.1-8B")
+    assert rc == 0 and "llama3" in out and "base=500000" in out
+    rc, out, _ = run(capsys, "Llama-3.1-8B", "zoo:llama31_scaled")
+    assert "A = Llama-3.1-8B" in out and "verdict:" in out
+
+
+def test_head_dim_comes_from_the_config_operand(capsys, user_dir):
+    # the help example: a config and a function without a head_dim attribute, no --head-dim
+    mod, model = user_dir
+    rc, out, err = run(capsys, str(model / "config.json"), f"{mod}:interleaved", "--json")
+    assert rc == 1, err
+    doc = json.loads(out)
+    assert doc["a"]["layout"] == "half" and doc["b"]["layout"] == "interleaved"
+    assert doc["a"]["rotary_dim"] == doc["b"]["rotary_dim"] == 64

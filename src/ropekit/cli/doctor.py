@@ -27,6 +27,11 @@ EXAMPLE = """examples:
 
 exit codes: 0 equivalent (or the zoo report), 1 not equivalent (or no RoPE found), 2 bad input"""
 
+#: the last line of the zoo report: what a new user does next
+NEXT_STEP = (
+    "point it at your model: ropekit doctor path/to/model (a model directory, config, GGUF file or catalog name)"
+)
+
 #: --dtype choices (torch dtype names): torch is imported when the command runs, not when
 #: `ropekit` builds its parser (`ropekit convert` between safetensors files never needs it)
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -67,7 +72,8 @@ def register(subparsers) -> None:
 
 
 def resolve(arg: str, head_dim: int | None, precision: str):
-    """(name, fn, head_dim) for one command-line operand."""
+    """(name, fn, head_dim) for one command-line operand; head_dim is None for a function that
+    carries none (the other operand, or --head-dim, supplies it)."""
     from ..doctor import zoo
 
     if arg.startswith("zoo:"):
@@ -76,34 +82,60 @@ def resolve(arg: str, head_dim: int | None, precision: str):
             raise RopeError(f"{arg!r}: no zoo entry {name!r}; known: {', '.join(zoo.ZOO)}")
         e = zoo.ZOO[name]
         return arg, e.fn, e.head_dim
-    if os.path.exists(arg):
+    if os.path.exists(arg) or is_catalog_name(arg):
         import ropekit
 
         from ..doctor.probe import spec_rope_fn
+        from .spec import resolve_config
 
-        spec = ropekit.from_config(arg)
+        spec = ropekit.from_config(resolve_config(arg))
         return arg, spec_rope_fn(spec, precision=precision), spec.head_dim
     if ":" in arg and not arg.startswith(":"):
-        mod_name, _, attr = arg.partition(":")
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())  # user modules next to where the command runs
-        try:
-            obj = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise RopeError(f"{arg!r}: cannot import module {mod_name!r} ({exc})") from None
-        for part in attr.split("."):
-            if not hasattr(obj, part):
-                raise RopeError(f"{arg!r}: module {mod_name!r} has no attribute {attr!r}")
-            obj = getattr(obj, part)
+        obj = import_function(arg)
         if isinstance(obj, zoo.ZooEntry):
             return arg, obj.fn, obj.head_dim
-        if not callable(obj):
-            raise RopeError(f"{arg!r} is a {type(obj).__name__}, not a function fn(x, positions)")
         dim = head_dim if head_dim is not None else getattr(obj, "head_dim", None)
-        if dim is None:
-            raise RopeError(f"{arg!r}: head_dim unknown; pass --head-dim N")
-        return arg, obj, int(dim)
-    raise RopeError(f"{arg!r} is neither package.module:function, zoo:NAME, nor an existing config path")
+        return arg, obj, None if dim is None else int(dim)
+    raise RopeError(
+        f"{arg!r} is neither package.module:function, zoo:NAME, a catalog name (ropekit spec --catalog) "
+        f"nor an existing config path"
+    )
+
+
+def is_catalog_name(arg: str) -> bool:
+    from ..dialects.catalog import CATALOG
+
+    return arg in CATALOG
+
+
+def import_function(arg: str):
+    """The object ``package.module:attr.attr`` names (user modules next to the cwd importable)."""
+    mod_name, _, attr = arg.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # user modules next to where the command runs
+    try:
+        obj = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise RopeError(f"{arg!r}: cannot import module {mod_name!r} ({exc})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise RopeError(f"{arg!r}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj) and type(obj).__name__ != "ZooEntry":
+        raise RopeError(f"{arg!r} is a {type(obj).__name__}, not a function fn(x, positions)")
+    return obj
+
+
+def head_dims(name_a: str, dim_a, name_b: str | None = None, dim_b=None) -> tuple[int, int | None]:
+    """Each operand's head size, a function's taken from the other operand when it has none."""
+    if dim_a is None:
+        dim_a = dim_b
+    if name_b is not None and dim_b is None:
+        dim_b = dim_a
+    for name, dim in ((name_a, dim_a), (name_b, dim_b)):
+        if name is not None and dim is None:
+            raise RopeError(f"{name!r}: head_dim unknown (a function without a head_dim attribute); pass --head-dim N")
+    return dim_a, dim_b
 
 
 def config_heads(path: str) -> int | None:
@@ -276,9 +308,12 @@ def run(args) -> int:
             print(json.dumps(out, indent=2))
         else:
             _print_zoo(rows, fixes)
+            print()
+            print(NEXT_STEP)
         return 0
     name_a, fn_a, dim_a = resolve(args.a, args.head_dim, args.precision)
     if args.b is None:
+        dim_a, _ = head_dims(name_a, dim_a)
         fp = fingerprint(fn_a, dim_a, dtype=dtype, max_position=args.max_position)
         if args.json:
             print(json.dumps(fp.to_dict(), indent=2))
@@ -288,6 +323,7 @@ def run(args) -> int:
                 print(f"  note: {note}")
         return 0 if fp.spec is not None else 1
     name_b, fn_b, dim_b = resolve(args.b, args.head_dim, args.precision)
+    dim_a, dim_b = head_dims(name_a, dim_a, name_b, dim_b)
     if dim_a != dim_b:
         raise RopeError(f"head_dim differs: {name_a} has {dim_a}, {name_b} has {dim_b}; nothing to compare")
     n_heads = args.n_heads

@@ -140,7 +140,10 @@ class LayerDiff:
             if self.first_divergence
             else "no module diverges beyond tolerance"
         )
-        return head + "\n" + self.table(self.per_layer() + [r for r in self.rows if r.name == self.first_divergence])
+        shown = {id(r) for r in self.per_layer()}
+        # the divergence point in its place among the layers (in the order modules finished)
+        rows = [r for r in self.rows if id(r) in shown or r.name == self.first_divergence]
+        return head + "\n" + self.table(rows)
 
 
 def diff_models(
