@@ -26,6 +26,9 @@ ZOO_ROWS = {
     "halved_rotary_bug": ("half", 32, "10000", "differs: rotary_dim"),
     "offset_by_one": ("half", 128, "10000", "differs: offset"),
     "bf16_inv_freq": ("half", 128, "10000", "differs: precision (bug)"),
+    "neox_bf16_inside": ("half", 64, "10000", "differs: rotary_dim, output_precision"),
+    "fp16_inside": ("half", 128, "10000", "differs: output_precision"),
+    "autocast_matmul": ("half", 64, "10000", "differs: output_precision"),
 }
 
 USER_MODULE = '''
@@ -94,7 +97,7 @@ def test_zoo_table_and_fixes(capsys):
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["name", "head", "layout", "rotary_dim", "base", "scaling"]
     assert lines[0].endswith("verdict vs transformers Llama")
-    rows = {line.split()[0]: line for line in lines[2:13]}
+    rows = {line.split()[0]: line for line in lines[2 : 2 + len(ZOO_ROWS)]}
     assert set(rows) == set(ZOO_ROWS) == set(rk.zoo.ZOO)
     for name, (layout, r, base, verdict) in ZOO_ROWS.items():
         cells = rows[name].split()
@@ -102,7 +105,7 @@ def test_zoo_table_and_fixes(capsys):
         assert rows[name].rstrip().endswith(verdict), rows[name]
     fixes = [line for line in lines if line.startswith("* ")]
     # one fix per entry that differs from transformers, plus the Minimind pair, every one verified
-    assert len(fixes) == 11 and all("[verified]" in f for f in fixes)
+    assert len(fixes) == len(ZOO_ROWS) and all("[verified]" in f for f in fixes)
     assert "permute_qk(w, n_heads=<n_heads>, head_dim=128, rotary_dim=128, src='interleaved', dst='half')" in out
     assert "offset_by_one is 1 position(s) ahead" in out
     assert "keep bf16_inv_freq's inv_freq in float32" in out

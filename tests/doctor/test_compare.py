@@ -186,3 +186,79 @@ def test_the_suggested_permute_qk_call_makes_attention_scores_equal():
     meta, hf = scores(wq, wk, meta_complex(D)), scores(*fixed, hf_rotate_half(D))
     assert (meta - hf).abs().max() <= 1e-4 * meta.abs().max()
     assert (meta - scores(wq, wk, hf_rotate_half(D))).abs().max() > 0.1 * meta.abs().max()  # unfixed differs
+
+
+# ---------------------------------------------------------------------------------------------
+# reliability: own copies, determinism, validated tolerances and head counts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_an_in_place_rope_equals_the_same_pure_function_in_float64():
+    # A rotates its input in place; before, B then saw A's output as its input: "NOT equivalent"
+    D = 32
+    pure = spec_rope_fn(rk.RopeSpec(head_dim=D))
+
+    def in_place(x, p):
+        x.copy_(pure(x, p))
+        return x
+
+    rep = rk.compare(in_place, pure, D, dtype=torch.float64)
+    assert rep.equivalent, rep.report()
+    rep = rk.compare(pure, in_place, D, dtype=torch.float64)
+    assert rep.equivalent, rep.report()
+
+
+def test_a_non_deterministic_function_compared_with_itself_is_named():
+    # before: "offset -1, fix verified"
+    # state kept between calls: every other call is one position ahead
+    inner, calls = hf_rotate_half(16), []
+
+    def noisy(x, p):
+        calls.append(None)
+        return inner(x, p + len(calls) % 2)
+
+    with pytest.raises(rk.RopeArgumentError, match="A is not deterministic"):
+        rk.compare(noisy, noisy, 16)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"tolerance_ulps": float("inf")}, "tolerance_ulps=inf"),
+        ({"tolerance_ulps": float("nan")}, "tolerance_ulps=nan"),
+        ({"tolerance_ulps": -1.0}, "tolerance_ulps=-1.0"),
+        ({"tolerance_ulps": True}, "tolerance_ulps=True"),
+        ({"n_heads": -4}, "n_heads=-4"),
+        ({"n_heads": 2.5}, "n_heads=2.5"),
+        ({"max_position": 0}, "max_position=0"),
+        ({"max_position": 2**40}, "max_position=1099511627776"),
+        ({"dtype": torch.int64}, "dtype=torch.int64"),
+        ({"dtype_b": "bf16"}, "dtype_b='bf16'"),
+        ({"seed": -3}, "seed=-3"),
+        ({"names": ("A",)}, "names=('A',)"),
+    ],
+)
+def test_bad_parameters_are_one_error_naming_them(kwargs, words):
+    with pytest.raises(rk.RopeError) as exc:
+        rk.compare(hf_rotate_half(16), hf_rotate_half(16), 16, **kwargs)
+    assert words in str(exc.value) and len(str(exc.value)) < 300
+
+
+def test_zeros_are_never_equivalent():
+    # tolerance_ulps=inf used to call this equivalent; the largest finite tolerance still does not
+    rep = rk.compare(hf_rotate_half(16), lambda x, p: torch.zeros_like(x), 16, tolerance_ulps=1e6)
+    assert not rep.equivalent
+
+
+def test_huge_head_dim_and_meta_outputs_are_one_error():
+    with pytest.raises(rk.RopeShapeError, match="head_dim=100000"):
+        rk.compare(hf_rotate_half(16), hf_rotate_half(16), 100000)
+    with pytest.raises(rk.RopeArgumentError, match="B returned a meta tensor"):
+        rk.compare(hf_rotate_half(16), lambda x, p: x.to("meta"), 16)
+
+
+def test_rounding_inside_is_named_and_its_fix_verified():
+    rep = rk.compare(hf_rotate_half(128), rk.zoo.fp16_inside(128), 128)
+    assert not rep.equivalent and _fields(rep) == ["output_precision"]
+    assert "rounds its outputs to float16 inside a float32 interface" in rep.explanation
+    assert "in float32 or wider" in rep.fix and rep.fix_verified is True

@@ -27,11 +27,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import RopeShapeError
+from ..errors import RopeArgumentError
 from ..frequencies import attention_factor as spec_attention_factor
 from ..spec import scaling_to_dict
+from .arguments import check_dtype, check_head_dim, check_max_position, check_n_heads, check_seed, check_tolerance
+from .calls import call_twice
 from .layerdiff import LayerDiff, diff_models
-from .probe import Fingerprint, call_rope, fingerprint, spec_rope_fn
+from .probe import Fingerprint, fingerprint, spec_rope_fn
+from .structure import pair_dims
 
 __all__ = ["compare", "Comparison", "diff_models", "LayerDiff", "COMPARE_POSITIONS", "pair_dims"]
 
@@ -49,18 +52,6 @@ def _eps(dtype: torch.dtype) -> float:
 
 def _coarser(*dtypes: torch.dtype) -> torch.dtype:
     return max(dtypes, key=_eps)
-
-
-def pair_dims(layout: str, rotary_dim: int) -> list[tuple[int, int]]:
-    """The (first, second) dims of each rotating pair, in frequency order.
-
-    >>> pair_dims("interleaved", 4), pair_dims("half", 4)
-    ([(0, 1), (2, 3)], [(0, 2), (1, 3)])
-    """
-    n = rotary_dim // 2
-    if layout == "half":
-        return [(i, i + n) for i in range(n)]
-    return [(2 * i, 2 * i + 1) for i in range(n)]
 
 
 @dataclass
@@ -83,13 +74,17 @@ class Measurement:
         return max(self.err_by_position, key=lambda pe: pe[1])[0]
 
 
-def _measure(fn_a, fn_b, head_dim, dtype_a, dtype_b, positions, tolerance_ulps, seed=0, rows=4) -> Measurement:
+def _measure(
+    fn_a, fn_b, head_dim, dtype_a, dtype_b, positions, tolerance_ulps, seed=0, rows=4, names=("A", "B")
+) -> Measurement:
     gen = torch.Generator().manual_seed(seed)
     coarse_in = _coarser(dtype_a, dtype_b)
     pos = torch.tensor(positions, dtype=torch.int64).repeat_interleave(rows)
     x = torch.randn(pos.numel(), head_dim, generator=gen, dtype=torch.float64).to(coarse_in).double()
-    ya = call_rope(fn_a, x.to(dtype_a), pos, "A")
-    yb = call_rope(fn_b, x.to(dtype_b), pos, "B")
+    # each function gets its own copy of every input (call_rope copies), twice: an in-place A must
+    # not change what B sees, and a function that is not deterministic is named, not compared
+    ya = call_twice(fn_a, x.to(dtype_a), pos, names[0])
+    yb = call_twice(fn_b, x.to(dtype_b), pos, names[1])
     dtype = _coarser(coarse_in, ya.dtype, yb.dtype)
     diff = ya.detach().double().cpu() - yb.detach().double().cpu()
     err = diff.abs()
@@ -265,11 +260,17 @@ def compare(
     >>> rep.equivalent, [d.field for d in rep.differences], rep.fix_verified
     (False, ['offset'], True)
     """
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2:
-        raise RopeShapeError(f"head_dim={head_dim!r} must be an integer >= 2")
-    dtype_b = dtype if dtype_b is None else dtype_b
+    check_head_dim(head_dim)
+    check_dtype(dtype)
+    dtype_b = dtype if dtype_b is None else check_dtype(dtype_b, "dtype_b")
+    check_max_position(max_position, 1)
+    check_n_heads(n_heads)
+    tolerance_ulps = check_tolerance(tolerance_ulps)
+    check_seed(seed)
+    if not (isinstance(names, tuple) and len(names) == 2 and all(isinstance(n, str) for n in names)):
+        raise RopeArgumentError(f"names={names!r} must be a tuple of two strings")
     positions = tuple(p for p in COMPARE_POSITIONS if p <= max_position)
-    m = _measure(fn_a, fn_b, head_dim, dtype, dtype_b, positions, tolerance_ulps, seed)
+    m = _measure(fn_a, fn_b, head_dim, dtype, dtype_b, positions, tolerance_ulps, seed, names=names)
     fa, fb = fingerprints if fingerprints is not None else (None, None)
     rep = Comparison(
         head_dim=head_dim,
@@ -382,7 +383,22 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
     if fa.direction != fb.direction:
         diffs.append(Difference("direction", fa.direction, fb.direction, f"direction: {b} rotates the other way"))
         fixes.append(f"{b} rotates backwards: negate its sin table (or swap the two dims of each pair)")
-    if fa.precision != fb.precision:
+    rounding = fa.output_precision != fb.output_precision
+    if rounding:
+        diffs.append(
+            Difference(
+                "output_precision",
+                fa.output_precision,
+                fb.output_precision,
+                f"output precision: {a} {_rounding_text(fa)}, {b} {_rounding_text(fb)}",
+            )
+        )
+        coarse = a if fa.rounded_inside else b
+        fixes.append(
+            f"compute {_poss(coarse)} rotation in float32 or wider (no .to(bfloat16/float16) or autocast inside "
+            f"it) and cast once at the end"
+        )
+    if fa.precision != fb.precision and not (fa.rounded_inside or fb.rounded_inside):
         alone = not diffs
         diffs.append(Difference("precision", fa.precision, fb.precision, _precision_text(rep, fa, fb, alone)))
     rep.differences = diffs
@@ -420,7 +436,11 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
     if "precision" in [d.field for d in diffs]:
         fixes.append("(tables also differ in precision: see above; that part is not a config change)")
     rep.fix = "\n".join(fixes)
-    fixed = _apply_fixes(fn_b, fa, fb, config, D)
+    if rounding and fa.rounded_inside:
+        rep.fix = "\n".join(fixes)
+        rep.fix_verified = None  # the fix is to A's code; B is the reference here
+        return
+    fixed = _apply_fixes(fn_b, fa, fb, config, D, rebuild=rounding)
     if fixed is None:
         rep.fix_verified = None
         return
@@ -438,11 +458,12 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
             rep.fix_remaining = "precision only"
 
 
-def _apply_fixes(fn_b, fa: Fingerprint, fb: Fingerprint, config: dict, D: int):
-    """B with every fix applied, as a black box (None when a fix cannot be composed)."""
+def _apply_fixes(fn_b, fa: Fingerprint, fb: Fingerprint, config: dict, D: int, rebuild: bool = False):
+    """B with every fix applied, as a black box (None when a fix cannot be composed); ``rebuild``:
+    B rebuilt from its fingerprint in float32 even without a config change (B rounds inside)."""
     fn = fn_b
     layout_b, r_b = fb.spec.layout, fb.spec.rotary_dim
-    if config:
+    if config or rebuild:
         # config fields: B's own fingerprinted rotation (offset, direction, precision kept) with A's values
         spec = fb.spec.replace(**config)
         precision = fb.precision if fb.precision in ("exact", "hf") else "hf"
@@ -486,6 +507,13 @@ def _shifted(fn, shift):
 def _permuted(fn, perm):
     inv = torch.argsort(perm)
     return lambda x, p: fn(x[:, perm], p)[:, inv]
+
+
+def _rounding_text(fp: Fingerprint) -> str:
+    dtype = str(fp.dtype).replace("torch.", "")
+    if fp.rounded_inside:
+        return f"rounds its outputs to {fp.output_precision} inside a {dtype} interface ({fp.significand_bits} bits)"
+    return f"carries {fp.output_precision}"
 
 
 def _poss(name: str) -> str:
