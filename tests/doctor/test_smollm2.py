@@ -7,6 +7,7 @@ ropekit's permute, so a wrong permute_qk cannot agree with itself.
 The file is read once per session (opening it parses the tokenizer: the slow part)."""
 
 import importlib.util
+import math
 import os
 
 import pytest
@@ -144,3 +145,132 @@ def test_doctor_a_b_finds_the_permutation_in_every_layer(smol):
     changed["model.layers.7.self_attn.k_proj.weight"] = changed["model.layers.7.self_attn.k_proj.weight"] * 1.01
     first = diff_checkpoints(gguf_sd, changed, g).first_difference
     assert (first.layer, first.role) == (7, "k")
+
+
+# ---------------------------------------------------------------------------------------------
+# a layer diff on the real model: transformers vs a hand-written forward with the wrong layout
+# ---------------------------------------------------------------------------------------------
+
+DIFF_LAYERS = 2
+_GGUF_TO_HF = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+@pytest.fixture(scope="module")
+def smol_state_dict():
+    """The first DIFF_LAYERS layers of SmolLM2 with transformers' names, q/k in the half order."""
+    from ropekit.doctor.weights import gguf_tensors
+
+    names = ["token_embd.weight", "output_norm.weight"] + [
+        f"blk.{i}.{n}.weight" for i in range(DIFF_LAYERS) for n in _GGUF_TO_HF
+    ]
+    raw = gguf_tensors(GGUF, names)
+    sd = {"model.embed_tokens.weight": raw["token_embd.weight"], "model.norm.weight": raw["output_norm.weight"]}
+    for i in range(DIFF_LAYERS):
+        for g_name, hf_name in _GGUF_TO_HF.items():
+            w = raw[f"blk.{i}.{g_name}.weight"]
+            if g_name in ("attn_q", "attn_k"):
+                w = interleaved_to_half(w, H if g_name == "attn_q" else KV)
+            sd[f"model.layers.{i}.{hf_name}.weight"] = w
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"]  # tied
+    return sd
+
+
+class _RMSNorm(torch.nn.Module):
+    def __init__(self, n, eps):
+        super().__init__()
+        self.weight, self.eps = torch.nn.Parameter(torch.ones(n)), eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self, layout):
+        super().__init__()
+        self.q_proj = torch.nn.Linear(HIDDEN, H * D, bias=False)
+        self.k_proj = torch.nn.Linear(HIDDEN, KV * D, bias=False)
+        self.v_proj = torch.nn.Linear(HIDDEN, KV * D, bias=False)
+        self.o_proj = torch.nn.Linear(H * D, HIDDEN, bias=False)
+        self.layout = layout
+
+    def rotate(self, x, pos):  # x [b, heads, s, D]; written from the RoPE formula
+        inv = 1.0 / (CONFIG["rope_theta"] ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
+        ang = pos.double()[:, None] * inv[None]
+        c, s = ang.cos().float(), ang.sin().float()
+        if self.layout == "half":
+            x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+            return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), -1)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), -1).flatten(-2)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        pos = torch.arange(s)
+        q = self.rotate(self.q_proj(x).view(b, s, H, D).transpose(1, 2), pos)
+        k = self.rotate(self.k_proj(x).view(b, s, KV, D).transpose(1, 2), pos).repeat_interleave(H // KV, 1)
+        v = self.v_proj(x).view(b, s, KV, D).transpose(1, 2).repeat_interleave(H // KV, 1)
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+        att = att.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+        return self.o_proj((att @ v).transpose(1, 2).reshape(b, s, H * D))
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, layout):
+        super().__init__()
+        eps = CONFIG["rms_norm_eps"]
+        self.input_layernorm, self.post_attention_layernorm = _RMSNorm(HIDDEN, eps), _RMSNorm(HIDDEN, eps)
+        self.self_attn = _Attention(layout)
+        inter = CONFIG["intermediate_size"]
+        self.mlp = torch.nn.Module()
+        self.mlp.gate_proj = torch.nn.Linear(HIDDEN, inter, bias=False)
+        self.mlp.up_proj = torch.nn.Linear(HIDDEN, inter, bias=False)
+        self.mlp.down_proj = torch.nn.Linear(inter, HIDDEN, bias=False)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.input_layernorm(x))
+        h = self.post_attention_layernorm(x)
+        m = self.mlp
+        return x + m.down_proj(torch.nn.functional.silu(m.gate_proj(h)) * m.up_proj(h))
+
+
+class HandWrittenLlama(torch.nn.Module):
+    """A Llama forward written by hand, module names as transformers' (so diff_models aligns them)."""
+
+    def __init__(self, layout):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.embed_tokens = torch.nn.Embedding(CONFIG["vocab_size"], HIDDEN)
+        self.model.layers = torch.nn.ModuleList(_Layer(layout) for _ in range(DIFF_LAYERS))
+        self.model.norm = _RMSNorm(HIDDEN, CONFIG["rms_norm_eps"])
+        self.lm_head = torch.nn.Linear(HIDDEN, CONFIG["vocab_size"], bias=False)
+
+    def forward(self, input_ids):
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            x = layer(x)
+        return self.lm_head(self.model.norm(x))
+
+
+def test_layer_diff_names_layer_0_attention_for_the_wrong_layout(smol_state_dict):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(**(CONFIG | {"num_hidden_layers": DIFF_LAYERS}), attn_implementation="eager")
+    ref = transformers.LlamaForCausalLM(cfg).eval()
+    ref.load_state_dict(smol_state_dict, strict=True)
+    ids = torch.tensor([[1, 504, 3458, 314, 260, 1345, 28, 1206, 253, 2093, 30, 2]])
+    for layout, first in (("half", None), ("interleaved", "model.layers.0.self_attn")):
+        mine = HandWrittenLlama(layout).eval()
+        mine.load_state_dict(smol_state_dict, strict=True)
+        rep = rk.diff_models(ref, mine, {"input_ids": ids}, rtol=1e-3)
+        # the right layout: no module diverges (fp32 in another order); the wrong one: layer 0's attention
+        assert rep.first_divergence == first, str(rep)
+    assert rep.rows[0].name == "model.embed_tokens" and rep.rows[0].out_err == 0.0

@@ -71,10 +71,13 @@ def _record(model: torch.nn.Module, inputs, names: set[str] | None = None):
 
 
 def _max_err(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> tuple[float, float]:
-    """(max |x - y|, max |x|) over paired tensors; inf when shapes differ."""
+    """(max |x - y|, max |x|) over paired tensors; inf when shapes differ.  When one side has more
+    tensors (a port whose attention also takes the cos/sin tables or a mask, or also returns the
+    attention weights), the leading ones are paired: the hidden states come first in every
+    implementation seen, and the extras have no counterpart to compare with."""
     err, mag = 0.0, 0.0
-    if len(xs) != len(ys):
-        return float("inf"), 0.0
+    if not xs or not ys:
+        return (0.0, 0.0) if len(xs) == len(ys) else (float("inf"), 0.0)
     for x, y in zip(xs, ys):
         if x.shape != y.shape:
             return float("inf"), 0.0

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import RopeCheckpointError, RopeConfigError, require
 
-__all__ = ["Geometry", "qk_layers", "geometry_of", "is_gguf", "gguf_metadata", "QK_NAMES"]
+__all__ = ["Geometry", "qk_layers", "geometry_of", "is_gguf", "gguf_metadata", "gguf_tensors", "QK_NAMES"]
 
 #: (q name, k name) patterns of one layer, per naming scheme; ``{i}`` is the layer index
 QK_NAMES = (
@@ -179,9 +179,19 @@ def _gguf_source(path: str):
     def get(name):
         t = tensors[name]
         values = gguf.dequantize(t.data, t.tensor_type)  # rows = output features (numpy order)
-        return torch.from_numpy(values.copy()).reshape(int(t.shape[1]), int(t.shape[0]))
+        shape = [int(d) for d in reversed(t.shape.tolist())]  # GGUF lists dims fastest first
+        return torch.from_numpy(values.copy()).reshape(shape)
 
     return get, set(tensors)
+
+
+def gguf_tensors(path, names) -> dict[str, torch.Tensor]:
+    """The named tensors of a GGUF file, dequantized to float32 (rows = output features)."""
+    get, have = _gguf_source(os.fspath(path))
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise RopeCheckpointError(f"{path}: no tensor {missing[0]!r}")
+    return {n: get(n) for n in names}
 
 
 def _safetensors_source(path: str):
