@@ -288,3 +288,80 @@ def test_head_dim_comes_from_the_config_operand(capsys, user_dir):
     doc = json.loads(out)
     assert doc["a"]["layout"] == "half" and doc["b"]["layout"] == "interleaved"
     assert doc["a"]["rotary_dim"] == doc["b"]["rotary_dim"] == 64
+
+
+# ---------------------------------------------------------------------------------------------
+# whole checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_hf_checkpoint(path, **config):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        **config,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def test_checkpoint_readings_agree(capsys, tmp_path):
+    model = _tiny_hf_checkpoint(tmp_path / "m")
+    rc, out, err = run(capsys, str(model))
+    assert rc == 0, out + err
+    assert "ropekit:" in out and "transformers 5." in out and "no disagreement found" in out
+    # random-init weights: the layout is reported unknown, never guessed
+    assert "the q/k weights show no layout" in out
+
+
+def test_converted_interleaved_checkpoint_says_stock_transformers_runs_it_wrong(capsys, tmp_path):
+    src = _tiny_hf_checkpoint(tmp_path / "m")
+    dst = tmp_path / "m-interleaved"
+    assert main(["convert", str(src), str(dst), "--layout", "interleaved", "--no-progress"]) == 0
+    capsys.readouterr()
+    rc, out, _ = run(capsys, str(dst))
+    assert rc == 1
+    assert "ropekit_layout='interleaved'" in out and "stock transformers" in out and "WRONG" in out
+    assert "ropekit.hf.patch(model)" in out
+    # the original is fine, and the two are the same rows permuted, by the named call
+    rc, out, _ = run(capsys, str(src), str(dst))
+    assert rc == 0, out
+    assert "permute_qk(w, n_heads=..., head_dim=16, rotary_dim=16, src='half', dst='interleaved')" in out
+
+
+def test_a_5x_config_under_transformers_4x_names_the_base_it_runs(tmp_path):
+    old = "/work/deps/transformers-4.45.2"
+    if not os.path.isdir(old):
+        pytest.skip("transformers 4.45.2 is not installed at /work/deps (the release matrix)")
+    model = tmp_path / "m"
+    model.mkdir()
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 512,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+    }
+    (model / "config.json").write_text(json.dumps(cfg))
+    src = str(Path(rk.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + old}
+    res = subprocess.run(
+        [sys.executable, "-m", "ropekit", "doctor", str(model)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "transformers 4.45.2:" in res.stdout and "base=10000" in res.stdout
+    assert "transformers 4.45.2 ignores 'rope_parameters'" in res.stdout and "it runs base 10000" in res.stdout
+    readings = {line.split(":")[0].strip(): line for line in res.stdout.splitlines()[1:3]}
+    assert readings["ropekit"].rstrip().endswith("half r=64/64 base=500000")
+    # the disagreement between the two readings, with the fix
+    assert "disagreement: transformers 4.45.2 and ropekit compute different RoPEs" in res.stdout

@@ -5,9 +5,13 @@
 * ``A``: fingerprint one implementation;
 * ``A B``: compare two; exit 0 when equivalent, 1 when not (with the explanation and the fix).
 
-A and B are ``package.module:function`` (a ``fn(x[n, head_dim], positions[n])``; give
-``--head-dim`` unless the function has a ``head_dim`` attribute), ``zoo:NAME``, or a config path
-or model directory (read by ``ropekit.from_config``).
+A and B are ``package.module:function`` (a ``fn(x[n, head_dim], positions[n])``; its head_dim
+from ``--head-dim``, its ``head_dim`` attribute, or the other operand), ``zoo:NAME``, a catalog name
+(``ropekit spec --catalog``), a config path, a model directory or a GGUF file.  One checkpoint: the
+RoPE each framework installed here would run for it (ropekit's reading, the installed transformers
+measured from its own modeling code), markers, stored inv_freq, ignored keys, the layout in its
+trained q/k weights, every disagreement with its fix.  Two checkpoints with weights: per layer and
+q/k tensor, whether B's rows are A's rows permuted, and by which ``permute_qk`` call.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ EXAMPLE = """examples:
   ropekit doctor zoo:hf_rotate_half zoo:meta_complex
   ropekit doctor mypkg.rope:apply_rope zoo:hf_rotate_half --head-dim 128 --dtype bfloat16
   ropekit doctor path/to/llama/config.json mypkg.rope:apply_rope --json
+  ropekit doctor path/to/model                     # a checkpoint: every framework's RoPE, disagreements, fixes
+  ropekit doctor model.gguf path/to/hf-model       # two checkpoints: the q/k row permutation between them
+  ropekit doctor Llama-3.1-8B
 
 exit codes: 0 equivalent (or the zoo report), 1 not equivalent (or no RoPE found), 2 bad input"""
 
@@ -272,6 +279,81 @@ def _print_fix(title: str, rep) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def is_checkpoint(arg: str) -> bool:
+    """A GGUF file, or a model directory (config and/or weights)."""
+    from ..doctor.weights import is_gguf
+
+    if is_gguf(arg):
+        return True
+    return os.path.isdir(arg) and any(
+        os.path.exists(os.path.join(arg, n)) for n in ("config.json", "params.json", "model_config.yaml")
+    )
+
+
+def has_weights(arg: str) -> bool:
+    from ..doctor.weights import is_gguf
+
+    return is_gguf(arg) or (os.path.isdir(arg) and any(f.endswith(".safetensors") for f in os.listdir(arg)))
+
+
+def checkpoint_command(args) -> int:
+    from ..doctor.checkpoint_report import doctor_checkpoint
+    from ..doctor.report_text import checkpoint_text
+
+    report = doctor_checkpoint(args.a, max_position=min(args.max_position, 2**16))
+    if args.json:
+        out = {
+            "path": report.path,
+            "readings": [
+                {"framework": r.framework, "spec": None if r.spec is None else r.spec.to_dict(), "text": r.text}
+                for r in report.readings
+            ],
+            "findings": [{"kind": f.kind, "text": f.text, "fix": f.fix, "problem": f.problem} for f in report.findings],
+            "layout": None if report.layout is None else report.layout.to_dict(),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        print(checkpoint_text(report))
+    return 1 if report.problems else 0
+
+
+def checkpoint_pair_command(args) -> int:
+    from ..doctor.checkpoint_diff import diff_checkpoints
+    from ..doctor.infer_layout import infer_layout
+    from ..doctor.report_text import checkpoint_pair_text
+    from ..doctor.weights import geometry_of
+
+    geometry = geometry_of(args.a)
+    diff = diff_checkpoints(args.a, args.b, geometry)
+    layouts = []
+    for name, path in (("A", args.a), ("B", args.b)):
+        try:
+            layouts.append((name, infer_layout(path)))
+        except RopeError:
+            layouts.append((name, None))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "same_up_to_permutation": diff.same_up_to_permutation,
+                    "permutation": diff.permutation,
+                    "tensors": [vars(t) for t in diff.tensors],
+                    "layouts": {n: None if r is None else r.to_dict() for n, r in layouts},
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(f"A = {args.a}\nB = {args.b}")
+        print(checkpoint_pair_text(diff, layouts))
+    return 0 if diff.same_up_to_permutation else 1
+
+
+# ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
 
@@ -311,6 +393,10 @@ def run(args) -> int:
             print()
             print(NEXT_STEP)
         return 0
+    if args.b is None and is_checkpoint(args.a):
+        return checkpoint_command(args)
+    if args.b is not None and has_weights(args.a) and has_weights(args.b):
+        return checkpoint_pair_command(args)
     name_a, fn_a, dim_a = resolve(args.a, args.head_dim, args.precision)
     if args.b is None:
         dim_a, _ = head_dims(name_a, dim_a)
