@@ -365,3 +365,32 @@ def test_a_5x_config_under_transformers_4x_names_the_base_it_runs(tmp_path):
     assert readings["ropekit"].rstrip().endswith("half r=64/64 base=500000")
     # the disagreement between the two readings, with the fix
     assert "disagreement: transformers 4.45.2 and ropekit compute different RoPEs" in res.stdout
+
+
+def test_litgpt_yarn_config_against_the_hf_one_says_where_they_part(capsys, tmp_path):
+    yarn = {"factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0}
+    (tmp_path / "model_config.yaml").write_text(
+        "n_embd: 1024\nn_head: 8\nrotary_percentage: 1.0\nrope_base: 10000\nblock_size: 16384\n"
+        "rope_adjustments: {factor: 4.0, beta_fast: 32.0, beta_slow: 1.0, original_max_seq_len: 4096}\n"
+    )
+    hf = tmp_path / "config.json"
+    hf.write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 1024,
+                "num_attention_heads": 8,
+                "max_position_embeddings": 16384,
+                "rope_parameters": {
+                    "rope_type": "yarn",
+                    "rope_theta": 10000.0,
+                    "original_max_position_embeddings": 4096,
+                }
+                | yarn,
+            }
+        )
+    )
+    rc, out, _ = run(capsys, str(hf), str(tmp_path / "model_config.yaml"))
+    assert rc == 1 and "verdict: NOT equivalent" in out
+    assert "scaling: A yarn" in out and "B longrope" in out
+    assert "LitGPT computes yarn with the ramp mirrored" in out

@@ -5,6 +5,7 @@ independent check (this file's own permutation / position shift) that the named 
 one, so a wrong explanation cannot pass by agreeing with itself."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -262,3 +263,37 @@ def test_rounding_inside_is_named_and_its_fix_verified():
     assert not rep.equivalent and _fields(rep) == ["output_precision"]
     assert "rounds its outputs to float16 inside a float32 interface" in rep.explanation
     assert "in float32 or wider" in rep.fix and rep.fix_verified is True
+
+
+# ---------------------------------------------------------------------------------------------
+# frameworks side by side: the same model's yarn in LitGPT's config and in transformers'
+# ---------------------------------------------------------------------------------------------
+
+
+def test_litgpt_and_transformers_yarn_part_at_the_ramp():
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    yarn = {"factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0}
+    lit = rk.from_config(
+        {"n_embd": 1024, "n_head": 8, "rotary_percentage": 1.0, "rope_base": 10000, "block_size": 16384}
+        | {"rope_adjustments": yarn | {"original_max_seq_len": 4096}}
+    )
+    hf_cfg = transformers.LlamaConfig(
+        hidden_size=1024,
+        num_attention_heads=8,
+        max_position_embeddings=16384,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "original_max_position_embeddings": 4096} | yarn,
+    )
+    hf_inv, hf_af = ROPE_INIT_FUNCTIONS["yarn"](hf_cfg, "cpu")  # transformers' own yarn, the oracle
+    plain = 1.0 / 10000.0 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128)
+    lit_inv = rk.inv_freq(lit)[0]
+    # LitGPT: pair 0 divided by the factor, pair 63 kept; transformers: the opposite
+    assert (plain / lit_inv)[[0, 63]].tolist() == [4.0, 1.0]
+    assert (plain / hf_inv.double())[[0, 63]].tolist() == pytest.approx([1.0, 4.0], rel=1e-6)
+    hf = rk.from_config(hf_cfg)
+    rep = rk.compare(spec_rope_fn(hf, precision="hf"), spec_rope_fn(lit, precision="hf"), 128, names=("HF", "LitGPT"))
+    assert not rep.equivalent and "scaling" in _fields(rep), rep.report()
+    assert "scaling: HF yarn(factor=4" in rep.explanation and "LitGPT longrope" in rep.explanation
+    # and the attention factors differ too: LitGPT without mscale 1.0, transformers 0.1 ln 4 + 1
+    assert rk.inv_freq(lit)[1] == 1.0 and hf_af == pytest.approx(0.1 * math.log(4.0) + 1)

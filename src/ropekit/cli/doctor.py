@@ -109,6 +109,24 @@ def resolve(arg: str, head_dim: int | None, precision: str):
     )
 
 
+def config_notes(arg: str) -> list[str]:
+    """What a reader wants said about a config operand (LitGPT's own yarn), else nothing."""
+    if not (os.path.exists(arg) or is_catalog_name(arg)) or has_weights(arg):
+        return []
+    from ..dialects.litgpt import LITGPT_YARN_NOTE, looks_like_litgpt
+    from ..dialects.reading import load
+    from .spec import resolve_config
+
+    try:
+        data = load(resolve_config(arg)).data
+    except RopeError:
+        return []
+    adj = data.get("rope_adjustments")
+    if looks_like_litgpt(data) and isinstance(adj, dict) and ("beta_fast" in adj or "beta_slow" in adj):
+        return [f"{arg}: {LITGPT_YARN_NOTE}"]
+    return []
+
+
 def is_catalog_name(arg: str) -> bool:
     from ..dialects.catalog import CATALOG
 
@@ -430,4 +448,6 @@ def run(args) -> int:
     else:
         print(f"A = {name_a}\nB = {name_b}")
         print(rep.report(show_mean=args.show_mean))
+        for note in config_notes(args.a) + config_notes(args.b):
+            print(f"note: {note}")
     return 0 if rep.equivalent else 1
