@@ -79,7 +79,7 @@ def test_hf_order_is_half_and_gguf_order_is_interleaved(smol):
     for res in (hf, gg):
         assert res.margin >= 8 and res.confidence > 0.99
         assert len(res.layers) == LAYERS
-        assert sum(layer.layout == res.layout for layer in res.layers) >= LAYERS // 2
+        assert sum(layer.layout == res.layout for layer in res.layers) >= LAYERS // 3
         assert not any(layer.layout not in (res.layout, "unknown") for layer in res.layers)
 
 
