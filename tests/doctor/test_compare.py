@@ -297,3 +297,20 @@ def test_litgpt_and_transformers_yarn_part_at_the_ramp():
     assert "scaling: HF yarn(factor=4" in rep.explanation and "LitGPT longrope" in rep.explanation
     # and the attention factors differ too: LitGPT without mscale 1.0, transformers 0.1 ln 4 + 1
     assert rk.inv_freq(lit)[1] == 1.0 and hf_af == pytest.approx(0.1 * math.log(4.0) + 1)
+
+
+def test_checkpoints_of_different_models_are_one_error():
+    from ropekit.doctor.checkpoint_diff import diff_checkpoints
+    from ropekit.doctor.weights import Geometry
+
+    def sd(n):
+        return {
+            f"model.layers.{i}.self_attn.{r}_proj.weight": torch.ones(16 if r == "q" else 8, 4)
+            for i in range(n)
+            for r in "qk"
+        }
+
+    g = Geometry(n_heads=2, n_kv_heads=1, head_dim=8, rotary_dim=8, base=1e4, context=4096)
+    with pytest.raises(rk.RopeCheckpointError, match="A has 2 layers .* B has 3"):
+        diff_checkpoints(sd(2), sd(3), g)
+    assert diff_checkpoints(sd(2), sd(2), g).permutation == "identity"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import RopeCheckpointError
 from ..permute import permute_qk
 from .weights import Geometry, qk_layers
 
@@ -119,7 +120,12 @@ def diff_checkpoints(a, b, geometry: Geometry, *, layers=None) -> CheckpointDiff
     """Compare two checkpoints of one model (state dicts, model directories or GGUF files) q/k tensor
     by q/k tensor.  Returns a :class:`CheckpointDiff`."""
     out = CheckpointDiff()
-    for (i, qa, ka), (_, qb, kb) in zip(qk_layers(a, layers), qk_layers(b, layers), strict=True):
+    layers_a, layers_b = list(qk_layers(a, layers)), list(qk_layers(b, layers))
+    if len(layers_a) != len(layers_b):
+        raise RopeCheckpointError(
+            f"A has {len(layers_a)} layers with q/k projections, B has {len(layers_b)}: not two checkpoints of one model"
+        )
+    for (i, qa, ka), (_, qb, kb) in zip(layers_a, layers_b):
         out.tensors.append(match_tensor(qa, qb, geometry, geometry.n_heads, i, "q"))
         out.tensors.append(match_tensor(ka, kb, geometry, geometry.n_kv_heads, i, "k"))
     return out
