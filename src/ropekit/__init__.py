@@ -61,6 +61,7 @@ _LAZY = {
     "Comparison": "ropekit.doctor.comparison",
     "diff_models": "ropekit.doctor.layerdiff",
     "LayerDiff": "ropekit.doctor.layerdiff",
+    "infer_layout": "ropekit.doctor.infer_layout",
 }
 # subpackages reachable as attributes (``rk.hf.patch``); ``hf`` and ``zoo`` are the first names of
 # ``ropekit.transformers.patch`` and ``ropekit.doctor.zoo``
@@ -98,6 +99,7 @@ __all__ = [
     "diff_models",
     "fingerprint",
     "from_config",
+    "infer_layout",
     "inv_freq",
     "permute_qk",
 ]

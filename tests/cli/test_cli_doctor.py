@@ -26,6 +26,9 @@ ZOO_ROWS = {
     "halved_rotary_bug": ("half", 32, "10000", "differs: rotary_dim"),
     "offset_by_one": ("half", 128, "10000", "differs: offset"),
     "bf16_inv_freq": ("half", 128, "10000", "differs: precision (bug)"),
+    "neox_bf16_inside": ("half", 64, "10000", "differs: rotary_dim, output_precision"),
+    "fp16_inside": ("half", 128, "10000", "differs: output_precision"),
+    "autocast_matmul": ("half", 64, "10000", "differs: output_precision"),
 }
 
 USER_MODULE = '''
@@ -94,7 +97,7 @@ def test_zoo_table_and_fixes(capsys):
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["name", "head", "layout", "rotary_dim", "base", "scaling"]
     assert lines[0].endswith("verdict vs transformers Llama")
-    rows = {line.split()[0]: line for line in lines[2:13]}
+    rows = {line.split()[0]: line for line in lines[2 : 2 + len(ZOO_ROWS)]}
     assert set(rows) == set(ZOO_ROWS) == set(rk.zoo.ZOO)
     for name, (layout, r, base, verdict) in ZOO_ROWS.items():
         cells = rows[name].split()
@@ -102,7 +105,7 @@ def test_zoo_table_and_fixes(capsys):
         assert rows[name].rstrip().endswith(verdict), rows[name]
     fixes = [line for line in lines if line.startswith("* ")]
     # one fix per entry that differs from transformers, plus the Minimind pair, every one verified
-    assert len(fixes) == 11 and all("[verified]" in f for f in fixes)
+    assert len(fixes) == len(ZOO_ROWS) and all("[verified]" in f for f in fixes)
     assert "permute_qk(w, n_heads=<n_heads>, head_dim=128, rotary_dim=128, src='interleaved', dst='half')" in out
     assert "offset_by_one is 1 position(s) ahead" in out
     assert "keep bf16_inv_freq's inv_freq in float32" in out
@@ -169,7 +172,9 @@ def test_single_operand_fingerprints(capsys, user_dir):
         (["no_such_module_xyz:fn"], "cannot import module 'no_such_module_xyz'"),
         (["{mod}:missing"], "has no attribute 'missing'"),
         (["{mod}:NOT_CALLABLE", "--head-dim", "64"], "not a function"),
-        (["{mod}:interleaved"], "head_dim unknown; pass --head-dim"),
+        (["{mod}:interleaved"], "head_dim unknown (a function without a head_dim attribute); pass --head-dim"),
+        (["{mod}:interleaved", "{mod}:doubles"], "head_dim unknown"),
+        (["Llama-9.9-Nope"], "catalog name"),
         (["zoo:gptj", "zoo:hf_rotate_half"], "head_dim differs"),
         (["missing/config.json"], "neither package.module:function"),
         (["zoo:glm", "--max-position", "4"], "--max-position=4"),
@@ -260,3 +265,132 @@ def test_meta_params_vs_transformers_config(capsys, tmp_path):
     assert "why: layout: A half (pairs (i, i + r/2)), B interleaved (pairs (2i, 2i+1))" in out
     assert "permute_qk(w, n_heads=32, head_dim=128, rotary_dim=128, src='interleaved', dst='half')" in out
     assert "fix verified: yes" in out
+
+
+def test_zoo_report_ends_with_the_next_step(capsys):
+    rc, out, _ = run(capsys)
+    assert rc == 0 and out.rstrip().splitlines()[-1].startswith("point it at your model: ropekit doctor path/to/model")
+
+
+def test_catalog_names_are_configs(capsys):
+    # the names `ropekit spec` and `ropekit plot` accept
+    rc, out, _ = run(capsys, "Llama-3.1-8B")
+    assert rc == 0 and "llama3" in out and "base=500000" in out
+    rc, out, _ = run(capsys, "Llama-3.1-8B", "zoo:llama31_scaled")
+    assert "A = Llama-3.1-8B" in out and "verdict:" in out
+
+
+def test_head_dim_comes_from_the_config_operand(capsys, user_dir):
+    # the help example: a config and a function without a head_dim attribute, no --head-dim
+    mod, model = user_dir
+    rc, out, err = run(capsys, str(model / "config.json"), f"{mod}:interleaved", "--json")
+    assert rc == 1, err
+    doc = json.loads(out)
+    assert doc["a"]["layout"] == "half" and doc["b"]["layout"] == "interleaved"
+    assert doc["a"]["rotary_dim"] == doc["b"]["rotary_dim"] == 64
+
+
+# ---------------------------------------------------------------------------------------------
+# whole checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_hf_checkpoint(path, **config):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        **config,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def test_checkpoint_readings_agree(capsys, tmp_path):
+    model = _tiny_hf_checkpoint(tmp_path / "m")
+    rc, out, err = run(capsys, str(model))
+    assert rc == 0, out + err
+    assert "ropekit:" in out and "transformers 5." in out and "no disagreement found" in out
+    # random-init weights: the layout is reported unknown, never guessed
+    assert "the q/k weights show no layout" in out
+
+
+def test_converted_interleaved_checkpoint_says_stock_transformers_runs_it_wrong(capsys, tmp_path):
+    src = _tiny_hf_checkpoint(tmp_path / "m")
+    dst = tmp_path / "m-interleaved"
+    assert main(["convert", str(src), str(dst), "--layout", "interleaved", "--no-progress"]) == 0
+    capsys.readouterr()
+    rc, out, _ = run(capsys, str(dst))
+    assert rc == 1
+    assert "ropekit_layout='interleaved'" in out and "stock transformers" in out and "WRONG" in out
+    assert "ropekit.hf.patch(model)" in out
+    # the original is fine, and the two are the same rows permuted, by the named call
+    rc, out, _ = run(capsys, str(src), str(dst))
+    assert rc == 0, out
+    assert "permute_qk(w, n_heads=..., head_dim=16, rotary_dim=16, src='half', dst='interleaved')" in out
+
+
+def test_a_5x_config_under_transformers_4x_names_the_base_it_runs(tmp_path):
+    old = "/work/deps/transformers-4.45.2"
+    if not os.path.isdir(old):
+        pytest.skip("transformers 4.45.2 is not installed at /work/deps (the release matrix)")
+    model = tmp_path / "m"
+    model.mkdir()
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 512,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+    }
+    (model / "config.json").write_text(json.dumps(cfg))
+    src = str(Path(rk.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + old}
+    res = subprocess.run(
+        [sys.executable, "-m", "ropekit", "doctor", str(model)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "transformers 4.45.2:" in res.stdout and "base=10000" in res.stdout
+    assert "transformers 4.45.2 ignores 'rope_parameters'" in res.stdout and "it runs base 10000" in res.stdout
+    readings = {line.split(":")[0].strip(): line for line in res.stdout.splitlines()[1:3]}
+    assert readings["ropekit"].rstrip().endswith("half r=64/64 base=500000")
+    # the disagreement between the two readings, with the fix
+    assert "disagreement: transformers 4.45.2 and ropekit compute different RoPEs" in res.stdout
+
+
+def test_litgpt_yarn_config_against_the_hf_one_says_where_they_part(capsys, tmp_path):
+    yarn = {"factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0}
+    (tmp_path / "model_config.yaml").write_text(
+        "n_embd: 1024\nn_head: 8\nrotary_percentage: 1.0\nrope_base: 10000\nblock_size: 16384\n"
+        "rope_adjustments: {factor: 4.0, beta_fast: 32.0, beta_slow: 1.0, original_max_seq_len: 4096}\n"
+    )
+    hf = tmp_path / "config.json"
+    hf.write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 1024,
+                "num_attention_heads": 8,
+                "max_position_embeddings": 16384,
+                "rope_parameters": {
+                    "rope_type": "yarn",
+                    "rope_theta": 10000.0,
+                    "original_max_position_embeddings": 4096,
+                }
+                | yarn,
+            }
+        )
+    )
+    rc, out, _ = run(capsys, str(hf), str(tmp_path / "model_config.yaml"))
+    assert rc == 1 and "verdict: NOT equivalent" in out
+    assert "scaling: A yarn" in out and "B longrope" in out
+    assert "LitGPT computes yarn with the ramp mirrored" in out

@@ -317,7 +317,9 @@ def test_litgpt_keys():
     yarn = rk.from_config(
         _with(base, rope_adjustments={"factor": 8.0, "beta_fast": 32.0, "beta_slow": 1.0, "original_max_seq_len": 4096})
     )
-    assert yarn.scaling == Yarn(8.0, 4096) and yarn.attention_factor == 1.0  # LitGPT: no mscale, no scaling
+    # LitGPT's yarn (its ramp mirrored against transformers'): one divisor per pair, as LitGPT computes
+    assert yarn.scaling.kind == "longrope" and yarn.attention_factor == 1.0  # LitGPT: no mscale, no scaling
+    assert (yarn.scaling.short_factor[0], yarn.scaling.short_factor[-1]) == (8.0, 1.0)
     gemma = _with(base, rope_local_base_freq=10000.0)
     assert layer_types_of(gemma) == ["full_attention", "sliding_attention"]
     assert rk.from_config(gemma, layer_type="sliding_attention").base == 10000.0

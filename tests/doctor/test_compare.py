@@ -5,6 +5,7 @@ independent check (this file's own permutation / position shift) that the named 
 one, so a wrong explanation cannot pass by agreeing with itself."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -186,3 +187,130 @@ def test_the_suggested_permute_qk_call_makes_attention_scores_equal():
     meta, hf = scores(wq, wk, meta_complex(D)), scores(*fixed, hf_rotate_half(D))
     assert (meta - hf).abs().max() <= 1e-4 * meta.abs().max()
     assert (meta - scores(wq, wk, hf_rotate_half(D))).abs().max() > 0.1 * meta.abs().max()  # unfixed differs
+
+
+# ---------------------------------------------------------------------------------------------
+# reliability: own copies, determinism, validated tolerances and head counts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_an_in_place_rope_equals_the_same_pure_function_in_float64():
+    # A rotates its input in place; before, B then saw A's output as its input: "NOT equivalent"
+    D = 32
+    pure = spec_rope_fn(rk.RopeSpec(head_dim=D))
+
+    def in_place(x, p):
+        x.copy_(pure(x, p))
+        return x
+
+    rep = rk.compare(in_place, pure, D, dtype=torch.float64)
+    assert rep.equivalent, rep.report()
+    rep = rk.compare(pure, in_place, D, dtype=torch.float64)
+    assert rep.equivalent, rep.report()
+
+
+def test_a_non_deterministic_function_compared_with_itself_is_named():
+    # before: "offset -1, fix verified"
+    # state kept between calls: every other call is one position ahead
+    inner, calls = hf_rotate_half(16), []
+
+    def noisy(x, p):
+        calls.append(None)
+        return inner(x, p + len(calls) % 2)
+
+    with pytest.raises(rk.RopeArgumentError, match="A is not deterministic"):
+        rk.compare(noisy, noisy, 16)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"tolerance_ulps": float("inf")}, "tolerance_ulps=inf"),
+        ({"tolerance_ulps": float("nan")}, "tolerance_ulps=nan"),
+        ({"tolerance_ulps": -1.0}, "tolerance_ulps=-1.0"),
+        ({"tolerance_ulps": True}, "tolerance_ulps=True"),
+        ({"n_heads": -4}, "n_heads=-4"),
+        ({"n_heads": 2.5}, "n_heads=2.5"),
+        ({"max_position": 0}, "max_position=0"),
+        ({"max_position": 2**40}, "max_position=1099511627776"),
+        ({"dtype": torch.int64}, "dtype=torch.int64"),
+        ({"dtype_b": "bf16"}, "dtype_b='bf16'"),
+        ({"seed": -3}, "seed=-3"),
+        ({"names": ("A",)}, "names=('A',)"),
+    ],
+)
+def test_bad_parameters_are_one_error_naming_them(kwargs, words):
+    with pytest.raises(rk.RopeError) as exc:
+        rk.compare(hf_rotate_half(16), hf_rotate_half(16), 16, **kwargs)
+    assert words in str(exc.value) and len(str(exc.value)) < 300
+
+
+def test_zeros_are_never_equivalent():
+    # tolerance_ulps=inf used to call this equivalent; the largest finite tolerance still does not
+    rep = rk.compare(hf_rotate_half(16), lambda x, p: torch.zeros_like(x), 16, tolerance_ulps=1e6)
+    assert not rep.equivalent
+
+
+def test_huge_head_dim_and_meta_outputs_are_one_error():
+    with pytest.raises(rk.RopeShapeError, match="head_dim=100000"):
+        rk.compare(hf_rotate_half(16), hf_rotate_half(16), 100000)
+    with pytest.raises(rk.RopeArgumentError, match="B returned a meta tensor"):
+        rk.compare(hf_rotate_half(16), lambda x, p: x.to("meta"), 16)
+
+
+def test_rounding_inside_is_named_and_its_fix_verified():
+    rep = rk.compare(hf_rotate_half(128), rk.zoo.fp16_inside(128), 128)
+    assert not rep.equivalent and _fields(rep) == ["output_precision"]
+    assert "rounds its outputs to float16 inside a float32 interface" in rep.explanation
+    assert "in float32 or wider" in rep.fix and rep.fix_verified is True
+
+
+# ---------------------------------------------------------------------------------------------
+# frameworks side by side: the same model's yarn in LitGPT's config and in transformers'
+# ---------------------------------------------------------------------------------------------
+
+
+def test_litgpt_and_transformers_yarn_part_at_the_ramp():
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    yarn = {"factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0}
+    lit = rk.from_config(
+        {"n_embd": 1024, "n_head": 8, "rotary_percentage": 1.0, "rope_base": 10000, "block_size": 16384}
+        | {"rope_adjustments": yarn | {"original_max_seq_len": 4096}}
+    )
+    hf_cfg = transformers.LlamaConfig(
+        hidden_size=1024,
+        num_attention_heads=8,
+        max_position_embeddings=16384,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "original_max_position_embeddings": 4096} | yarn,
+    )
+    hf_inv, hf_af = ROPE_INIT_FUNCTIONS["yarn"](hf_cfg, "cpu")  # transformers' own yarn, the oracle
+    plain = 1.0 / 10000.0 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128)
+    lit_inv = rk.inv_freq(lit)[0]
+    # LitGPT: pair 0 divided by the factor, pair 63 kept; transformers: the opposite
+    assert (plain / lit_inv)[[0, 63]].tolist() == [4.0, 1.0]
+    assert (plain / hf_inv.double())[[0, 63]].tolist() == pytest.approx([1.0, 4.0], rel=1e-6)
+    hf = rk.from_config(hf_cfg)
+    rep = rk.compare(spec_rope_fn(hf, precision="hf"), spec_rope_fn(lit, precision="hf"), 128, names=("HF", "LitGPT"))
+    assert not rep.equivalent and "scaling" in _fields(rep), rep.report()
+    assert "scaling: HF yarn(factor=4" in rep.explanation and "LitGPT longrope" in rep.explanation
+    # and the attention factors differ too: LitGPT without mscale 1.0, transformers 0.1 ln 4 + 1
+    assert rk.inv_freq(lit)[1] == 1.0 and hf_af == pytest.approx(0.1 * math.log(4.0) + 1)
+
+
+def test_checkpoints_of_different_models_are_one_error():
+    from ropekit.doctor.checkpoint_diff import diff_checkpoints
+    from ropekit.doctor.weights import Geometry
+
+    def sd(n):
+        return {
+            f"model.layers.{i}.self_attn.{r}_proj.weight": torch.ones(16 if r == "q" else 8, 4)
+            for i in range(n)
+            for r in "qk"
+        }
+
+    g = Geometry(n_heads=2, n_kv_heads=1, head_dim=8, rotary_dim=8, base=1e4, context=4096)
+    with pytest.raises(rk.RopeCheckpointError, match="A has 2 layers .* B has 3"):
+        diff_checkpoints(sd(2), sd(3), g)
+    assert diff_checkpoints(sd(2), sd(2), g).permutation == "identity"

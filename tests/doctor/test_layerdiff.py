@@ -94,6 +94,11 @@ def test_wrong_layout_rope_is_found_at_the_first_attention(models):
     table = str(rep)
     assert table.splitlines()[0] == "first divergence: model.layers.0.self_attn"
     assert "<- first" in table and "model.layers.2" in table
+    # the marker sits on the first divergence's own row, in the order modules finished
+    marked = [line for line in table.splitlines() if line.rstrip().endswith("<- first")]
+    assert len(marked) == 1 and marked[0].startswith("model.layers.0.self_attn ")
+    names = [line.split()[0] for line in table.splitlines()[2:]]
+    assert names.index("model.layers.0.self_attn") < names.index("model.layers.0") < names.index("model.layers.1")
 
 
 def test_mapping_aligns_renamed_modules(models):

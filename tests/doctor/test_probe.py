@@ -31,10 +31,21 @@ ZOO_EXPECTED = {
     "halved_rotary_bug": (rk.RopeSpec(head_dim=128, rotary_dim=32, base=10000.0, layout="half"), 0),
     "offset_by_one": (rk.RopeSpec(head_dim=128, base=10000.0, layout="half"), 1),
     "bf16_inv_freq": (rk.RopeSpec(head_dim=128, base=10000.0, layout="half"), 0),
+    "neox_bf16_inside": (rk.RopeSpec(head_dim=256, rotary_dim=64, base=10000.0, layout="half"), 0),
+    "fp16_inside": (rk.RopeSpec(head_dim=128, base=10000.0, layout="half"), 0),
+    "autocast_matmul": (rk.RopeSpec(head_dim=64, base=10000.0, layout="half"), 0),
+}
+#: the entries that compute in a narrower format than they return: (format, significand bits)
+ZOO_INSIDE = {
+    "neox_bf16_inside": (torch.bfloat16, 8),
+    "fp16_inside": (torch.float16, 11),
+    "autocast_matmul": (torch.bfloat16, 8),
 }
 #: the zoo computes float32 angles the way transformers does (bit-compatible with precision="hf"),
 #: except the entry whose inv_freq was rounded to bfloat16
 ZOO_PRECISION = {name: "hf" for name in ZOO_EXPECTED} | {"bf16_inv_freq": "inv_freq:bfloat16"}
+#: rounded to 8 or 11 bits, float32 and float64 tables are indistinguishable: either is right
+ZOO_PRECISION |= {name: ("exact", "hf") for name in ZOO_INSIDE}
 
 
 def _in_dtype(fn, dtype):
@@ -56,8 +67,16 @@ def test_zoo_entry_exact_spec(name, dtype):
     fp = rk.fingerprint(fn, entry.head_dim, dtype=dtype)
     assert fp.spec == spec, fp.summary()
     assert fp.offset == offset and fp.direction == 1
-    assert fp.precision == ZOO_PRECISION[name]
-    assert fp.residual <= torch.finfo(dtype).eps
+    assert fp.precision in ZOO_PRECISION[name] if name in ZOO_INSIDE else fp.precision == ZOO_PRECISION[name]
+    inside = ZOO_INSIDE.get(name, (dtype, None))[0]
+    coarser = max(torch.finfo(dtype).eps, torch.finfo(inside).eps)
+    assert fp.residual <= coarser
+    if name in ZOO_INSIDE and torch.finfo(inside).eps > torch.finfo(dtype).eps:
+        assert (fp.output_precision, fp.significand_bits) == (str(inside)[6:], ZOO_INSIDE[name][1])
+        assert fp.rounded_inside and f"rounded to {str(inside)[6:]} inside" in fp.summary()
+        assert "outputs rounded to" in fp.notes[0] and "interface" in fp.notes[0]
+    else:
+        assert not fp.rounded_inside and fp.output_precision == str(dtype)[6:]
     assert fp.inv_freq.dtype == torch.float64 and fp.inv_freq.numel() == spec.rotary_dim // 2
 
 
@@ -386,3 +405,124 @@ def test_transformers_dynamic_ntk_depends_on_the_probed_length():
     fp = rk.fingerprint(fn, 64)
     assert fp.spec.scaling is None and fp.spec.base == pytest.approx(10000.0 * 511 ** (64 / 62), rel=1e-5)
     assert any("NTK-by-alpha of base 10000 with alpha=511" in n for n in fp.notes), fp.notes
+
+
+# ---------------------------------------------------------------------------------------------
+# any precision: a RoPE rounded inside a wider interface
+# ---------------------------------------------------------------------------------------------
+
+
+def _rounded_inside(fn, inside):
+    """fn computed with its inputs and outputs rounded to ``inside``, returned as float32."""
+    return lambda x, p: fn(x.to(inside).float(), p).to(inside).float()
+
+
+def test_the_issue_case_neox_partial_in_bf16_is_a_rope():
+    # head_dim 256, NeoX-style partial rotary, rounded to bf16 inside: "not linear" by 28600 ulps before
+    fp = rk.fingerprint(rk.zoo.neox_bf16_inside(256), head_dim=256)
+    assert fp.spec == rk.RopeSpec(head_dim=256, rotary_dim=64, base=10000.0, layout="half"), fp.reason
+    assert fp.dtype == torch.float32 and fp.output_precision == "bfloat16" and fp.significand_bits == 8
+    # its noise against the fitted rotation is bf16 rounding: at most an ulp of bf16
+    assert 0 < fp.noise_ulps <= 1.0
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.data(), st.sampled_from([torch.bfloat16, torch.float16]))
+def test_random_spec_rounded_inside_recovered(data, inside):
+    spec, offset = data.draw(random_specs(torch.bfloat16))
+    fn = _rounded_inside(spec_rope_fn(spec, offset=offset), inside)
+    fp = rk.fingerprint(fn, spec.head_dim)
+    _check_recovered(fp, spec, offset, torch.bfloat16)
+    assert fp.output_precision == str(inside)[6:] and fp.dtype == torch.float32
+
+
+@pytest.mark.parametrize("inside", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "fn, words",
+    [
+        (lambda x, p: x * 2, "not passed through"),
+        (lambda x, p: x.flip(-1), "not as a rotation"),
+        (lambda x, p: torch.tanh(x), "not passed through"),  # tanh(e_j) = 0.76 e_j
+        (lambda x, p: torch.cat((x[:, :8] * 1.05, x[:, 8:]), -1), "not passed through"),
+    ],
+)
+def test_non_rotations_rounded_inside_are_still_refused(fn, words, inside):
+    fp = rk.fingerprint(_rounded_inside(fn, inside), 32)
+    assert fp.spec is None and words in fp.reason
+
+
+def test_a_rotation_scaled_unevenly_in_bf16_is_refused():
+    # pair 0 scaled by 1.02 (8 bf16 ulps): a rounding-aware fit must not absorb it
+    inner = spec_rope_fn(rk.RopeSpec(head_dim=16))
+
+    def uneven(x, p):
+        y = inner(x, p)
+        y[:, [0, 8]] *= 1.02
+        return y.bfloat16().float()
+
+    fp = rk.fingerprint(uneven, 16)
+    assert fp.spec is None and "unevenly" in fp.reason
+
+
+def test_float32_outputs_are_not_called_rounded():
+    fp = rk.fingerprint(rk.zoo.hf_rotate_half(64), 64)
+    assert (fp.output_precision, fp.significand_bits, fp.rounded_inside) == ("float32", 24, False)
+    assert fp.noise_ulps <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# every input checked, every call on its own copy, twice
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"head_dim": 10**6}, rk.RopeShapeError, "head_dim=1000000 must be an integer from 2 to"),
+        ({"head_dim": 16.0}, rk.RopeShapeError, "head_dim=16.0"),
+        ({"max_position": 8}, rk.RopeArgumentError, "max_position=8"),
+        ({"max_position": 2**40}, rk.RopeArgumentError, "max_position=1099511627776"),
+        ({"max_position": 1e6}, rk.RopeArgumentError, "max_position=1000000.0"),
+        ({"dtype": torch.int32}, rk.RopeArgumentError, "dtype=torch.int32"),
+        ({"dtype": "float32"}, rk.RopeArgumentError, "dtype='float32'"),
+        ({"dtype": torch.float8_e4m3fn}, rk.RopeArgumentError, "dtype=torch.float8_e4m3fn"),
+        ({"seed": -1}, rk.RopeArgumentError, "seed=-1"),
+        ({"seed": 2**64}, rk.RopeArgumentError, "seed=18446744073709551616"),
+        ({"seed": "a"}, rk.RopeArgumentError, "seed='a'"),
+    ],
+)
+def test_bad_parameters_are_one_error_naming_them(kwargs, error, words):
+    args = {"head_dim": 16} | kwargs
+    with pytest.raises(error) as exc:
+        rk.fingerprint(rk.zoo.hf_rotate_half(16), args.pop("head_dim"), **args)
+    assert words in str(exc.value) and len(str(exc.value)) < 300
+
+
+def test_meta_outputs_are_refused():
+    with pytest.raises(rk.RopeArgumentError, match="returned a meta tensor"):
+        rk.fingerprint(lambda x, p: torch.empty_like(x, device="meta"), 16)
+
+
+def test_a_function_that_is_not_deterministic_is_named():
+    inner, calls = rk.zoo.hf_rotate_half(16), []
+
+    def noisy(x, p):  # state kept between calls: every other call is one position ahead
+        calls.append(None)
+        return inner(x, p + len(calls) % 2)
+
+    with pytest.raises(rk.RopeArgumentError, match="fn is not deterministic"):
+        rk.fingerprint(noisy, 16)
+
+
+def test_an_in_place_function_is_fingerprinted_on_its_own_copy():
+    inner = rk.zoo.hf_rotate_half(16)
+    seen = []
+
+    def in_place(x, p):
+        seen.append(p.clone())
+        x.copy_(inner(x, p))
+        p.zero_()  # a rude function: it must not change what the next call sees
+        return x
+
+    fp = rk.fingerprint(in_place, 16)
+    assert fp.spec == rk.RopeSpec(head_dim=16) and torch.equal(seen[0], seen[1])

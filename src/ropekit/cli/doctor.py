@@ -5,9 +5,13 @@
 * ``A``: fingerprint one implementation;
 * ``A B``: compare two; exit 0 when equivalent, 1 when not (with the explanation and the fix).
 
-A and B are ``package.module:function`` (a ``fn(x[n, head_dim], positions[n])``; give
-``--head-dim`` unless the function has a ``head_dim`` attribute), ``zoo:NAME``, or a config path
-or model directory (read by ``ropekit.from_config``).
+A and B are ``package.module:function`` (a ``fn(x[n, head_dim], positions[n])``; its head_dim
+from ``--head-dim``, its ``head_dim`` attribute, or the other operand), ``zoo:NAME``, a catalog name
+(``ropekit spec --catalog``), a config path, a model directory or a GGUF file.  One checkpoint: the
+RoPE each framework installed here would run for it (ropekit's reading, the installed transformers
+measured from its own modeling code), markers, stored inv_freq, ignored keys, the layout in its
+trained q/k weights, every disagreement with its fix.  Two checkpoints with weights: per layer and
+q/k tensor, whether B's rows are A's rows permuted, and by which ``permute_qk`` call.
 """
 
 from __future__ import annotations
@@ -24,8 +28,16 @@ EXAMPLE = """examples:
   ropekit doctor zoo:hf_rotate_half zoo:meta_complex
   ropekit doctor mypkg.rope:apply_rope zoo:hf_rotate_half --head-dim 128 --dtype bfloat16
   ropekit doctor path/to/llama/config.json mypkg.rope:apply_rope --json
+  ropekit doctor path/to/model                     # a checkpoint: every framework's RoPE, disagreements, fixes
+  ropekit doctor model.gguf path/to/hf-model       # two checkpoints: the q/k row permutation between them
+  ropekit doctor Llama-3.1-8B
 
 exit codes: 0 equivalent (or the zoo report), 1 not equivalent (or no RoPE found), 2 bad input"""
+
+#: the last line of the zoo report: what a new user does next
+NEXT_STEP = (
+    "point it at your model: ropekit doctor path/to/model (a model directory, config, GGUF file or catalog name)"
+)
 
 #: --dtype choices (torch dtype names): torch is imported when the command runs, not when
 #: `ropekit` builds its parser (`ropekit convert` between safetensors files never needs it)
@@ -67,7 +79,8 @@ def register(subparsers) -> None:
 
 
 def resolve(arg: str, head_dim: int | None, precision: str):
-    """(name, fn, head_dim) for one command-line operand."""
+    """(name, fn, head_dim) for one command-line operand; head_dim is None for a function that
+    carries none (the other operand, or --head-dim, supplies it)."""
     from ..doctor import zoo
 
     if arg.startswith("zoo:"):
@@ -76,34 +89,78 @@ def resolve(arg: str, head_dim: int | None, precision: str):
             raise RopeError(f"{arg!r}: no zoo entry {name!r}; known: {', '.join(zoo.ZOO)}")
         e = zoo.ZOO[name]
         return arg, e.fn, e.head_dim
-    if os.path.exists(arg):
+    if os.path.exists(arg) or is_catalog_name(arg):
         import ropekit
 
         from ..doctor.probe import spec_rope_fn
+        from .spec import resolve_config
 
-        spec = ropekit.from_config(arg)
+        spec = ropekit.from_config(resolve_config(arg))
         return arg, spec_rope_fn(spec, precision=precision), spec.head_dim
     if ":" in arg and not arg.startswith(":"):
-        mod_name, _, attr = arg.partition(":")
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())  # user modules next to where the command runs
-        try:
-            obj = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise RopeError(f"{arg!r}: cannot import module {mod_name!r} ({exc})") from None
-        for part in attr.split("."):
-            if not hasattr(obj, part):
-                raise RopeError(f"{arg!r}: module {mod_name!r} has no attribute {attr!r}")
-            obj = getattr(obj, part)
+        obj = import_function(arg)
         if isinstance(obj, zoo.ZooEntry):
             return arg, obj.fn, obj.head_dim
-        if not callable(obj):
-            raise RopeError(f"{arg!r} is a {type(obj).__name__}, not a function fn(x, positions)")
         dim = head_dim if head_dim is not None else getattr(obj, "head_dim", None)
-        if dim is None:
-            raise RopeError(f"{arg!r}: head_dim unknown; pass --head-dim N")
-        return arg, obj, int(dim)
-    raise RopeError(f"{arg!r} is neither package.module:function, zoo:NAME, nor an existing config path")
+        return arg, obj, None if dim is None else int(dim)
+    raise RopeError(
+        f"{arg!r} is neither package.module:function, zoo:NAME, a catalog name (ropekit spec --catalog) "
+        f"nor an existing config path"
+    )
+
+
+def config_notes(arg: str) -> list[str]:
+    """What a reader wants said about a config operand (LitGPT's own yarn), else nothing."""
+    if not (os.path.exists(arg) or is_catalog_name(arg)) or has_weights(arg):
+        return []
+    from ..dialects.litgpt import LITGPT_YARN_NOTE, looks_like_litgpt
+    from ..dialects.reading import load
+    from .spec import resolve_config
+
+    try:
+        data = load(resolve_config(arg)).data
+    except RopeError:
+        return []
+    adj = data.get("rope_adjustments")
+    if looks_like_litgpt(data) and isinstance(adj, dict) and ("beta_fast" in adj or "beta_slow" in adj):
+        return [f"{arg}: {LITGPT_YARN_NOTE}"]
+    return []
+
+
+def is_catalog_name(arg: str) -> bool:
+    from ..dialects.catalog import CATALOG
+
+    return arg in CATALOG
+
+
+def import_function(arg: str):
+    """The object ``package.module:attr.attr`` names (user modules next to the cwd importable)."""
+    mod_name, _, attr = arg.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # user modules next to where the command runs
+    try:
+        obj = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise RopeError(f"{arg!r}: cannot import module {mod_name!r} ({exc})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise RopeError(f"{arg!r}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj) and type(obj).__name__ != "ZooEntry":
+        raise RopeError(f"{arg!r} is a {type(obj).__name__}, not a function fn(x, positions)")
+    return obj
+
+
+def head_dims(name_a: str, dim_a, name_b: str | None = None, dim_b=None) -> tuple[int, int | None]:
+    """Each operand's head size, a function's taken from the other operand when it has none."""
+    if dim_a is None:
+        dim_a = dim_b
+    if name_b is not None and dim_b is None:
+        dim_b = dim_a
+    for name, dim in ((name_a, dim_a), (name_b, dim_b)):
+        if name is not None and dim is None:
+            raise RopeError(f"{name!r}: head_dim unknown (a function without a head_dim attribute); pass --head-dim N")
+    return dim_a, dim_b
 
 
 def config_heads(path: str) -> int | None:
@@ -126,117 +183,78 @@ def config_heads(path: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the zoo report
+# checkpoints
 # ---------------------------------------------------------------------------------------------
 
 
-def zoo_report(max_position: int = 2**20, all_pairs: bool = False):
-    """Fingerprints, verdicts against transformers' Llama RoPE, and fixes, for every zoo entry."""
-    from ..doctor import zoo
-    from ..doctor.comparison import compare
-    from ..doctor.probe import fingerprint
+def is_checkpoint(arg: str) -> bool:
+    """A GGUF file, or a model directory (config and/or weights)."""
+    from ..doctor.weights import is_gguf
 
-    fps, refs, rows, fixes = {}, {}, [], []
-    for name, e in zoo.ZOO.items():
-        fps[name] = fingerprint(e.fn, e.head_dim, max_position=max_position)
-        if e.head_dim not in refs:
-            ref = zoo.REFERENCE(e.head_dim)
-            refs[e.head_dim] = (ref, fingerprint(ref, e.head_dim, max_position=max_position))
-        ref_fn, ref_fp = refs[e.head_dim]
-        rep = compare(
-            ref_fn,
-            e.fn,
-            e.head_dim,
-            max_position=max_position,
-            fingerprints=(ref_fp, fps[name]),
-            names=("transformers", name),
-        )
-        rows.append((e, fps[name], rep))
-    pairs = []
-    if all_pairs:
-        names = list(zoo.ZOO)
-        pairs = [
-            (x, y) for i, x in enumerate(names) for y in names[i + 1 :] if zoo.ZOO[x].head_dim == zoo.ZOO[y].head_dim
-        ]
+    if is_gguf(arg):
+        return True
+    return os.path.isdir(arg) and any(
+        os.path.exists(os.path.join(arg, n)) for n in ("config.json", "params.json", "model_config.yaml")
+    )
+
+
+def has_weights(arg: str) -> bool:
+    from ..doctor.weights import is_gguf
+
+    return is_gguf(arg) or (os.path.isdir(arg) and any(f.endswith(".safetensors") for f in os.listdir(arg)))
+
+
+def checkpoint_command(args) -> int:
+    from ..doctor.checkpoint_report import doctor_checkpoint
+    from ..doctor.report_text import checkpoint_text
+
+    report = doctor_checkpoint(args.a, max_position=min(args.max_position, 2**16))
+    if args.json:
+        out = {
+            "path": report.path,
+            "readings": [
+                {"framework": r.framework, "spec": None if r.spec is None else r.spec.to_dict(), "text": r.text}
+                for r in report.readings
+            ],
+            "findings": [{"kind": f.kind, "text": f.text, "fix": f.fix, "problem": f.problem} for f in report.findings],
+            "layout": None if report.layout is None else report.layout.to_dict(),
+        }
+        print(json.dumps(out, indent=2))
     else:
-        pairs = [("minimind_rotate_half", "minimind_complex")]
-    for x, y in pairs:
-        ex, ey = zoo.ZOO[x], zoo.ZOO[y]
-        rep = compare(ex.fn, ey.fn, ex.head_dim, max_position=max_position, fingerprints=(fps[x], fps[y]), names=(x, y))
-        fixes.append((x, y, rep))
-    return rows, fixes
+        print(checkpoint_text(report))
+    return 1 if report.problems else 0
 
 
-def _verdict(rep) -> str:
-    if rep.equivalent:
-        return "equivalent"
-    if rep.precision_only:
-        return "precision only"
-    fields = [d.field for d in rep.differences]
-    low = [d for d in rep.differences if d.field == "precision" and not d.text.startswith("precision:")]
-    return (
-        "differs: "
-        + ", ".join(f for f in fields if f != "precision")
-        + (("" if fields == ["precision"] else ", ") + "precision (bug)" if low else "")
-    )
+def checkpoint_pair_command(args) -> int:
+    from ..doctor.checkpoint_diff import diff_checkpoints
+    from ..doctor.infer_layout import infer_layout
+    from ..doctor.report_text import checkpoint_pair_text
+    from ..doctor.weights import geometry_of
 
-
-def _scaling(fp) -> str:
-    if fp.spec is None or fp.spec.scaling is None:
-        return "-" if fp.spec is not None else "?"
-    s = fp.spec.scaling
-    return f"{s.kind}({getattr(s, 'factor', '')})" if hasattr(s, "factor") else s.kind
-
-
-def _print_zoo(rows, fixes) -> None:
-    header = (
-        "name",
-        "head",
-        "layout",
-        "rotary_dim",
-        "base",
-        "scaling",
-        "offset",
-        "precision",
-        "verdict vs transformers Llama",
-    )
-    table = [header]
-    for e, fp, rep in rows:
-        table.append(
-            (
-                e.name,
-                str(e.head_dim),
-                fp.layout or "?",
-                str(fp.rotary_dim),
-                f"{fp.base:g}" if fp.base else "?",
-                _scaling(fp),
-                f"{fp.offset:+g}" if fp.offset else "0",
-                fp.precision or "-",
-                _verdict(rep),
+    geometry = geometry_of(args.a)
+    diff = diff_checkpoints(args.a, args.b, geometry)
+    layouts = []
+    for name, path in (("A", args.a), ("B", args.b)):
+        try:
+            layouts.append((name, infer_layout(path)))
+        except RopeError:
+            layouts.append((name, None))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "same_up_to_permutation": diff.same_up_to_permutation,
+                    "permutation": diff.permutation,
+                    "tensors": [vars(t) for t in diff.tensors],
+                    "layouts": {n: None if r is None else r.to_dict() for n, r in layouts},
+                },
+                indent=2,
             )
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for k, r in enumerate(table):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
-    print()
-    print("fixes (each verified by re-running the comparison with the fix applied):")
-    for e, _fp, rep in rows:
-        if not rep.equivalent:
-            _print_fix(f"transformers -> {e.name}", rep)
-    for x, y, rep in fixes:
-        if not rep.equivalent:
-            _print_fix(f"{x} -> {y}", rep)
-
-
-def _print_fix(title: str, rep) -> None:
-    ok = {True: "verified", False: "NOT verified", None: "not verifiable"}[rep.fix_verified]
-    if rep.fix_remaining:
-        ok += f" ({rep.fix_remaining} remains)"
-    print(f"* {title} [{ok}]: {rep.explanation}")
-    for line in rep.fix.splitlines():
-        print(f"    fix: {line}")
+    else:
+        print(f"A = {args.a}\nB = {args.b}")
+        print(checkpoint_pair_text(diff, layouts))
+    return 0 if diff.same_up_to_permutation else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +265,7 @@ def _print_fix(title: str, rep) -> None:
 def run(args) -> int:
     from ..doctor.comparison import compare
     from ..doctor.probe import fingerprint
+    from .doctor_zoo import print_zoo, verdict, zoo_report
 
     if args.max_position < 16:
         raise RopeError(f"--max-position={args.max_position} must be >= 16")
@@ -266,7 +285,7 @@ def run(args) -> int:
                         "convention": e.convention,
                         "head_dim": e.head_dim,
                         "fingerprint": fp.to_dict(),
-                        "verdict": _verdict(rep),
+                        "verdict": verdict(rep),
                         "comparison": rep.to_dict(),
                     }
                     for e, fp, rep in rows
@@ -275,10 +294,17 @@ def run(args) -> int:
             }
             print(json.dumps(out, indent=2))
         else:
-            _print_zoo(rows, fixes)
+            print_zoo(rows, fixes)
+            print()
+            print(NEXT_STEP)
         return 0
+    if args.b is None and is_checkpoint(args.a):
+        return checkpoint_command(args)
+    if args.b is not None and has_weights(args.a) and has_weights(args.b):
+        return checkpoint_pair_command(args)
     name_a, fn_a, dim_a = resolve(args.a, args.head_dim, args.precision)
     if args.b is None:
+        dim_a, _ = head_dims(name_a, dim_a)
         fp = fingerprint(fn_a, dim_a, dtype=dtype, max_position=args.max_position)
         if args.json:
             print(json.dumps(fp.to_dict(), indent=2))
@@ -288,6 +314,7 @@ def run(args) -> int:
                 print(f"  note: {note}")
         return 0 if fp.spec is not None else 1
     name_b, fn_b, dim_b = resolve(args.b, args.head_dim, args.precision)
+    dim_a, dim_b = head_dims(name_a, dim_a, name_b, dim_b)
     if dim_a != dim_b:
         raise RopeError(f"head_dim differs: {name_a} has {dim_a}, {name_b} has {dim_b}; nothing to compare")
     n_heads = args.n_heads
@@ -308,4 +335,6 @@ def run(args) -> int:
     else:
         print(f"A = {name_a}\nB = {name_b}")
         print(rep.report(show_mean=args.show_mean))
+        for note in config_notes(args.a) + config_notes(args.b):
+            print(f"note: {note}")
     return 0 if rep.equivalent else 1

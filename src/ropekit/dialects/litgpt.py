@@ -11,9 +11,13 @@ LitGPT's ``build_rope_cache`` and ``apply_rope`` define the rules:
   ``beta_fast``/``beta_slow`` -> yarn (``original_max_seq_len`` is the original context); with only
   ``factor`` -> linear.  LitGPT's yarn attention factor differs from transformers' when no mscale is
   given (LitGPT: 1.0, transformers: ``0.1 ln(factor) + 1``), so it is written into the spec.
-  (LitGPT also clamps the yarn ramp's upper bound at ``rotary_dim / 2 - 1`` where transformers uses
-  ``rotary_dim - 1``; the two agree unless ``beta_slow`` puts the bound past the last pair, which no
-  published config does.  The spec follows transformers.)
+* LitGPT's yarn is not transformers' yarn: its ramp runs the other way.  LitGPT (0.5.13,
+  ``build_rope_cache``) blends ``interpolated * (1 - ramp) + extrapolated * ramp`` with the ramp
+  rising from 0 at the fastest pair, so pair 0 is divided by the factor and the slowest pairs keep
+  their frequency; transformers keeps pair 0 and divides the slowest.  LitGPT also clamps the ramp's
+  upper bound at ``rotary_dim / 2 - 1``.  The spec reproduces what LitGPT computes: one divisor per
+  pair (``LongRope`` with equal short and long factors, see ``LITGPT_YARN_NOTE``), not a ``Yarn``
+  that LitGPT would not run.
 * ``rope_local_base_freq`` (Gemma 3): the base of sliding-window layers (``layer_type="sliding_attention"``).
 
 >>> from ropekit.dialects.litgpt import read
@@ -27,18 +31,53 @@ LitGPT's ``build_rope_cache`` and ``apply_rope`` define the rules:
 
 from __future__ import annotations
 
+import math
+
 from ..errors import RopeConfigError, RopeSpecError
-from ..spec import Linear, Llama3, RopeSpec, Yarn, normalize_layout, yarn_mscale
+from ..spec import Linear, Llama3, LongRope, RopeSpec, Yarn, normalize_layout, yarn_mscale
 from .reading import Source, flag, integer, number, spec_error
 
-__all__ = ["read", "looks_like_litgpt"]
+__all__ = ["read", "looks_like_litgpt", "litgpt_yarn_divisors", "LITGPT_YARN_NOTE"]
+
+#: said wherever a LitGPT yarn config is read
+LITGPT_YARN_NOTE = (
+    "LitGPT computes yarn with the ramp mirrored against transformers (pair 0 divided by the factor, the "
+    "slowest pairs unscaled): the spec holds LitGPT's per-pair divisors"
+)
 
 
 def looks_like_litgpt(cfg: dict) -> bool:
     return "n_embd" in cfg and "n_head" in cfg and "model_type" not in cfg
 
 
-def _adjustments(adj: dict, condense: float):
+def litgpt_yarn_divisors(
+    factor: float, beta_fast: float, beta_slow: float, original: int, rotary_dim: int, base: float, truncate: bool
+) -> tuple[float, ...]:
+    """What LitGPT divides each pair's frequency by under yarn (from its ``build_rope_cache`` rule:
+    ramp 0 -> interpolated, ramp 1 -> kept).
+
+    >>> d = litgpt_yarn_divisors(4.0, 32.0, 1.0, 4096, 128, 10000.0, True)
+    >>> d[0], d[-1]
+    (4.0, 1.0)
+    """
+
+    def dim_of(rotations: float) -> float:  # the pair index that turns ``rotations`` times in ``original``
+        return rotary_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = dim_of(beta_fast), dim_of(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim // 2 - 1)
+    if low == high:
+        high += 0.001  # LitGPT's guard against a zero-width ramp
+    out = []
+    for i in range(rotary_dim // 2):
+        ramp = min(max((i - low) / (high - low), 0.0), 1.0)
+        out.append(1.0 / ((1.0 - ramp) / factor + ramp))
+    return tuple(out)
+
+
+def _adjustments(adj: dict, condense: float, rotary_dim: int, base: float):
     """(scaling, attention_factor) of ``rope_adjustments``."""
     w = "rope_adjustments."
     has_llama3 = any(k in adj for k in ("low_freq_factor", "high_freq_factor"))
@@ -66,7 +105,8 @@ def _adjustments(adj: dict, condense: float):
             attention = yarn_mscale(factor, mscale)
         else:
             attention = 1.0  # LitGPT applies no attention scaling without mscale (transformers would)
-        return Yarn(
+        # validated as transformers' Yarn would be (same parameters), then computed as LitGPT does
+        yarn = Yarn(
             factor=factor,
             original_max_position_embeddings=integer(adj, "original_max_seq_len", where=w),
             beta_fast=number(adj, "beta_fast", where=w),
@@ -74,6 +114,20 @@ def _adjustments(adj: dict, condense: float):
             mscale=mscale,
             mscale_all_dim=mscale_all,
             truncate=flag(adj, "truncate", True, where=w),
+        )
+        divisors = litgpt_yarn_divisors(
+            yarn.factor,
+            yarn.beta_fast,
+            yarn.beta_slow,
+            yarn.original_max_position_embeddings,
+            rotary_dim,
+            base,
+            yarn.truncate,
+        )
+        return LongRope(
+            short_factor=divisors,
+            long_factor=divisors,
+            original_max_position_embeddings=yarn.original_max_position_embeddings,
         ), attention
     if "factor" in adj:
         return Linear(factor=number(adj, "factor", where=w) * condense), None
@@ -116,7 +170,7 @@ def read(source: Source, layer_type: str | None = None, layout: str | None = Non
             base = number(cfg, "rope_local_base_freq")
             scaling, attention = (Linear(factor=condense) if condense != 1 else None), None
         else:
-            scaling, attention = _adjustments(adj or {}, condense)
+            scaling, attention = _adjustments(adj or {}, condense, rotary_dim, base)
             if scaling is None and condense != 1:
                 scaling = Linear(factor=condense)
             elif condense != 1 and not isinstance(scaling, Linear):

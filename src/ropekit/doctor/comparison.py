@@ -21,19 +21,19 @@ True
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import RopeShapeError
-from ..frequencies import attention_factor as spec_attention_factor
+from ..errors import RopeArgumentError
 from ..kernels.reference import eps
-from ..layouts import pair_dims  # re-exported: doctor callers know it from here
-from ..spec import scaling_to_dict
+from .arguments import check_dtype, check_head_dim, check_max_position, check_n_heads, check_seed, check_tolerance
+from .calls import call_twice
+from .explain import Difference, compose_fixes, is_low_precision, low_precision_fix, structural_differences
 from .layerdiff import LayerDiff, diff_models
-from .probe import Fingerprint, call_rope, fingerprint, spec_rope_fn
+from .probe import Fingerprint, fingerprint, spec_rope_fn
+from .structure import pair_dims
 
 __all__ = ["compare", "Comparison", "diff_models", "LayerDiff", "COMPARE_POSITIONS", "pair_dims"]
 
@@ -69,13 +69,17 @@ class Measurement:
         return max(self.err_by_position, key=lambda pe: pe[1])[0]
 
 
-def _measure(fn_a, fn_b, head_dim, dtype_a, dtype_b, positions, tolerance_ulps, seed=0, rows=4) -> Measurement:
+def _measure(
+    fn_a, fn_b, head_dim, dtype_a, dtype_b, positions, tolerance_ulps, seed=0, rows=4, names=("A", "B")
+) -> Measurement:
     gen = torch.Generator().manual_seed(seed)
     coarse_in = _coarser(dtype_a, dtype_b)
     pos = torch.tensor(positions, dtype=torch.int64).repeat_interleave(rows)
     x = torch.randn(pos.numel(), head_dim, generator=gen, dtype=torch.float64).to(coarse_in).double()
-    ya = call_rope(fn_a, x.to(dtype_a), pos, "A")
-    yb = call_rope(fn_b, x.to(dtype_b), pos, "B")
+    # each function gets its own copy of every input (call_rope copies), twice: an in-place A must
+    # not change what B sees, and a function that is not deterministic is named, not compared
+    ya = call_twice(fn_a, x.to(dtype_a), pos, names[0])
+    yb = call_twice(fn_b, x.to(dtype_b), pos, names[1])
     dtype = _coarser(coarse_in, ya.dtype, yb.dtype)
     diff = ya.detach().double().cpu() - yb.detach().double().cpu()
     err = diff.abs()
@@ -95,14 +99,6 @@ def _measure(fn_a, fn_b, head_dim, dtype_a, dtype_b, positions, tolerance_ulps, 
 # ---------------------------------------------------------------------------------------------
 # the report
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Difference:
-    field: str  # layout | rotary_dim | base | scaling | attention_factor | offset | direction | precision | rope
-    a: object
-    b: object
-    text: str
 
 
 @dataclass
@@ -134,7 +130,7 @@ class Comparison:
         return (
             not self.equivalent
             and [d.field for d in self.differences] == ["precision"]
-            and not any(_low_precision(d.a) or _low_precision(d.b) for d in self.differences)
+            and not any(is_low_precision(d.a) or is_low_precision(d.b) for d in self.differences)
         )
 
     @property
@@ -251,11 +247,17 @@ def compare(
     >>> rep.equivalent, [d.field for d in rep.differences], rep.fix_verified
     (False, ['offset'], True)
     """
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2:
-        raise RopeShapeError(f"head_dim={head_dim!r} must be an integer >= 2")
-    dtype_b = dtype if dtype_b is None else dtype_b
+    check_head_dim(head_dim)
+    check_dtype(dtype)
+    dtype_b = dtype if dtype_b is None else check_dtype(dtype_b, "dtype_b")
+    check_max_position(max_position, 1)
+    check_n_heads(n_heads)
+    tolerance_ulps = check_tolerance(tolerance_ulps)
+    check_seed(seed)
+    if not (isinstance(names, tuple) and len(names) == 2 and all(isinstance(n, str) for n in names)):
+        raise RopeArgumentError(f"names={names!r} must be a tuple of two strings")
     positions = tuple(p for p in COMPARE_POSITIONS if p <= max_position)
-    m = _measure(fn_a, fn_b, head_dim, dtype, dtype_b, positions, tolerance_ulps, seed)
+    m = _measure(fn_a, fn_b, head_dim, dtype, dtype_b, positions, tolerance_ulps, seed, names=names)
     fa, fb = fingerprints if fingerprints is not None else (None, None)
     rep = Comparison(
         head_dim=head_dim,
@@ -299,78 +301,8 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
         rep.explanation = "; ".join(d.text for d in diffs)
         rep.fix = "no fix can be derived: the function(s) above do not apply a RoPE"
         return
-    sa, sb = fa.spec, fb.spec
-    config: dict = {}
-    fixes: list[str] = []
-    if sa.rotary_dim != sb.rotary_dim:
-        text = f"rotary_dim: {a} rotates {sa.rotary_dim} of {D} dims, {b} rotates {sb.rotary_dim}"
-        k = math.log2(sa.rotary_dim / sb.rotary_dim) if sb.rotary_dim else 0
-        if k >= 1 and k.is_integer():
-            text += (
-                f" ({2 ** int(k)}x fewer; if not intended, check that partial_rotary_factor is applied "
-                f"once, to head_dim)"
-            )
-        diffs.append(Difference("rotary_dim", sa.rotary_dim, sb.rotary_dim, text))
-        config["rotary_dim"] = sa.rotary_dim
-        fixes.append(
-            f"set {_poss(b)} rotary_dim to {sa.rotary_dim} (partial_rotary_factor={sa.rotary_dim / D:g} of "
-            f"head_dim {D}, applied once to head_dim: RopeSpec.with_rotary_fraction({sa.rotary_dim / D:g}))"
-        )
-    if sa.base != sb.base:
-        diffs.append(Difference("base", sa.base, sb.base, f"base (rope_theta): {a} {sa.base:g}, {b} {sb.base:g}"))
-        config["base"] = sa.base
-        fixes.append(f"set {_poss(b)} rope_theta to {sa.base:g} (it is {sb.base:g})")
-    if sa.scaling != sb.scaling:
-        da, db = scaling_to_dict(sa.scaling), scaling_to_dict(sb.scaling)
-        diffs.append(Difference("scaling", da, db, f"scaling: {a} {_scaling_text(sa)}, {b} {_scaling_text(sb)}"))
-        config["scaling"] = sa.scaling
-        fixes.append(
-            f"set {_poss(b)} rope_scaling to {_hf_scaling(da)}" if da is not None else f"remove {_poss(b)} rope_scaling"
-        )
-    fa_af, fb_af = (
-        spec_attention_factor(sa),
-        spec_attention_factor(sb.replace(**config)) if config else spec_attention_factor(sb),
-    )
-    if abs(fa_af - fb_af) > 1e-6 * max(1.0, fa_af):
-        diffs.append(
-            Difference("attention_factor", fa_af, fb_af, f"attention factor: {a} {fa_af:.6g}, {b} {fb_af:.6g}")
-        )
-        config["attention_factor"] = fa_af
-        fixes.append(f"set {_poss(b)} attention_factor to {fa_af:.6g}")
-    if sa.layout != sb.layout:
-        diffs.append(
-            Difference(
-                "layout",
-                sa.layout,
-                sb.layout,
-                f"layout: {a} {sa.layout} (pairs {_pairs_text(sa.layout)}), "
-                f"{b} {sb.layout} (pairs {_pairs_text(sb.layout)})",
-            )
-        )
-        heads = n_heads if n_heads is not None else "<n_heads>"
-        fixes.append(
-            f"to run weights made for {b} under {_poss(a)} rotation, permute their q/k projection rows: "
-            f"w = ropekit.permute_qk(w, n_heads={heads}, head_dim={D}, rotary_dim={sa.rotary_dim}, "
-            f"src='{sb.layout}', dst='{sa.layout}') for q_proj and k_proj (n_heads = KV heads for k_proj; "
-            f"src/dst swapped for the other direction); or set layout='{sa.layout}' in {b}"
-        )
-    if fa.offset != fb.offset:
-        shift = fb.offset - fa.offset
-        diffs.append(
-            Difference(
-                "offset", fa.offset, fb.offset, f"offset: {b} rotates position p as p {shift:+g} relative to {a}"
-            )
-        )
-        fixes.append(
-            f"{b} is {abs(shift):g} position(s) {'ahead' if shift > 0 else 'behind'}: pass {b} positions "
-            f"{'-' if shift > 0 else '+'} {abs(shift):g} (check position_ids / cache offsets)"
-        )
-    if fa.direction != fb.direction:
-        diffs.append(Difference("direction", fa.direction, fb.direction, f"direction: {b} rotates the other way"))
-        fixes.append(f"{b} rotates backwards: negate its sin table (or swap the two dims of each pair)")
-    if fa.precision != fb.precision:
-        alone = not diffs
-        diffs.append(Difference("precision", fa.precision, fb.precision, _precision_text(rep, fa, fb, alone)))
+    sa = fa.spec
+    diffs, config, fixes, rounding = structural_differences(rep, fa, fb, D, n_heads)
     rep.differences = diffs
     if not diffs:
         rep.explanation = (
@@ -381,9 +313,9 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
         rep.fix = "compute the rotation in float32 or wider (ropekit.apply_rope does) and cast once at the end"
         return
     rep.explanation = "; ".join(d.text for d in diffs)
-    low = [(n, fp.precision) for n, fp in ((a, fa), (b, fb)) if _low_precision(fp.precision)]
+    low = [(n, fp.precision) for n, fp in ((a, fa), (b, fb)) if is_low_precision(fp.precision)]
     if low:
-        fixes.append("; ".join(_low_precision_fix(n, prec) for n, prec in low))
+        fixes.append("; ".join(low_precision_fix(n, prec) for n, prec in low))
     if [d.field for d in diffs] == ["precision"] and low:
         rep.fix = fixes[-1]
         # verified: the intended spec with float32 tables must be A
@@ -394,7 +326,7 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
             precision=fa.precision if fa.precision in ("exact", "hf") else "hf",
         )
         rep.fix_check = _measure(fn_a, fixed, D, dtype_a, dtype_b, positions, tol_ulps, seed)
-        rep.fix_verified = rep.fix_check.equivalent if not _low_precision(fa.precision) else None
+        rep.fix_verified = rep.fix_check.equivalent if not is_low_precision(fa.precision) else None
         return
     if [d.field for d in diffs] == ["precision"]:
         rep.fix = (
@@ -406,7 +338,11 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
     if "precision" in [d.field for d in diffs]:
         fixes.append("(tables also differ in precision: see above; that part is not a config change)")
     rep.fix = "\n".join(fixes)
-    fixed = _apply_fixes(fn_b, fa, fb, config, D)
+    if rounding and fa.rounded_inside:
+        rep.fix = "\n".join(fixes)
+        rep.fix_verified = None  # the fix is to A's code; B is the reference here
+        return
+    fixed = compose_fixes(fn_b, fa, fb, config, D, rebuild=rounding)
     if fixed is None:
         rep.fix_verified = None
         return
@@ -422,112 +358,3 @@ def _explain(rep, fn_a, fn_b, fa, fb, D, dtype_a, dtype_b, positions, tol_ulps, 
         rep.fix_verified = same
         if same:
             rep.fix_remaining = "precision only"
-
-
-def _apply_fixes(fn_b, fa: Fingerprint, fb: Fingerprint, config: dict, D: int):
-    """B with every fix applied, as a black box (None when a fix cannot be composed)."""
-    fn = fn_b
-    layout_b, r_b = fb.spec.layout, fb.spec.rotary_dim
-    if config:
-        # config fields: B's own fingerprinted rotation (offset, direction, precision kept) with A's values
-        spec = fb.spec.replace(**config)
-        precision = fb.precision if fb.precision in ("exact", "hf") else "hf"
-        fn = spec_rope_fn(spec, offset=fb.offset, direction=fb.direction, precision=precision)
-        r_b = spec.rotary_dim
-    pairs_b = pair_dims(layout_b, r_b)
-    min_pos = 0
-    if fa.direction != fb.direction:
-        seconds = torch.tensor([q for _, q in pairs_b])
-        fn = _conjugated(fn, seconds)
-    if fa.offset != fb.offset:
-        shift = fb.offset - fa.offset
-        if not float(shift).is_integer():
-            return None
-        shift = int(shift)
-        min_pos = max(0, shift)
-        fn = _shifted(fn, shift)
-    if fa.spec.layout != layout_b:
-        perm = list(range(D))
-        for (a1, a2), (b1, b2) in zip(pair_dims(fa.spec.layout, r_b), pairs_b):
-            perm[b1], perm[b2] = a1, a2
-        fn = _permuted(fn, torch.tensor(perm))
-    return fn, min_pos
-
-
-def _conjugated(fn, seconds):
-    def g(x, p):
-        x = x.clone()
-        x[:, seconds] = -x[:, seconds]  # J R(theta) J = R(-theta); negation is exact in every dtype
-        y = fn(x, p).clone()
-        y[:, seconds] = -y[:, seconds]
-        return y
-
-    return g
-
-
-def _shifted(fn, shift):
-    return lambda x, p: fn(x, p - shift)
-
-
-def _permuted(fn, perm):
-    inv = torch.argsort(perm)
-    return lambda x, p: fn(x[:, perm], p)[:, inv]
-
-
-def _poss(name: str) -> str:
-    """English possessive ("transformers'", "B's")."""
-    return name + ("'" if name.endswith("s") else "'s")
-
-
-def _hf_scaling(d: dict) -> dict:
-    """A scaling dict in transformers' config spelling (``rope_type`` first)."""
-    d = dict(d)
-    return {"rope_type": d.pop("kind", None), **d}
-
-
-def _scaling_text(spec) -> str:
-    if spec.scaling is None:
-        return "none"
-    return spec.describe().split(" ", 3)[3] if len(spec.describe().split(" ")) > 3 else spec.scaling.kind
-
-
-def _pairs_text(layout: str) -> str:
-    return "(i, i + r/2)" if layout == "half" else "(2i, 2i+1)"
-
-
-def _low_precision(precision) -> bool:
-    """A table precision below float32 ("inv_freq:bfloat16", "angles:float16", ...)."""
-    return isinstance(precision, str) and precision.startswith(("inv_freq:", "angles:"))
-
-
-def _low_precision_fix(name: str, precision: str) -> str:
-    mode, dtype = precision.split(":")
-    if mode == "inv_freq":
-        return (
-            f"keep {_poss(name)} inv_freq in float32: it was rounded to {dtype} (a frequency buffer must not "
-            f"follow model.to({dtype}): register it with persistent=False and recompute it in float32, "
-            f"as ropekit.RotaryEmbedding does)"
-        )
-    return (
-        f"compute {_poss(name)} angles (position * inv_freq) and cos/sin in float32 or wider, not {dtype} "
-        f"(disable autocast around the rotary embedding); cast only cos/sin to the activation dtype"
-    )
-
-
-def _precision_text(rep: Comparison, fa: Fingerprint, fb: Fingerprint, alone: bool) -> str:
-    text = f"precision: {rep.names[0]} matches {fa.precision} tables, {rep.names[1]} {fb.precision} tables"
-    low = [(n, fp.precision) for n, fp in zip(rep.names, (fa, fb)) if _low_precision(fp.precision)]
-    if low:
-        return "; ".join(
-            f"{n}: {'inv_freq' if p.startswith('inv_freq') else 'angles'} rounded to {p.split(':')[1]}" for n, p in low
-        ) + (
-            f" (outputs off by {rep.err_by_position[-1][1]:.2g} at p={rep.err_by_position[-1][0]}; not a convention "
-            f"difference: a precision bug)"
-        )
-    if not alone:
-        return text + " (a difference that grows with position)"
-    short = max((e for p, e in rep.err_by_position if p < 32), default=0.0)
-    long_p, long_e = rep.err_by_position[-1]
-    return text + (
-        f" (max error {short:.2g} at positions < 32, {long_e:.2g} at p={long_p}: float32 angles drift with position)"
-    )

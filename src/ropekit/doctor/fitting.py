@@ -201,6 +201,11 @@ def candidates(theta: torch.Tensor, r: int, head_dim: int, layout: str, af: floa
     out = [o for o in out if o is not None]
     yield from out
     if base_prefix is None:
+        # no unscaled leading pairs (LitGPT's mirrored yarn divides pair 0): per-pair divisors over
+        # the base the slowest pairs follow, when they keep their frequency
+        if n >= 3 and theta[-1].item() > 8 * sigma and theta[-2].item() > 8 * sigma:
+            suffix = math.exp(((ell[-1] - ell[-2]) / (x[-1] - x[-2])).item())
+            yield from _longrope_like(spec, nice(suffix)[0], x, theta, af_spec)
         return
     # bases that reproduce the unscaled leading pairs to their precision, shortest first
     bases = [
@@ -231,11 +236,14 @@ def candidates(theta: torch.Tensor, r: int, head_dim: int, layout: str, af: floa
             yield from _yarn_candidates(spec, bc, fc, g, band, r, af, af_cands, 2 * eps * max(1.0, af))
     # longrope-like, last: one divisor per pair explains any frequency set, so it must not shadow
     # a family with fewer parameters
-    bc = bases[0]
-    ext = tuple(float(v) for v in (torch.pow(bc, -x) / theta.clamp_min(1e-300)).tolist())
+    yield from _longrope_like(spec, bases[0], x, theta, af_spec)
+
+
+def _longrope_like(spec, base, x, theta, af_spec):
+    ext = tuple(float(v) for v in (torch.pow(base, -x) / theta.clamp_min(1e-300)).tolist())
     if all(e > 0 and math.isfinite(e) for e in ext):
         lr = LongRope(short_factor=ext, long_factor=ext, original_max_position_embeddings=2**31 - 1)
-        s = spec(bc, lr, af_spec)
+        s = spec(base, lr, af_spec)
         if s is not None:
             yield (
                 s,

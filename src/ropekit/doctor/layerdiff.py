@@ -71,10 +71,13 @@ def _record(model: torch.nn.Module, inputs, names: set[str] | None = None):
 
 
 def _max_err(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> tuple[float, float]:
-    """(max |x - y|, max |x|) over paired tensors; inf when shapes differ."""
+    """(max |x - y|, max |x|) over paired tensors; inf when shapes differ.  When one side has more
+    tensors (a port whose attention also takes the cos/sin tables or a mask, or also returns the
+    attention weights), the leading ones are paired: the hidden states come first in every
+    implementation seen, and the extras have no counterpart to compare with."""
     err, mag = 0.0, 0.0
-    if len(xs) != len(ys):
-        return float("inf"), 0.0
+    if not xs or not ys:
+        return (0.0, 0.0) if len(xs) == len(ys) else (float("inf"), 0.0)
     for x, y in zip(xs, ys):
         if x.shape != y.shape:
             return float("inf"), 0.0
@@ -140,7 +143,10 @@ class LayerDiff:
             if self.first_divergence
             else "no module diverges beyond tolerance"
         )
-        return head + "\n" + self.table(self.per_layer() + [r for r in self.rows if r.name == self.first_divergence])
+        shown = {id(r) for r in self.per_layer()}
+        # the divergence point in its place among the layers (in the order modules finished)
+        rows = [r for r in self.rows if id(r) in shown or r.name == self.first_divergence]
+        return head + "\n" + self.table(rows)
 
 
 def diff_models(

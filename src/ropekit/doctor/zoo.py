@@ -37,6 +37,10 @@ __all__ = [
     "halved_rotary_bug",
     "offset_by_one",
     "bf16_inv_freq",
+    "rotate_half_computed_in",
+    "neox_bf16_inside",
+    "fp16_inside",
+    "autocast_matmul",
 ]
 
 RopeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -216,6 +220,58 @@ def bf16_inv_freq(head_dim: int = 128, base: float = 10000.0) -> RopeFn:
     return fn
 
 
+def rotate_half_computed_in(
+    head_dim: int, rotary_dim: int | None = None, base: float = 10000.0, dtype: torch.dtype = torch.bfloat16
+) -> RopeFn:
+    """rotate_half whose arithmetic runs in ``dtype`` inside a wider interface: x and the float32
+    cos/sin cast to ``dtype``, products and sums in ``dtype``, the result cast back to x's dtype (a
+    ``.to(torch.bfloat16)`` inside a float32 model)."""
+    r = head_dim if rotary_dim is None else rotary_dim
+    inv = _inv_freq_f32(r, base)
+
+    def fn(x, positions):
+        ang = _angles_f32(positions, inv)
+        emb = torch.cat((ang, ang), dim=-1)
+        low = x.to(dtype)
+        rot, tail = low[:, :r], low[:, r:]
+        x1, x2 = rot[:, : r // 2], rot[:, r // 2 :]
+        rotated = rot * emb.cos().to(dtype) + torch.cat((-x2, x1), dim=-1) * emb.sin().to(dtype)
+        return torch.cat((rotated, tail), dim=-1).to(x.dtype)
+
+    return fn
+
+
+def neox_bf16_inside(head_dim: int = 256, rotary_pct: float = 0.25, base: float = 10000.0) -> RopeFn:
+    """NeoX-style partial rotary (64 of 256 dims, half layout) computed in bfloat16 and returned as
+    float32: its outputs carry 8 significand bits whatever dtype they come back in."""
+    return rotate_half_computed_in(head_dim, int(head_dim * rotary_pct), base, torch.bfloat16)
+
+
+def fp16_inside(head_dim: int = 128, base: float = 10000.0) -> RopeFn:
+    """transformers' rotate_half computed in float16 inside a float32 interface (11 significand bits)."""
+    return rotate_half_computed_in(head_dim, None, base, torch.float16)
+
+
+def autocast_matmul(head_dim: int = 64, base: float = 10000.0) -> RopeFn:
+    """A RoPE written as a matrix product (one 2x2-block rotation matrix per token, half layout) run
+    under ``torch.autocast("cpu", dtype=torch.bfloat16)``: autocast runs the product in bfloat16;
+    the caller gets float32 back."""
+    inv = _inv_freq_f32(head_dim, base)
+    n = head_dim // 2
+    i = torch.arange(n)
+
+    def fn(x, positions):
+        ang = _angles_f32(positions, inv)
+        c, s = ang.cos(), ang.sin()
+        R = torch.zeros(x.shape[0], head_dim, head_dim)
+        R[:, i, i], R[:, i + n, i + n], R[:, i, i + n], R[:, i + n, i] = c, c, -s, s
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = torch.bmm(R, x.float()[:, :, None])[:, :, 0]
+        return y.to(x.dtype)
+
+    return fn
+
+
 # ---------------------------------------------------------------------------------------------
 # the catalogue
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +307,9 @@ ZOO: dict[str, ZooEntry] = {
         _entry("halved_rotary_bug", halved_rotary_bug, 128),
         _entry("offset_by_one", offset_by_one, 128),
         _entry("bf16_inv_freq", bf16_inv_freq, 128),
+        _entry("neox_bf16_inside", neox_bf16_inside, 256),
+        _entry("fp16_inside", fp16_inside, 128),
+        _entry("autocast_matmul", autocast_matmul, 64),
     )
 }
 

@@ -1,0 +1,210 @@
+"""checkpoint_report: ``ropekit doctor MODEL_DIR`` — the RoPE each framework here would run for a
+checkpoint, and every way they disagree.
+
+Readings: ropekit's (``ropekit.from_config``), the installed transformers' (measured from its own
+modeling code, ``installed_transformers``), and for a GGUF file the one its metadata states.  Then
+the checkpoint itself: the ``ropekit_layout`` marker ``ropekit convert --layout interleaved`` writes
+(stock transformers ignores it and runs such a checkpoint wrong), stored ``inv_freq`` tensors
+checked against the spec, config keys the installed release ignores, and the layout the trained
+q/k weights are in (``infer_layout``).  Each disagreement comes with its fix.  The text is made by
+``report_text``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import MissingDependencyError, RopeError
+from .weights import is_gguf, read_json
+
+__all__ = ["Finding", "Reading", "CheckpointReport", "doctor_checkpoint"]
+
+
+@dataclass
+class Reading:
+    framework: str  # "ropekit", "transformers 5.24.0", "GGUF metadata"
+    spec: object | None  # RopeSpec
+    text: str  # the spec in one line, or why there is none
+
+
+@dataclass
+class Finding:
+    kind: str  # disagreement | marker | inv_freq | ignored_keys | layout
+    text: str
+    fix: str | None = None
+    problem: bool = True  # False: reported for information, nothing to fix
+
+
+@dataclass
+class CheckpointReport:
+    path: str
+    readings: list[Reading] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    layout: object | None = None  # LayoutResult
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if f.problem]
+
+
+def _ropekit_reading(path: str) -> Reading:
+    from ..dialects import from_config
+
+    try:
+        spec = from_config(path)
+    except RopeError as exc:
+        return Reading("ropekit", None, f"cannot read: {exc}")
+    return Reading("ropekit", spec, spec.describe())
+
+
+def _transformers_reading(path: str, max_position: int):
+    """(Reading, fn) of the installed transformers, or (Reading without spec, None)."""
+    from .installed_transformers import transformers_rope_fn
+    from .probe import fingerprint
+
+    try:
+        fn, head_dim, version = transformers_rope_fn(path)
+    except MissingDependencyError:
+        return Reading("transformers", None, "not installed"), None
+    except RopeError as exc:
+        return Reading("transformers", None, f"cannot build: {exc}"), None
+    fp = fingerprint(fn, head_dim, max_position=max_position)
+    name = f"transformers {version}"
+    return Reading(name, fp.spec, fp.summary() if fp.spec is not None else f"no RoPE: {fp.reason}"), fn
+
+
+def _compare_readings(report: CheckpointReport, ropekit: Reading, hf: Reading, hf_fn, max_position: int) -> None:
+    from .comparison import compare
+    from .verification import spec_rope_fn
+
+    if ropekit.spec is None or hf.spec is None or hf_fn is None:
+        return
+    rep = compare(
+        hf_fn,
+        spec_rope_fn(ropekit.spec, precision="hf"),
+        ropekit.spec.head_dim,
+        max_position=max_position,
+        names=(hf.framework, "ropekit"),
+    )
+    if not rep.equivalent:
+        report.findings.append(
+            Finding(
+                "disagreement",
+                f"{hf.framework} and ropekit compute different RoPEs for this config: {rep.explanation}",
+                rep.fix,
+            )
+        )
+
+
+def _config_findings(report: CheckpointReport, cfg: dict, hf: Reading) -> None:
+    marker = cfg.get("ropekit_layout")
+    if marker == "interleaved":
+        report.findings.append(
+            Finding(
+                "marker",
+                "ropekit_layout='interleaved': this checkpoint's q/k rows are in the interleaved order; stock "
+                "transformers ignores the marker, rotates them as 'half' and runs the model WRONG",
+                "load it with ropekit.hf.patch(model) (it reads the marker), or convert it back: "
+                "ropekit convert SRC DST --layout half",
+            )
+        )
+    version = hf.framework.split(" ")[1] if " " in hf.framework else None
+    if version and int(version.split(".")[0]) < 5 and "rope_parameters" in cfg:
+        base = f"base {hf.spec.base:g}" if hf.spec is not None else "its defaults"
+        report.findings.append(
+            Finding(
+                "ignored_keys",
+                f"transformers {version} ignores 'rope_parameters' (a transformers 5 key): it runs {base}",
+                "for transformers 4.x, also write rope_theta (and rope_scaling) at the top level of config.json, "
+                "or install transformers>=5",
+            )
+        )
+
+
+def _inv_freq_findings(report: CheckpointReport, path: str, spec) -> None:
+    from ..frequencies import inv_freq
+
+    safetensors = None
+    try:
+        import safetensors
+    except ImportError:
+        return
+    want = inv_freq(spec)[0]
+    for name in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
+        with safetensors.safe_open(os.path.join(path, name), framework="pt") as fh:
+            for key in fh.keys():
+                if not key.endswith("inv_freq"):
+                    continue
+                stored = fh.get_tensor(key).double()
+                if stored.shape != want.shape or not torch.isfinite(stored).all():
+                    report.findings.append(Finding("inv_freq", f"{key}: shape {list(stored.shape)} / non-finite"))
+                    continue
+                rel = ((stored - want).abs() / want).max().item()
+                ok = rel <= 2.0**-23
+                report.findings.append(
+                    Finding(
+                        "inv_freq",
+                        f"stored {key} {'matches' if ok else 'differs from'} the spec (max relative error {rel:.2g})",
+                        None
+                        if ok
+                        else "drop the stored inv_freq (transformers recomputes it) or rewrite it in float32",
+                        problem=not ok,
+                    )
+                )
+                return  # one layer's copy says it; the others are copies
+
+
+def _layout_finding(report: CheckpointReport, path: str, cfg_source, spec) -> None:
+    from .infer_layout import infer_layout
+
+    try:
+        res = infer_layout(path, cfg_source)
+    except RopeError:
+        return
+    report.layout = res
+    expected = "interleaved" if (is_gguf(path) or (spec is not None and spec.layout == "interleaved")) else "half"
+    if res.layout == "unknown":
+        text = f"the q/k weights show no layout: {res.reason}"
+    else:
+        text = f"the trained q/k weights are in the {res.layout} layout ({res.summary()})"
+    problem = res.layout not in ("unknown", expected)
+    fix = None
+    if problem:
+        fix = (
+            f"the weights are {res.layout} but will be rotated as {expected}: permute q/k rows with "
+            f"ropekit.permute_qk(w, ..., src='{res.layout}', dst='{expected}') or record the layout "
+            f"(ropekit_layout)"
+        )
+    report.findings.append(Finding("layout", text, fix, problem=problem))
+
+
+def doctor_checkpoint(path, *, max_position: int = 2**16, weights: bool = True) -> CheckpointReport:
+    """Every framework's reading of a checkpoint's RoPE and every disagreement (see the module doc)."""
+    path = os.fspath(path)
+    report = CheckpointReport(path)
+    if is_gguf(path):
+        from .weights import geometry_of
+
+        g = geometry_of(path)
+        text = f"rotary_dim={g.rotary_dim}/{g.head_dim} base={g.base:g} context={g.context} (llama.cpp rotates)"
+        report.readings.append(Reading("GGUF metadata", None, text))
+        if weights:
+            _layout_finding(report, path, None, None)
+        return report
+    cfg_path = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    ropekit = _ropekit_reading(path)
+    report.readings.append(ropekit)
+    cfg = read_json(cfg_path) if cfg_path.endswith(".json") and os.path.isfile(cfg_path) else {}
+    if "model_type" in cfg:
+        hf, hf_fn = _transformers_reading(cfg_path, max_position)
+        report.readings.append(hf)
+        _compare_readings(report, ropekit, hf, hf_fn, max_position)
+        _config_findings(report, cfg, hf)
+    if os.path.isdir(path) and ropekit.spec is not None:
+        _inv_freq_findings(report, path, ropekit.spec)
+        if weights and any(f.endswith(".safetensors") for f in os.listdir(path)):
+            _layout_finding(report, path, path, ropekit.spec)
+    return report
