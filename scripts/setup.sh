@@ -10,3 +10,18 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[hf,triton,plot,fast,test]"
+
+# Older transformers releases for the release-matrix tests, each in its own --target dir (put on
+# PYTHONPATH by .ci/run, one release at a time), never in the venv, whose own transformers stays.
+# Installed only when missing; a release that would bring torch is refused (it would shadow ours).
+for v in ${ROPEKIT_TRANSFORMERS_RELEASES:-4.37.2 4.38.1 4.45.2 4.57.6}; do
+    dir=.deps/transformers-$v
+    [ -f "$dir/transformers/__init__.py" ] && continue
+    rm -rf "$dir.partial"
+    python -m pip install -q --target "$dir.partial" "transformers==$v"
+    if [ -e "$dir.partial/torch" ]; then
+        echo "setup.sh: transformers==$v pulled torch into $dir.partial; refusing (it would shadow the venv's)" >&2
+        exit 1
+    fi
+    mv "$dir.partial" "$dir"
+done

@@ -208,7 +208,13 @@ def convention_of(fn, kind: str, duplicate: str, indexed: bool, mrope_section, b
         indexed = indexed and position is not None
     theirs_args, ours_args = _probe_inputs(kind, duplicate, indexed, mrope_section, required)
     with torch.no_grad():
-        want = fn(*theirs_args)
+        try:
+            want = fn(*theirs_args)
+        except Exception as exc:  # noqa: BLE001 - any failure means we cannot prove the stand-in right
+            raise RopeError(
+                f"{fn.__module__}.{fn.__name__} does not take the {kind} calling convention ropekit expected "
+                f"({type(exc).__name__}: {exc}); ropekit.hf.patch refuses rather than guess"
+            ) from None
         layouts = ("interleaved",) if kind in ("qk_half_out", "complex") else ("half", "interleaved")
         for layout in layouts:
             conv = Convention(kind, layout, duplicate, indexed, mrope_section, backend)
