@@ -7,6 +7,7 @@ Llama, the family every release has.
 from __future__ import annotations
 
 import functools
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -174,4 +175,3 @@ def _required(fn) -> list[str]:
     import inspect
 
     return [n for n, p in inspect.signature(fn).parameters.items() if p.default is inspect.Parameter.empty]
-
