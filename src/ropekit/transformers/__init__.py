@@ -11,3 +11,7 @@
 
 This package knows nothing of kernels: it calls the public rotation (``ropekit.apply_rope*``).
 """
+
+from .rotary_embedding import DynamicNTKScalingRotaryEmbedding, LinearScalingRotaryEmbedding, RotaryEmbedding
+
+__all__ = ["RotaryEmbedding", "LinearScalingRotaryEmbedding", "DynamicNTKScalingRotaryEmbedding"]

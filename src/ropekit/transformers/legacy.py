@@ -23,7 +23,7 @@ import torch
 from ..errors import RopeSpecError
 from ..spec import Dynamic, Linear, RopeSpec
 
-__all__ = ["spec_from_legacy", "legacy_tables_hf", "LEGACY_SCALINGS"]
+__all__ = ["spec_from_legacy", "legacy_tables_hf", "legacy_angles_hf", "divides_positions", "LEGACY_SCALINGS"]
 
 LEGACY_SCALINGS = (None, "linear", "dynamic")
 
@@ -58,11 +58,29 @@ def legacy_inv_freq_hf(spec: RopeSpec, cached_len: int) -> torch.Tensor:
     return 1.0 / (base ** _exponent(dim))
 
 
+def divides_positions() -> bool:
+    """Whether the installed release's legacy linear class divides positions (before 4.45) rather
+    than frequencies (4.45 rebuilt the legacy classes on the config-driven code)."""
+    try:
+        import transformers
+    except ImportError:
+        return True  # the legacy API is the pre-4.45 one
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return (major, minor) < (4, 45)
+
+
+def legacy_angles_hf(spec: RopeSpec, positions: torch.Tensor, cached_len: int) -> torch.Tensor:
+    """float32 angles ``positions x inv_freq`` with the legacy arithmetic (positions divided for linear)."""
+    inv = legacy_inv_freq_hf(spec, cached_len).to(positions.device)
+    t = positions.float()
+    if isinstance(spec.scaling, Linear):
+        if not divides_positions():
+            return t[..., None] * (inv / spec.scaling.factor)
+        t = t / spec.scaling.factor  # those releases scaled positions, not frequencies
+    return t[..., None] * inv
+
+
 def legacy_tables_hf(spec: RopeSpec, n: int, cached_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Compact float32 cos/sin of positions ``0..n-1`` with the pre-4.45 arithmetic."""
-    inv = legacy_inv_freq_hf(spec, cached_len)
-    t = torch.arange(n, dtype=inv.dtype)
-    if isinstance(spec.scaling, Linear):
-        t = t / spec.scaling.factor  # those releases scaled positions, not frequencies
-    freqs = torch.outer(t, inv)
+    freqs = legacy_angles_hf(spec, torch.arange(n), cached_len)
     return freqs.cos(), freqs.sin()

@@ -45,7 +45,7 @@ import torch
 from ..errors import RopeShapeError, RopeSpecError
 from ..frequencies import _check_precision, attention_factor
 from ..frequencies import inv_freq as _inv_freq
-from ..spec import Dynamic, RopeSpec
+from ..spec import Dynamic, Linear, RopeSpec
 from ..tables import cos_sin
 from . import legacy
 from .checkpoint_keys import INV_FREQ_KEY, check_inv_freq
@@ -232,20 +232,22 @@ class RotaryEmbedding(torch.nn.Module):
             if self.legacy_cache or self.stateful:
                 self.max_seq_len_cached = max(self.max_seq_len_cached, n)
             if self.legacy_cache and self.precision == "hf":
-                cos, sin = self._legacy_tables(n, x.dtype, x.device)
-                return self._shaped(cos, sin, x.dtype)
+                return self._legacy_tables(n, x.dtype, x.device)
             position_ids = torch.arange(n, device=x.device)
         elif not isinstance(position_ids, torch.Tensor):
             raise RopeShapeError(f"position_ids must be a tensor, got {type(position_ids).__name__}")
         length = seq_len
         if self._is_dynamic(spec) and self.stateful and position_ids.numel():
             length = self._update_state(spec, int(position_ids.max().item()) + 1)  # one host read, as transformers
-        elif self._is_dynamic(spec) and self.legacy:
+        elif self._is_dynamic(spec) and self.legacy_cache:
             length = self.max_seq_len_cached
         return self._tables(spec, position_ids.to(x.device), x, length)
 
     def _tables(self, spec: RopeSpec, position_ids: torch.Tensor, x: torch.Tensor, seq_len):
         work = torch.float32 if self.precision == "hf" else torch.float64
+        if self.legacy_cache and self.precision == "hf" and isinstance(spec.scaling, Linear):
+            angles = legacy.legacy_angles_hf(spec, position_ids, self.max_seq_len_cached)
+            return self._shaped(angles.cos(), angles.sin(), x.dtype)
         if self.form.per_axis and spec.mrope_section is not None:
             # one table per position axis; the family's apply function selects the sections
             if position_ids.dim() == 2:
