@@ -134,3 +134,24 @@ def test_the_wrong_layout_fails_these_tolerances(family):
         assert _rel(tm.output(model, ids), reference) > 1e-3
     assert _grad_error(_grads(model, ids), reference_grads) > 1e-2
     rk.hf.unpatch(model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rotary_embedding_from_config_swaps_in_for_the_family_module(family):
+    """A user replacing the rotary module(s) with ``RotaryEmbedding(config)``: the family's table form
+    (Cohere's repeated columns, Qwen2-VL's per-axis tables before 5.0, GPT-J's (sin, cos)) follows
+    from the config, and the logits stay those of the family's own module."""
+    from ropekit.transformers import discovery
+
+    model, ids = tm.build(family)
+    paths = [p for p, _ in discovery.rotary_modules(model)]
+    if not paths:
+        pytest.skip("this release keeps GPT-J's table inside the attention (the patcher replaces that)")
+    with torch.no_grad():
+        reference = tm.output(model, ids)
+        for path in paths:
+            parent, attr = discovery.owner_of(model, path)
+            local = attr.endswith("_local")  # 4.5x Gemma 3: a second module for the sliding layers
+            rope = rk.RotaryEmbedding(model.config, layer_type="sliding_attention" if local else None)
+            setattr(parent, attr, rope)
+        assert _rel(tm.output(model, ids), reference) <= 1e-5
