@@ -16,6 +16,7 @@ __all__ = [
     "RopeArgumentError",
     "RopeCheckpointError",
     "MissingDependencyError",
+    "RopeConfigWarning",
 ]
 
 
@@ -29,6 +30,10 @@ class RopeSpecError(RopeError):
 
 class RopeConfigError(RopeSpecError):
     """A model config (transformers, Meta, LitGPT, ...) cannot be read as a RoPE spec."""
+
+
+class RopeConfigWarning(UserWarning):
+    """A config reads, but not as its author probably meant (keys a transformers release ignores)."""
 
 
 class RopeShapeError(RopeError):

@@ -89,13 +89,20 @@ def _set(obj: Any, name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class Linear:
-    """Position interpolation: every frequency divided by ``factor``."""
+    """Position interpolation: every frequency divided by ``factor``.
+
+    ``scale_positions``: transformers before 4.43 divides the positions instead (``t / factor``);
+    the same rotation, but ``precision="hf"`` then rounds like those releases.
+    """
 
     factor: float
+    scale_positions: bool = False
     kind: ClassVar[str] = "linear"
 
     def __post_init__(self):
         _set(self, "factor", _check_number("scaling.factor", self.factor, low=1.0))
+        if not isinstance(self.scale_positions, bool):
+            raise RopeSpecError(f"scaling.scale_positions={self.scale_positions!r} must be a bool")
 
 
 @dataclass(frozen=True)
@@ -244,11 +251,17 @@ Scaling = Linear | Dynamic | Yarn | LongRope | Llama3 | Proportional
 SCALINGS: dict[str, type] = {cls.kind: cls for cls in (Linear, Dynamic, Yarn, LongRope, Llama3, Proportional)}
 
 
+def _shown_fields(scaling) -> list:
+    """The fields of a scaling that dicts and descriptions show: a release-specific rounding flag
+    only when it is set, so specs of every other release read as before."""
+    return [f for f in dataclasses.fields(scaling) if not (f.name == "scale_positions" and not scaling.scale_positions)]
+
+
 def scaling_to_dict(scaling: Scaling | None) -> dict[str, Any] | None:
     if scaling is None:
         return None
     out: dict[str, Any] = {"kind": scaling.kind}
-    for f in dataclasses.fields(scaling):
+    for f in _shown_fields(scaling):
         value = getattr(scaling, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
@@ -296,6 +309,8 @@ class RopeSpec:
       mrope_section: multimodal RoPE: how many frequencies each position axis (temporal,
         height, width) owns; sums to rotary_dim / 2.  ``mrope_interleaved`` picks Qwen3-VL's
         round-robin assignment instead of Qwen2-VL's contiguous sections.
+      source: provenance, for people (e.g. "measured from transformers 5.24 ...").  Not part of
+        the rotation: specs that differ only in source are equal.
     """
 
     head_dim: int
@@ -307,6 +322,7 @@ class RopeSpec:
     attention_factor: float | None = None
     mrope_section: tuple[int, ...] | None = None
     mrope_interleaved: bool = False
+    source: str | None = dataclasses.field(default=None, compare=False)
     # not a field people set: version of the dict format, for forward compatibility
     FORMAT_VERSION: ClassVar[int] = 1
 
@@ -367,6 +383,8 @@ class RopeSpec:
             raise RopeSpecError(f"mrope_interleaved={self.mrope_interleaved!r} must be a bool")
         if self.mrope_interleaved and self.mrope_section is None:
             raise RopeSpecError("mrope_interleaved=True needs mrope_section")
+        if self.source is not None and not isinstance(self.source, str):
+            raise RopeSpecError(f"source={self.source!r} must be a string or None")
 
     # -- derived facts ---------------------------------------------------------------------------
 
@@ -407,7 +425,7 @@ class RopeSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict; ``RopeSpec.from_dict(spec.to_dict()) == spec`` exactly."""
-        return {
+        out = {
             "head_dim": self.head_dim,
             "rotary_dim": self.rotary_dim,
             "base": self.base,
@@ -418,6 +436,9 @@ class RopeSpec:
             "mrope_section": None if self.mrope_section is None else list(self.mrope_section),
             "mrope_interleaved": self.mrope_interleaved,
         }
+        if self.source is not None:  # only when set, so existing spec dicts stay as they were
+            out["source"] = self.source
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RopeSpec:
@@ -449,9 +470,7 @@ class RopeSpec:
         """One line for people: ``half r=128/128 base=500000 llama3(factor=8, ...)``."""
         parts = [self.layout, f"r={self.rotary_dim}/{self.head_dim}", f"base={self.base:g}"]
         if self.scaling is not None:
-            params = ", ".join(
-                f"{f.name}={_short(getattr(self.scaling, f.name))}" for f in dataclasses.fields(self.scaling)
-            )
+            params = ", ".join(f"{f.name}={_short(getattr(self.scaling, f.name))}" for f in _shown_fields(self.scaling))
             parts.append(f"{self.scaling.kind}({params})")
         if self.attention_factor is not None:
             parts.append(f"attention_factor={self.attention_factor:g}")

@@ -15,7 +15,11 @@ from typing import Any
 
 from ..errors import RopeConfigError, RopeSpecError
 
-__all__ = ["Source", "load", "number", "integer", "flag", "spec_error"]
+__all__ = ["Source", "load", "number", "integer", "flag", "spec_error", "LAYOUT_KEY"]
+
+#: config.json key that ``ropekit convert --layout interleaved`` writes: the checkpoint's q/k rows
+#: are in that layout, whatever the family's code assumes
+LAYOUT_KEY = "ropekit_layout"
 
 _MISSING = object()
 

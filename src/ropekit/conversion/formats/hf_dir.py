@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from ...dialects.reading import LAYOUT_KEY  # the marker has one home: the config readers
 from ...errors import RopeCheckpointError
 from . import raw
 from .base import Checkpoint, Geometry, list_aux
@@ -19,7 +20,6 @@ from .safetensors_io import SafetensorsFile, SafetensorsWriter
 
 __all__ = ["HFCheckpoint", "is_hf_dir", "write_hf", "LAYOUT_KEY", "INDEX", "SINGLE"]
 
-LAYOUT_KEY = "ropekit_layout"
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 #: shard size when ropekit chooses the sharding (Meta -> HF), as transformers' save_pretrained default
