@@ -134,6 +134,11 @@ def _longrope(cfg, params, rotary_dim, where, rules, family):
         factor = integer(cfg, "max_position_embeddings") / original  # 4.x: the ratio wins over the dict
     elif params.get("factor") is not None:
         factor = number(params, "factor", where=w)
+    elif not rules.reads_rope_parameters:  # 4.x multiplies by the missing factor and crashes
+        raise RopeConfigError(
+            f"{w}factor is missing and there is no top-level original_max_position_embeddings: "
+            f"transformers 4.x cannot compute this longrope (it fails on factor=None)"
+        )
     else:
         factor = integer(cfg, "max_position_embeddings") / original
     if rules.longrope_original_top_level_only and rules.yarn_range_from_max_position and family != "phi3":
