@@ -29,6 +29,7 @@ does, so apply it to the rope slice, not to the whole head.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,7 @@ from .hf_scaling import scaling_of, standardize, validate
 from .reading import Source, flag, integer, number, spec_error
 from .releases import NEWEST, release_text, rules_for, target_release
 
-__all__ = ["read", "knows", "Family", "FAMILIES", "family_of", "layer_types", "KNOWN_ROPE_TYPES"]
+__all__ = ["read", "same_rotation", "knows", "Family", "FAMILIES", "family_of", "layer_types", "KNOWN_ROPE_TYPES"]
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,8 @@ def _rope_dict(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _nested_keys(cfg: dict[str, Any], params: dict[str, Any]) -> list[str]:
     declared = cfg.get("layer_types")
+    if isinstance(declared, list) and not all(isinstance(t, str) for t in declared):
+        raise RopeConfigError(f"layer_types={declared!r} must be a list of layer type names (strings)")
     names = set(declared) if isinstance(declared, list) else set(_LAYER_TYPE_NAMES)
     return [k for k in params if k in names and (params[k] is None or isinstance(params[k], dict))]
 
@@ -348,7 +351,7 @@ def read(
             newest = _read(source, layer_type, layout, NEWEST)
         except RopeConfigError:
             newest = None
-        if newest is not None and newest != spec:
+        if newest is not None and not same_rotation(newest, spec):
             warnings.warn(
                 f"{source.origin}: transformers {release_text(release)} ignores rope_parameters "
                 f"(read by 5.x as {newest.describe()}); it runs {spec.describe()}. Write the v4 keys "
@@ -357,6 +360,17 @@ def read(
                 stacklevel=3,
             )
     return spec
+
+
+def same_rotation(a: RopeSpec, b: RopeSpec) -> bool:
+    """Whether two specs rotate alike (a release's float32 rounding rule aside)."""
+
+    def plain(spec):
+        if getattr(spec.scaling, "scale_positions", False):
+            return spec.replace(scaling=dataclasses.replace(spec.scaling, scale_positions=False))
+        return spec
+
+    return plain(a) == plain(b)
 
 
 def _read(source: Source, layer_type, layout, release) -> RopeSpec:

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from ...dialects.reading import LAYOUT_KEY  # the marker has one home: the config readers
+from ...dialects.reading import LAYOUT_KEY, read_json_file  # one home: the config readers
 from ...errors import RopeCheckpointError
 from . import raw
 from .base import Checkpoint, Geometry, list_aux
@@ -33,14 +33,7 @@ def is_hf_dir(path: Path) -> bool:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise RopeCheckpointError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise RopeCheckpointError(f"{path} must hold a JSON object")
-    return data
+    return read_json_file(path, error=RopeCheckpointError)  # the project's one JSON reader
 
 
 class HFCheckpoint(Checkpoint):

@@ -28,7 +28,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ...errors import RopeCheckpointError
+from ...dialects.reading import parse_json  # the project's one JSON reader
+from ...errors import RopeCheckpointError, RopeConfigError
 
 if TYPE_CHECKING:  # annotations only: this module never imports torch at run time
     import torch
@@ -110,9 +111,9 @@ class SafetensorsFile:
                 raise self._corrupt(f"header length {n} does not fit in the file ({size} bytes)")
             raw = f.read(n)
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._corrupt(f"header is not JSON ({exc})") from None
+            header = parse_json(raw, "the header")
+        except RopeConfigError as exc:
+            raise self._corrupt(f"header is not JSON: {exc}") from None
         if not isinstance(header, dict):
             raise self._corrupt("header is not a JSON object")
         self.metadata = header.pop("__metadata__", None)
