@@ -77,35 +77,37 @@ def census() -> dict:
     model RotaryEmbedding class built from that config (or from its text config)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    logging.disable(logging.WARNING)
     out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for model_type in list(CONFIG_MAPPING.keys()):
-            config_class = CONFIG_MAPPING[model_type]
-            try:
-                modeling = importlib.import_module(config_class.__module__.replace(".configuration_", ".modeling_"))
-                config = config_class()
-                text = config.get_text_config()
-            except Exception:  # no modeling module, no default config, or several text decoders
-                continue
-            rotaries = [
-                obj
-                for name, obj in vars(modeling).items()
-                if isinstance(obj, type)
-                and name.endswith("RotaryEmbedding")
-                and obj.__module__ == modeling.__name__
-                and not any(t in name for t in TOWERS)
-            ]
-            for cls in rotaries:
-                takes = _annotated_config(cls)
-                if takes is None:
+    logging.disable(logging.WARNING)  # default configs log a lot; restored below
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for model_type in list(CONFIG_MAPPING.keys()):
+                config_class = CONFIG_MAPPING[model_type]
+                try:
+                    modeling = importlib.import_module(config_class.__module__.replace(".configuration_", ".modeling_"))
+                    config = config_class()
+                    text = config.get_text_config()
+                except Exception:  # no modeling module, no default config, or several text decoders
                     continue
-                parts = getattr(takes, "sub_configs", None) or {}
-                if type(text) is takes or type(config) is takes or parts.get("text_config") is type(text):
-                    out[model_type] = config
-                    break
-    logging.disable(logging.NOTSET)
+                rotaries = [
+                    obj
+                    for name, obj in vars(modeling).items()
+                    if isinstance(obj, type)
+                    and name.endswith("RotaryEmbedding")
+                    and obj.__module__ == modeling.__name__
+                    and not any(t in name for t in TOWERS)
+                ]
+                for cls in rotaries:
+                    takes = _annotated_config(cls)
+                    if takes is None:
+                        continue
+                    parts = getattr(takes, "sub_configs", None) or {}
+                    if type(text) is takes or type(config) is takes or parts.get("text_config") is type(text):
+                        out[model_type] = config
+                        break
+    finally:
+        logging.disable(logging.NOTSET)
     return out
 
 
@@ -152,3 +154,16 @@ def test_refused_list_is_current():
     res = results()
     stale = sorted(mt for mt in REFUSED if mt in res and not res[mt])
     assert not stale, f"read now, drop them from REFUSED: {stale}"
+
+
+@pytest.mark.parametrize("model_type", ["llama", "glm", "gptj", "lfm3", "deepseek_v2"])
+def test_the_tolerances_catch_a_wrong_spec(model_type):
+    """A base off by 0.1 % fails the table tolerance; the other layout fails the score tolerance."""
+    config = census()[model_type]
+    layer_type = (family_layer_types(config) or [None])[0]
+    spec = rk.from_config(config, layer_type=layer_type)
+    probe = Probe(config, layer_type)
+    assert probe.table_err(spec) <= TABLE_TOL and probe.score_err(spec) <= SCORE_TOL
+    assert probe.table_err(spec.replace(base=spec.base * 1.001)) > TABLE_TOL
+    other = "interleaved" if spec.layout == "half" else "half"
+    assert probe.score_err(spec.with_layout(other)) > SCORE_TOL

@@ -50,11 +50,17 @@ def transformers_log():
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger("transformers.modeling_rope_utils")
+    # other tests quiet transformers (set_verbosity_error, logging.disable): hear it here anyway
+    level, disabled = logger.level, logging.root.manager.disable
+    logger.setLevel(logging.WARNING)
+    logging.disable(logging.NOTSET)
     logger.addHandler(handler)
     try:
         yield records
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
+        logging.disable(disabled)
 
 
 def _transformers_validate(params) -> str:
