@@ -171,9 +171,16 @@ def scaling_of(cfg, params, rope_type, rotary_dim, partial, where, rules: Rules,
         # transformers: `beta_fast or 32`, so 0/null mean the default
         mscale = number(params, "mscale", where=w) if params.get("mscale") is not None else None
         mscale_all = number(params, "mscale_all_dim", where=w) if params.get("mscale_all_dim") is not None else None
+        original = _original(cfg, params, where, rules, "yarn")
+        if params.get("factor") is None and rules.reads_rope_parameters:
+            # 5.x: a factor key set to null means max_position_embeddings / original (an absent
+            # key is refused by validate, as transformers raises KeyError)
+            factor = integer(cfg, "max_position_embeddings") / original
+        else:
+            factor = number(params, "factor", where=w)
         return Yarn(
-            factor=number(params, "factor", where=w),
-            original_max_position_embeddings=_original(cfg, params, where, rules, "yarn"),
+            factor=factor,
+            original_max_position_embeddings=original,
             beta_fast=number(params, "beta_fast", 32.0, where=w) or 32.0,
             beta_slow=number(params, "beta_slow", 1.0, where=w) or 1.0,
             mscale=mscale,
