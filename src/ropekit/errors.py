@@ -43,6 +43,7 @@ __all__ = [
     "MissingDependencyError",
     "require",
     "short_repr",
+    "RopeConfigWarning",
 ]
 
 
@@ -56,6 +57,10 @@ class RopeSpecError(RopeError, ValueError):
 
 class RopeConfigError(RopeSpecError):
     """A model config (transformers, Meta, LitGPT, ...) cannot be read as a RoPE spec."""
+
+
+class RopeConfigWarning(UserWarning):
+    """A config reads, but not as its author probably meant (keys a transformers release ignores)."""
 
 
 class RopeShapeError(RopeError, ValueError):

@@ -189,7 +189,8 @@ def _hf(spec: RopeSpec, seq_len: int | None) -> torch.Tensor:
     if s is None:
         return inv
     if isinstance(s, Linear):
-        inv /= s.factor
+        if not s.scale_positions:  # before 4.43 the positions are divided instead (tables.cos_sin)
+            inv /= s.factor
         return inv
     if isinstance(s, LongRope):
         long = seq_len is not None and seq_len > s.original_max_position_embeddings

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from .errors import RopeSpecError, RopeSpecTypeError, short_repr
 
 __all__ = [
+    "shown_fields",
     "Scaling",
     "Linear",
     "Dynamic",
@@ -85,13 +86,20 @@ def set_field(obj: Any, name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class Linear:
-    """Position interpolation: every frequency divided by ``factor``."""
+    """Position interpolation: every frequency divided by ``factor``.
+
+    ``scale_positions``: transformers before 4.43 divides the positions instead (``t / factor``);
+    the same rotation, but ``precision="hf"`` then rounds like those releases.
+    """
 
     factor: float
+    scale_positions: bool = False
     kind: ClassVar[str] = "linear"
 
     def __post_init__(self):
         set_field(self, "factor", check_number("scaling.factor", self.factor, low=1.0))
+        if not isinstance(self.scale_positions, bool):
+            raise RopeSpecTypeError(f"scaling.scale_positions={short_repr(self.scale_positions)} must be a bool")
 
 
 @dataclass(frozen=True)
@@ -248,11 +256,17 @@ Scaling = Linear | Dynamic | Yarn | LongRope | Llama3 | Proportional
 SCALINGS: dict[str, type] = {cls.kind: cls for cls in (Linear, Dynamic, Yarn, LongRope, Llama3, Proportional)}
 
 
+def shown_fields(scaling) -> list:
+    """The fields of a scaling that dicts and descriptions show: a release-specific rounding flag
+    only when it is set, so specs of every other release read as before."""
+    return [f for f in dataclasses.fields(scaling) if not (f.name == "scale_positions" and not scaling.scale_positions)]
+
+
 def scaling_to_dict(scaling: Scaling | None) -> dict[str, Any] | None:
     if scaling is None:
         return None
     out: dict[str, Any] = {"kind": scaling.kind}
-    for f in dataclasses.fields(scaling):
+    for f in shown_fields(scaling):
         value = getattr(scaling, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out

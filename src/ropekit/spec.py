@@ -39,6 +39,7 @@ from .scaling import (  # re-exported: the variants are part of the spec's vocab
     scaling_from_dict,
     scaling_to_dict,
     set_field,
+    shown_fields,
     yarn_mscale,
 )
 
@@ -83,6 +84,8 @@ class RopeSpec:
       mrope_section: multimodal RoPE: how many frequencies each position axis (temporal,
         height, width) owns; sums to rotary_dim / 2.  ``mrope_interleaved`` picks Qwen3-VL's
         round-robin assignment instead of Qwen2-VL's contiguous sections.
+      source: provenance, for people (e.g. "measured from transformers 5.24 ...").  Not part of
+        the rotation: specs that differ only in source are equal.
     """
 
     head_dim: int
@@ -94,6 +97,7 @@ class RopeSpec:
     attention_factor: float | None = None
     mrope_section: tuple[int, ...] | None = None
     mrope_interleaved: bool = False
+    source: str | None = dataclasses.field(default=None, compare=False)
     # not a field people set: version of the dict format, for forward compatibility
     FORMAT_VERSION: ClassVar[int] = 1
 
@@ -156,6 +160,8 @@ class RopeSpec:
             raise RopeSpecTypeError(f"mrope_interleaved={short_repr(self.mrope_interleaved)} must be a bool")
         if self.mrope_interleaved and self.mrope_section is None:
             raise RopeSpecError("mrope_interleaved=True needs mrope_section")
+        if self.source is not None and not isinstance(self.source, str):
+            raise RopeSpecTypeError(f"source={short_repr(self.source)} must be a string or None")
 
     # -- derived facts ---------------------------------------------------------------------------
 
@@ -200,7 +206,7 @@ class RopeSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict; ``RopeSpec.from_dict(spec.to_dict()) == spec`` exactly."""
-        return {
+        out = {
             "head_dim": self.head_dim,
             "rotary_dim": self.rotary_dim,
             "base": self.base,
@@ -211,6 +217,9 @@ class RopeSpec:
             "mrope_section": None if self.mrope_section is None else list(self.mrope_section),
             "mrope_interleaved": self.mrope_interleaved,
         }
+        if self.source is not None:  # only when set, so existing spec dicts stay as they were
+            out["source"] = self.source
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RopeSpec:
@@ -246,9 +255,7 @@ class RopeSpec:
         """One line for people: ``half r=128/128 base=500000 llama3(factor=8, ...)``."""
         parts = [self.layout, f"r={self.rotary_dim}/{self.head_dim}", f"base={self.base:g}"]
         if self.scaling is not None:
-            params = ", ".join(
-                f"{f.name}={_short(getattr(self.scaling, f.name))}" for f in dataclasses.fields(self.scaling)
-            )
+            params = ", ".join(f"{f.name}={_short(getattr(self.scaling, f.name))}" for f in shown_fields(self.scaling))
             parts.append(f"{self.scaling.kind}({params})")
         if self.attention_factor is not None:
             parts.append(f"attention_factor={self.attention_factor:g}")

@@ -191,6 +191,8 @@ def cos_sin(
     else:
         # transformers: position_ids.float() * inv_freq.float(); emb.cos() * attention_scaling
         pos = positions.to(device=device).float()
+        if getattr(spec.scaling, "scale_positions", False):  # transformers < 4.43: t / factor
+            pos = pos / spec.scaling.factor
         angles = pos[..., None] * inv.to(device=device, dtype=torch.float32)
         cos, sin = angles.cos() * factor, angles.sin() * factor
 

@@ -253,14 +253,15 @@ def test_v4_and_v5_forms_agree():
 
 
 def test_defaults_resolved_like_transformers():
-    # yarn factor from max_position_embeddings / original; attention_factor into the spec
-    spec = rk.from_config(
-        _with(
-            LLAMA,
-            max_position_embeddings=32768,
-            rope_scaling={"rope_type": "yarn", "original_max_position_embeddings": 4096, "attention_factor": 1.5},
-        )
+    # yarn: factor is required (transformers raises KeyError without it); attention_factor into the spec
+    no_factor = _with(
+        LLAMA,
+        max_position_embeddings=32768,
+        rope_scaling={"rope_type": "yarn", "original_max_position_embeddings": 4096, "attention_factor": 1.5},
     )
+    _config_error(no_factor, "rope_scaling.factor", "missing")
+    no_factor["rope_scaling"]["factor"] = 8.0
+    spec = rk.from_config(no_factor)
     assert spec.scaling.factor == 8.0 and spec.attention_factor == 1.5
     # Phi-3: the top-level original_max_position_embeddings wins over the one in rope_scaling
     phi3 = {

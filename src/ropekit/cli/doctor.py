@@ -166,14 +166,15 @@ def head_dims(name_a: str, dim_a, name_b: str | None = None, dim_b=None) -> tupl
 def config_heads(path: str) -> int | None:
     """Attention heads named in a config.json / params.json (for the ``permute_qk`` fix), or None.
     Read only; anything unexpected means "unknown", never an error (from_config already judged it)."""
+    from ..dialects.reading import read_json_file
+
     candidates = [path] if os.path.isfile(path) else [os.path.join(path, n) for n in ("config.json", "params.json")]
     for c in candidates:
         if not (os.path.isfile(c) and c.endswith(".json")):
             continue
         try:
-            with open(c) as fh:
-                cfg = json.load(fh)
-        except (OSError, ValueError):
+            cfg = read_json_file(c)  # the project's one JSON reader (regular files only)
+        except RopeError:
             return None
         if isinstance(cfg, dict):
             cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg

@@ -29,174 +29,56 @@ does, so apply it to the rope slice, not to the whole head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import warnings
 from typing import Any
 
-from ..errors import RopeConfigError, RopeSpecError
-from ..spec import Dynamic, Linear, Llama3, LongRope, Proportional, RopeSpec, Yarn, normalize_layout
-from .reading import Source, flag, integer, number, numbers, spec_error
+from ..errors import RopeConfigError, RopeConfigWarning, RopeSpecError
+from ..spec import RopeSpec, normalize_layout
+from .hf_families import FAMILIES, TEXT_OF, Family, family_of
+from .hf_scaling import scaling_of, standardize, validate
+from .reading import Source, flag, integer, number, spec_error
+from .releases import NEWEST, release_text, rules_for, target_release
 
-__all__ = ["read", "Family", "FAMILIES", "family_of", "layer_types", "KNOWN_ROPE_TYPES"]
+__all__ = ["read", "same_rotation", "knows", "Family", "FAMILIES", "family_of", "layer_types", "KNOWN_ROPE_TYPES"]
 
-
-@dataclass(frozen=True)
-class Family:
-    """What a transformers model family does with RoPE, beyond the shared rules.
-
-    layout: which dims pair up in its ``apply_rotary_pos_emb``.
-    theta: its config class's default ``rope_theta`` (used only when the config omits it).
-    partial: its config class's default ``partial_rotary_factor``.
-    head_dim: its config class's default ``head_dim`` (None: hidden_size // num_attention_heads).
-    mrope: "contiguous" (Qwen2-VL) or "interleaved" (Qwen3-VL) multimodal RoPE, with its default sections.
-    """
-
-    layout: str
-    theta: float = 10000.0
-    partial: float = 1.0
-    head_dim: int | None = None
-    mrope: str | None = None
-    mrope_section: tuple[int, ...] | None = None
-
-
-_HALF = Family("half")
-FAMILIES: dict[str, Family] = {
-    # rotate_half families (pairs (i, i + r/2))
-    **{
-        name: _HALF
-        for name in (
-            "llama",
-            "mistral",
-            "ministral",
-            "qwen2",
-            "qwen2_moe",
-            "qwen3_moe",
-            "olmo",
-            "olmo2",
-            "starcoder2",
-            "granite",
-            "granitemoe",
-            "falcon",
-            "exaone4",
-        )
-    },
-    "mixtral": Family("half", theta=1e6),
-    "phimoe": Family("half", theta=1e6),
-    "qwen3": Family("half", head_dim=128),
-    "gemma": Family("half", head_dim=256),
-    "gemma2": Family("half", head_dim=256),
-    "gemma3_text": Family("half", theta=1e6, head_dim=256),  # sliding layers: rope_local_base_freq (1e4)
-    "phi": Family("half", partial=0.5),
-    "phi3": Family("half"),
-    "gpt_neox": Family("half", partial=0.25),  # keys rotary_pct / rotary_emb_base
-    "stablelm": Family("half", partial=0.25),
-    "persimmon": Family("half", theta=25000.0, partial=0.5),
-    "nemotron": Family("half", partial=0.5),
-    "smollm3": Family("half", theta=2e6),
-    "olmo3": Family("half", theta=5e5),
-    "gpt_oss": Family("half", theta=150000.0, head_dim=64),
-    "qwen2_vl_text": Family("half", theta=1e6, mrope="contiguous", mrope_section=(16, 24, 24)),
-    "qwen2_5_vl_text": Family("half", theta=1e6, mrope="contiguous", mrope_section=(16, 24, 24)),
-    "qwen3_vl_text": Family("half", theta=5e5, head_dim=128, mrope="interleaved", mrope_section=(24, 20, 20)),
-    "qwen3_vl_moe_text": Family("half", theta=5e5, head_dim=128, mrope="interleaved", mrope_section=(24, 20, 20)),
-    # interleaved families (pairs (2i, 2i + 1))
-    "gptj": Family("interleaved"),  # key rotary_dim, base fixed at 10000
-    "codegen": Family("interleaved"),
-    "glm": Family("interleaved", partial=0.5, head_dim=128),
-    "glm4": Family("interleaved", partial=0.5, head_dim=128),
-    "cohere": Family("interleaved", theta=5e5),
-    "cohere2": Family("interleaved"),
-    "helium": Family("interleaved", theta=1e5, head_dim=128),
-    # THUDM's remote-code ChatGLM / GLM-4 (modeling_chatglm.py): head_dim = kv_channels, half of it
-    # rotates, pairs (2i, 2i+1), base = 10000 * rope_ratio, context = seq_length
-    "chatglm": Family("interleaved", partial=0.5),
-    "deepseek_v2": Family("interleaved"),  # complex multiplication over qk_rope_head_dim
-    # rope_interleave=True (default): weights store the rope dims interleaved; transformers'
-    # apply_rotary_pos_emb_interleave rotates pairs (2i, 2i+1) and writes the result in half order,
-    # a permutation shared by q and k that leaves q.k unchanged.  rope_interleave=False -> half.
-    "deepseek_v3": Family("interleaved"),
-}
-# composite (multimodal) model types whose text config carries the RoPE
-_TEXT_OF = {
-    "gemma3": "gemma3_text",
-    "qwen2_vl": "qwen2_vl_text",
-    "qwen2_5_vl": "qwen2_5_vl_text",
-    "qwen3_vl": "qwen3_vl_text",
-    "qwen3_vl_moe": "qwen3_vl_moe_text",
-}
-# architecture class-name prefixes -> model_type (longest prefix wins)
-_ARCH_PREFIX = {
-    "Llama": "llama",
-    "Mistral": "mistral",
-    "Ministral": "ministral",
-    "Mixtral": "mixtral",
-    "Qwen2": "qwen2",
-    "Qwen2Moe": "qwen2_moe",
-    "Qwen3": "qwen3",
-    "Qwen3Moe": "qwen3_moe",
-    "Qwen2VL": "qwen2_vl",
-    "Qwen2_5_VL": "qwen2_5_vl",
-    "Qwen3VL": "qwen3_vl",
-    "Gemma": "gemma",
-    "Gemma2": "gemma2",
-    "Gemma3": "gemma3",
-    "Phi": "phi",
-    "Phi3": "phi3",
-    "PhiMoE": "phimoe",
-    "GPTNeoX": "gpt_neox",
-    "StableLm": "stablelm",
-    "Persimmon": "persimmon",
-    "GPTJ": "gptj",
-    "CodeGen": "codegen",
-    "Glm": "glm",
-    "Glm4": "glm4",
-    "Cohere": "cohere",
-    "Cohere2": "cohere2",
-    "DeepseekV2": "deepseek_v2",
-    "DeepseekV3": "deepseek_v3",
-    "Olmo": "olmo",
-    "Olmo2": "olmo2",
-    "Starcoder2": "starcoder2",
-    "Granite": "granite",
-    "Falcon": "falcon",
-    "GptOss": "gpt_oss",
-    "Helium": "helium",
-    "Nemotron": "nemotron",
-    "ChatGLM": "chatglm",
-}
 
 KNOWN_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional", "mrope", "su")
 _LAYER_TYPE_NAMES = ("full_attention", "sliding_attention", "chunked_attention", "linear_attention")
 
 
-def family_of(cfg: dict[str, Any]) -> str | None:
-    """The model_type of a config dict (from ``model_type``, else from ``architectures``)."""
-    model_type = cfg.get("model_type")
-    if isinstance(model_type, str) and model_type:
-        return model_type
-    archs = cfg.get("architectures")
-    if isinstance(archs, list):
-        for arch in archs:
-            if not isinstance(arch, str):
-                continue
-            matches = [p for p in _ARCH_PREFIX if arch.startswith(p)]
-            if matches:
-                return _ARCH_PREFIX[max(matches, key=len)]
-    return None
+def knows(config_dict: dict[str, Any]) -> bool:
+    """Whether the family of this config (or of its text config) is in ``FAMILIES``."""
+    return family_of(_text_config(config_dict)) in FAMILIES
 
 
 def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The part of a (possibly multimodal) config that describes the language model."""
     text = cfg.get("text_config")
     model_type = family_of(cfg)
-    if isinstance(text, dict) and ("num_attention_heads" not in cfg or model_type in _TEXT_OF):
+    if isinstance(text, dict) and ("num_attention_heads" not in cfg or model_type in TEXT_OF):
         merged = dict(text)
         inner = text.get("model_type")
-        merged["model_type"] = inner if isinstance(inner, str) and inner else _TEXT_OF.get(model_type, model_type)
+        merged["model_type"] = inner if isinstance(inner, str) and inner else TEXT_OF.get(model_type, model_type)
         return merged
-    if model_type in _TEXT_OF:  # flat (v4) multimodal config: the text keys are at the top level
+    if model_type in TEXT_OF:  # flat (v4) multimodal config: the text keys are at the top level
         cfg = dict(cfg)
-        cfg["model_type"] = _TEXT_OF[model_type]
+        cfg["model_type"] = TEXT_OF[model_type]
     return cfg
+
+
+def release_view(cfg: dict[str, Any], release: tuple[int, int, int]) -> dict[str, Any]:
+    """The config as ``release`` reads it: before 5.0, only ``rope_theta``, ``rope_scaling`` and
+    ``partial_rotary_factor`` at the top level (``rope_parameters`` and keys inside
+    ``rope_scaling`` that 4.x never looks at are dropped)."""
+    if rules_for(release).reads_rope_parameters:
+        return cfg
+    view = {k: v for k, v in cfg.items() if k != "rope_parameters"}
+    if isinstance(view.get("rope_scaling"), dict):
+        view["rope_scaling"] = {
+            k: v for k, v in view["rope_scaling"].items() if k not in ("rope_theta", "partial_rotary_factor")
+        }
+    return view
 
 
 def _rope_dict(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -210,13 +92,15 @@ def _rope_dict(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _nested_keys(cfg: dict[str, Any], params: dict[str, Any]) -> list[str]:
     declared = cfg.get("layer_types")
+    if isinstance(declared, list) and not all(isinstance(t, str) for t in declared):
+        raise RopeConfigError(f"layer_types={declared!r} must be a list of layer type names (strings)")
     names = set(declared) if isinstance(declared, list) else set(_LAYER_TYPE_NAMES)
     return [k for k in params if k in names and (params[k] is None or isinstance(params[k], dict))]
 
 
-def layer_types(config_dict: dict[str, Any]) -> list[str]:
+def layer_types(config_dict: dict[str, Any], release: tuple[int, int, int] | None = None) -> list[str]:
     """Layer types with their own RoPE (empty when every layer shares one)."""
-    cfg = _text_config(config_dict)
+    cfg = release_view(_text_config(config_dict), release or target_release())
     nested = _nested_keys(cfg, _rope_dict(cfg))
     if not nested and cfg.get("model_type") == "gemma3_text":
         return ["full_attention", "sliding_attention"]
@@ -300,81 +184,6 @@ def _partial(cfg, params, family, fam, where, allow_zero=False) -> float:
     return value
 
 
-def _original(cfg, params, where) -> int:
-    # transformers' standardize_rope_params: a top-level original_max_position_embeddings wins
-    # (Phi-3 keeps the pretraining length there), else the scaling dict's, else max_position_embeddings
-    if cfg.get("original_max_position_embeddings") is not None:
-        return integer(cfg, "original_max_position_embeddings")
-    if params.get("original_max_position_embeddings") is not None:
-        return integer(params, "original_max_position_embeddings", where=where + ".")
-    return integer(cfg, "max_position_embeddings")
-
-
-def _scaling(cfg, params, rope_type, rotary_dim, head_dim, partial, where):
-    """The Scaling object and the attention factor the config sets explicitly (or None)."""
-    w = where + "."
-    attention_factor = None
-    if params.get("attention_factor") is not None and rope_type in ("yarn", "longrope"):
-        attention_factor = number(params, "attention_factor", where=w)
-    if rope_type in ("default", "mrope"):
-        return None, None
-    if rope_type == "linear":
-        return Linear(factor=number(params, "factor", where=w)), None
-    if rope_type == "dynamic":
-        return Dynamic(
-            factor=number(params, "factor", where=w),
-            original_max_position_embeddings=integer(cfg, "max_position_embeddings"),
-        ), None
-    if rope_type == "yarn":
-        original = _original(cfg, params, where)
-        if params.get("factor") is None:
-            factor = integer(cfg, "max_position_embeddings") / original
-        else:
-            factor = number(params, "factor", where=w)
-        # transformers: `beta_fast or 32`, so 0/null mean the default
-        beta_fast = number(params, "beta_fast", 32.0, where=w) or 32.0
-        beta_slow = number(params, "beta_slow", 1.0, where=w) or 1.0
-        mscale = number(params, "mscale", where=w) if params.get("mscale") is not None else None
-        mscale_all = number(params, "mscale_all_dim", where=w) if params.get("mscale_all_dim") is not None else None
-        return Yarn(
-            factor=factor,
-            original_max_position_embeddings=original,
-            beta_fast=beta_fast,
-            beta_slow=beta_slow,
-            mscale=mscale,
-            mscale_all_dim=mscale_all,
-            truncate=flag(params, "truncate", True, where=w),
-        ), attention_factor
-    if rope_type == "longrope":
-        original = _original(cfg, params, where)
-        short, long = numbers(params, "short_factor", where=w), numbers(params, "long_factor", where=w)
-        for key, values in (("short_factor", short), ("long_factor", long)):
-            if len(values) != rotary_dim // 2:
-                raise RopeConfigError(
-                    f"{w}{key} has {len(values)} entries; rotary_dim={rotary_dim} needs {rotary_dim // 2} "
-                    f"(one per rotating pair)"
-                )
-        if params.get("factor") is None:
-            factor = integer(cfg, "max_position_embeddings") / original
-        else:
-            factor = number(params, "factor", where=w)
-        return LongRope(
-            short_factor=tuple(short), long_factor=tuple(long), original_max_position_embeddings=original, factor=factor
-        ), attention_factor
-    if rope_type == "llama3":
-        return Llama3(
-            factor=number(params, "factor", where=w),
-            low_freq_factor=number(params, "low_freq_factor", where=w),
-            high_freq_factor=number(params, "high_freq_factor", where=w),
-            original_max_position_embeddings=_original(cfg, params, where),
-        ), None
-    if rope_type == "proportional":
-        return Proportional(partial_rotary_factor=partial, factor=number(params, "factor", 1.0, where=w)), None
-    raise RopeConfigError(
-        f"{w}rope_type={rope_type!r} is not a RoPE scaling ropekit knows; known: {', '.join(KNOWN_ROPE_TYPES)}"
-    )
-
-
 def _layout(cfg, family, fam, layout) -> str:
     if layout is not None:
         return normalize_layout(layout)
@@ -390,9 +199,42 @@ def _layout(cfg, family, fam, layout) -> str:
     return fam.layout
 
 
-def read(source: Source, layer_type: str | None = None, layout: str | None = None) -> RopeSpec:
-    """The RopeSpec of a transformers config (see the module docstring for the rules)."""
-    cfg = _text_config(source.data)
+def read(
+    source: Source, layer_type: str | None = None, layout: str | None = None, release: tuple | None = None
+) -> RopeSpec:
+    """The RopeSpec of a transformers config as ``release`` (default: ``target_release()``) reads it."""
+    release = release or target_release()
+    spec = _read(source, layer_type, layout, release)
+    if release < (5, 0, 0) and (source.data.get("rope_parameters") or _text_config(source.data).get("rope_parameters")):
+        try:
+            newest = _read(source, layer_type, layout, NEWEST)
+        except RopeConfigError:
+            newest = None
+        if newest is not None and not same_rotation(newest, spec):
+            warnings.warn(
+                f"{source.origin}: transformers {release_text(release)} ignores rope_parameters "
+                f"(read by 5.x as {newest.describe()}); it runs {spec.describe()}. Write the v4 keys "
+                f"rope_theta / rope_scaling beside it (`ropekit spec CONFIG --to both -o FILE`)",
+                RopeConfigWarning,
+                stacklevel=3,
+            )
+    return spec
+
+
+def same_rotation(a: RopeSpec, b: RopeSpec) -> bool:
+    """Whether two specs rotate alike (a release's float32 rounding rule aside)."""
+
+    def plain(spec):
+        if getattr(spec.scaling, "scale_positions", False):
+            return spec.replace(scaling=dataclasses.replace(spec.scaling, scale_positions=False))
+        return spec
+
+    return plain(a) == plain(b)
+
+
+def _read(source: Source, layer_type, layout, release) -> RopeSpec:
+    rules = rules_for(release)
+    cfg = release_view(_text_config(source.data), release)
     family = family_of(cfg)
     fam = FAMILIES.get(family) if family else None
     params, where = _select_params(cfg, family, layer_type)
@@ -422,8 +264,11 @@ def read(source: Source, layer_type: str | None = None, layout: str | None = Non
             f"head_dim={head_dim} with partial_rotary_factor={partial!r} gives rotary_dim={rotary_dim}, "
             f"which must be even, >= 2 and <= head_dim"
         )
+    if rules.reads_rope_parameters:
+        params = standardize(cfg, params, rope_type)
+    validate(params, rules, where, rope_type)
     try:
-        scaling, attention_factor = _scaling(cfg, params, rope_type, rotary_dim, head_dim, partial, where)
+        scaling, attention_factor = scaling_of(cfg, params, rope_type, rotary_dim, partial, where, rules, family)
         mrope_section, mrope_interleaved = None, False
         if fam is not None and fam.mrope is not None:
             section = params.get("mrope_section", fam.mrope_section)

@@ -11,11 +11,26 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from typing import Any
 
 from ..errors import RopeConfigError, RopeSpecError
 
-__all__ = ["Source", "load", "number", "integer", "flag", "spec_error"]
+__all__ = [
+    "Source",
+    "load",
+    "number",
+    "integer",
+    "flag",
+    "spec_error",
+    "LAYOUT_KEY",
+    "parse_json",
+    "read_json_file",
+]
+
+#: config.json key that ``ropekit convert --layout interleaved`` writes: the checkpoint's q/k rows
+#: are in that layout, whatever the family's code assumes
+LAYOUT_KEY = "ropekit_layout"
 
 _MISSING = object()
 
@@ -32,16 +47,61 @@ class Source:
         return f"Source({self.origin})"
 
 
-def _read_json(path: str) -> dict[str, Any]:
+#: the largest JSON/YAML config ropekit reads (a config.json is kilobytes, an index megabytes)
+MAX_CONFIG_BYTES = 64 << 20
+
+
+def _regular_file(path: str, error: type[Exception]) -> int:
+    """The size of ``path``, refusing anything that is not a regular file *before* opening it
+    (a FIFO would block ``open`` forever, a device could stream without end)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise RopeConfigError(f"{path} is not valid JSON: {exc}") from None
+        info = os.stat(path)
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{path} is not a regular file (a FIFO, device or socket); pass a config file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise error(f"{path} is {info.st_size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
+    return info.st_size
+
+
+def parse_json(data: str | bytes, what: str, error: type[Exception] = RopeConfigError) -> Any:
+    """``json.loads`` that fails with one ``error`` naming ``what`` for every malformed input:
+    bad syntax, non-UTF-8 bytes, nesting deep enough to exhaust the stack, integers too long to
+    convert (Python's 4300-digit limit)."""
+    try:
+        if isinstance(data, bytes):
+            data = data.decode("utf-8")
+        return json.loads(data)
     except UnicodeDecodeError:
-        raise RopeConfigError(f"{path} is not a UTF-8 text file") from None
+        raise error(f"{what} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise error(f"{what} is nested too deeply to be a config") from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise error(f"{what} holds a value JSON cannot convert: {exc}") from None
+
+
+def read_json_file(path: str | os.PathLike, error: type[Exception] = RopeConfigError) -> dict[str, Any]:
+    """The JSON object in a regular file (the one JSON reader of ropekit; torch-free).
+
+    >>> import os, tempfile
+    >>> fifo = os.path.join(tempfile.mkdtemp(), "config.json"); os.mkfifo(fifo)
+    >>> read_json_file(fifo)  # refused before open(), which would block
+    Traceback (most recent call last):
+    ropekit.errors.RopeConfigError: ... is not a regular file (a FIFO, device or socket); pass a config file
+    """
+    path = os.fspath(path)
+    _regular_file(path, error)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror})") from None
+    data = parse_json(raw, path, error)
     if not isinstance(data, dict):
-        raise RopeConfigError(f"{path} holds a JSON {type(data).__name__}; a config is a JSON object")
+        raise error(f"{path} holds a JSON {type(data).__name__}; a config is a JSON object")
     return data
 
 
@@ -49,11 +109,16 @@ def _read_yaml(path: str) -> dict[str, Any]:
     from ..errors import require
 
     yaml = require("yaml", "litgpt")
+    _regular_file(path, RopeConfigError)
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)  # safe_load: a config file never constructs Python objects
     except yaml.YAMLError as exc:
         raise RopeConfigError(f"{path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise RopeConfigError(f"{path} is not UTF-8 text") from None
+    except RecursionError:
+        raise RopeConfigError(f"{path} is nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise RopeConfigError(f"{path} holds a YAML {type(data).__name__}; a config is a mapping")
     return data
@@ -78,7 +143,7 @@ def load(config: Any) -> Source:
         if not os.path.exists(path):
             raise RopeConfigError(f"config path {path!r} does not exist")
         name = os.path.basename(path)
-        data = _read_yaml(path) if name.endswith((".yaml", ".yml")) else _read_json(path)
+        data = _read_yaml(path) if name.endswith((".yaml", ".yml")) else read_json_file(path)
         return Source(data, f"{name} at {path}", name)
     to_dict = getattr(config, "to_dict", None)
     if callable(to_dict):  # transformers' PretrainedConfig (already standardized by transformers)
@@ -97,6 +162,16 @@ def load(config: Any) -> Source:
 # ---------------------------------------------------------------------------------------------
 
 
+#: the largest integer a config may hold for a size or length (torch indexes with int64)
+MAX_INT = 2**62
+
+
+def _short(value: Any) -> str:
+    """repr for messages, cut short (a hostile config may hold a 4000-digit integer)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} chars)"
+
+
 def _get(d: dict, key: str, default: Any) -> Any:
     value = d.get(key, _MISSING)
     return default if value is _MISSING or value is None else value
@@ -108,10 +183,14 @@ def number(d: dict, key: str, default: Any = _MISSING, *, where: str = "") -> fl
     if value is _MISSING:
         raise RopeConfigError(f"{where}{key} is missing from the config")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RopeConfigError(f"{where}{key}={value!r} must be a number")
+        raise RopeConfigError(f"{where}{key}={_short(value)} must be a number")
+    try:
+        value = float(value)  # a JSON integer may be too large for a float
+    except OverflowError:
+        raise RopeConfigError(f"{where}{key}={_short(value)} is too large") from None
     if not math.isfinite(value):
         raise RopeConfigError(f"{where}{key}={value!r} must be finite")
-    return float(value)
+    return value
 
 
 def integer(d: dict, key: str, default: Any = _MISSING, *, where: str = "", low: int = 1) -> int:
@@ -122,9 +201,11 @@ def integer(d: dict, key: str, default: Any = _MISSING, *, where: str = "", low:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RopeConfigError(f"{where}{key}={value!r} must be an integer")
+        raise RopeConfigError(f"{where}{key}={_short(value)} must be an integer")
     if value < low:
-        raise RopeConfigError(f"{where}{key}={value!r} must be >= {low}")
+        raise RopeConfigError(f"{where}{key}={_short(value)} must be >= {low}")
+    if value > MAX_INT:  # sizes and lengths beyond int64 only come from broken configs
+        raise RopeConfigError(f"{where}{key}={_short(value)} is too large (at most {MAX_INT})")
     return value
 
 

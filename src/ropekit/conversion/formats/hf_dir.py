@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from ...dialects.reading import LAYOUT_KEY, read_json_file  # one home: the config readers
 from ...errors import RopeCheckpointError
 from ..source import check_member
 from . import raw
@@ -20,7 +21,6 @@ from .safetensors_io import SafetensorsFile, SafetensorsWriter
 
 __all__ = ["HFCheckpoint", "is_hf_dir", "write_hf", "LAYOUT_KEY", "INDEX", "SINGLE"]
 
-LAYOUT_KEY = "ropekit_layout"
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 #: shard size when ropekit chooses the sharding (Meta -> HF), as transformers' save_pretrained default
@@ -34,25 +34,7 @@ def is_hf_dir(path: Path) -> bool:
 
 
 def read_json(path: Path) -> dict:
-    """A JSON object from a regular file (a FIFO would block).  Links inside SRC were refused
-    before (conversion/source.py); a config the user names may be one."""
-    import stat
-
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            from ..source import kind_of
-
-            raise RopeCheckpointError(f"{path} is {kind_of(st.st_mode)}; a config must be a regular file")
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RopeCheckpointError(f"{path} is not valid UTF-8 JSON ({str(exc)[:200]})") from None
-    except RecursionError:
-        raise RopeCheckpointError(f"{path} is nested too deeply to be a config") from None
-    if not isinstance(data, dict):
-        raise RopeCheckpointError(f"{path} must hold a JSON object")
-    return data
+    return read_json_file(path, error=RopeCheckpointError)  # the project's one JSON reader
 
 
 class HFCheckpoint(Checkpoint):

@@ -311,8 +311,15 @@ def _hf_rope_parameters(params: dict) -> dict:
 
 
 def hf_config_from_meta(params: dict, geometry: Geometry, shapes: dict, dtype) -> dict:
-    """A transformers LlamaConfig dict for a Meta checkpoint (sizes read from the tensors)."""
+    """A transformers LlamaConfig dict for a Meta checkpoint (sizes read from the tensors), with
+    RoPE keys both transformers generations read (4.x rope_theta/rope_scaling, 5.x rope_parameters)."""
+    from ...dialects.generations import with_generation_keys
+
     rope = _hf_rope_parameters(params)
+    return with_generation_keys(_hf_config_keys(params, geometry, shapes, dtype, rope), "both")
+
+
+def _hf_config_keys(params: dict, geometry: Geometry, shapes: dict, dtype, rope: dict) -> dict:
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
