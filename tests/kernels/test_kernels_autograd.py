@@ -102,7 +102,7 @@ def test_packed_qkv_grads_match_reference(backend):
 def test_inplace_with_grad_is_refused():
     cos, sin = _tables(8, 8, "half", dtype=torch.float32)
     x = torch.randn(1, 4, 2, 8, requires_grad=True)
-    with pytest.raises(rk.RopeShapeError, match="inplace=True cannot be differentiated"):
+    with pytest.raises(rk.RopeArgumentError, match="inplace=True cannot be differentiated"):
         rk.apply_rope(x, cos, sin, inplace=True)
 
 

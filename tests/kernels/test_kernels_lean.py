@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import ropekit as rk
-import ropekit.apply as apply_mod
-from ropekit.errors import RopePositionError, RopeShapeError
+import ropekit.dispatch as dispatch_mod
+import ropekit.fastpath as fastpath_mod
+from ropekit.errors import RopeArgumentError, RopePositionError, RopeShapeError
 
 from covering import case_id
 from kernel_cases import CASES, P, _canonical, _make_case, check_case
@@ -21,13 +22,13 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 def lean_calls(monkeypatch):
     """Counts calls of the lean kernel (to prove a test runs the path it means to)."""
     calls = []
-    real = apply_mod.rotate_lean
+    real = fastpath_mod.rotate_lean
 
     def spy(*args, **kw):
         calls.append(1)
         return real(*args, **kw)
 
-    monkeypatch.setattr(apply_mod, "rotate_lean", spy)
+    monkeypatch.setattr(fastpath_mod, "rotate_lean", spy)
     return calls
 
 
@@ -105,7 +106,7 @@ def test_decode_shape_each_sequence_at_its_own_position(lean_calls):
         (dict(offsets=14), RopePositionError, "row 17"),
         (dict(offsets=-2), RopePositionError, "-2"),
         (dict(layout="spiral"), Exception, "spiral"),
-        (dict(format="sbhd"), RopeShapeError, "sbhd"),
+        (dict(format="sbhd"), RopeArgumentError, "sbhd"),  # an argument, not a shape
     ],
 )
 def test_errors_stay_clear(kw, error, words):
@@ -164,7 +165,7 @@ def test_big_tensors_call_the_compiled_kernel_directly(monkeypatch, lean_calls, 
     the threshold is lowered here so that the shapes stay small."""
     from ropekit.kernels import cpu
 
-    monkeypatch.setattr(apply_mod, "CPU_COMPILE_MIN_NUMEL", 1)
+    monkeypatch.setattr(dispatch_mod, "CPU_COMPILE_MIN_NUMEL", 1)
     seen = []
     real = cpu.rotate_many_cpu
     monkeypatch.setattr(cpu, "rotate_many_cpu", lambda *a, **kw: seen.append(1) or real(*a, **kw))

@@ -28,12 +28,12 @@ from torch import Tensor
 
 from .reference import rotate_reference
 
-__all__ = ["rope", "rope_", "rope_qk", "rope_qk_", "IMPLEMENTATIONS"]
+__all__ = ["rope", "rope_", "rope_qk", "rope_qk_", "IMPLEMENTATIONS", "kernel_for"]
 
 IMPLEMENTATIONS = ("reference", "cpu", "triton", "triton_freqs")
 
 
-def _single(backend: str):
+def kernel_for(backend: str):
     if backend == "reference":
         return rotate_reference
     if backend == "cpu":
@@ -54,7 +54,7 @@ def _extra(backend: str, sin: Tensor) -> dict:
 
 
 def _run(x, cos, sin, pos, interleaved, inverse, backend, inplace):
-    return _single(backend)(
+    return kernel_for(backend)(
         x, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace, **_extra(backend, sin)
     )
 

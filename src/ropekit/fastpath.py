@@ -1,0 +1,113 @@
+"""The lean eager path: small CPU tensors, no gradient, outside torch.compile.
+
+A call that needs nothing unusual skips the custom-op dispatch: small tensors go to
+``kernels.eager`` (bit for bit the reference in a third of its operators, cos/sin rows gathered
+once for q and k, no host read of the positions), big ones straight to the compiled kernel.
+Anything else (bad arguments included, so that the general path raises its clear errors) returns
+None and takes the general path in ``ropekit.apply``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import dispatch
+from .arguments import FORMATS, ROTATABLE_DTYPES, restore_view
+from .kernels.eager import rotate_lean
+from .kernels.reference import compute_dtype
+from .layouts import LAYOUTS, is_interleaved
+
+__all__ = ["rotate_fast"]
+
+
+def _plain_tables(cos, sin) -> bool:
+    return (
+        type(cos) is torch.Tensor
+        and type(sin) is torch.Tensor
+        and cos.dim() == 2
+        and cos.shape == sin.shape
+        and cos.dtype in ROTATABLE_DTYPES
+        and sin.dtype in ROTATABLE_DTYPES
+        and cos.is_cpu
+        and sin.is_cpu
+        and cos.layout == torch.strided
+        and sin.layout == torch.strided
+    )
+
+
+def _rows(positions, offsets, B: int, S: int, n_rows: int):
+    """(start, idx): a run of rows from ``start`` (idx None), or explicit rows ``idx`` [B|1, S];
+    None when the general path must resolve (and check) the positions."""
+    if positions is None:
+        if offsets is None:
+            start = 0
+        elif type(offsets) is int:
+            start = offsets
+        else:
+            return None
+        if start < 0 or start + S > n_rows:
+            return None
+        return start, None
+    if offsets is not None or type(positions) is not torch.Tensor or not positions.is_cpu:
+        return None
+    if positions.layout != torch.strided or positions.dtype not in (torch.int64, torch.int32):
+        return None
+    if positions.shape == (S,):
+        positions = positions[None]
+    elif positions.shape != (B, S):  # thd: B is 1, so [1, T] is covered too
+        return None
+    return 0, positions if positions.dtype == torch.int64 else positions.long()
+
+
+def rotate_fast(tensors, cos, sin, *, layout, format, positions, offsets, cu_seqlens, inplace, inverse, backend, spec):
+    """The rotated tensors (in the caller's format), or None when this call needs the general path."""
+    if backend is not None or spec is not None or cu_seqlens is not None or torch.compiler.is_compiling():
+        return None
+    if not _plain_tables(cos, sin) or not (layout is None or (type(layout) is str and layout in LAYOUTS)):
+        return None
+    x = tensors[0]
+    want = 3 if format == "thd" else 4 if format in FORMATS else -1
+    grad = torch.is_grad_enabled() and (cos.requires_grad or sin.requires_grad)
+    for t in tensors:
+        if not (type(t) is torch.Tensor and t.dim() == want and t.dtype == x.dtype and t.is_cpu):
+            return None
+        grad = grad or (t.requires_grad and torch.is_grad_enabled())
+    n_rows, n = cos.shape
+    D = x.shape[-1]
+    if grad or x.dtype not in ROTATABLE_DTYPES or x.layout != torch.strided or n == 0 or 2 * n > D:
+        return None
+    views = [t.unsqueeze(0) if format == "thd" else t.transpose(1, 2) if format == "bhsd" else t for t in tensors]
+    B, S = views[0].shape[:2]
+    if any(v.shape[:2] != (B, S) or v.shape[-1] != D for v in views[1:]):
+        return None
+    rows = _rows(positions, offsets, B, S, n_rows)
+    if rows is None:
+        return None
+    start, idx = rows
+    interleaved = layout is not None and is_interleaved(layout)
+    if x.numel() >= dispatch.CPU_COMPILE_MIN_NUMEL:
+        # big enough for the compiled kernel: call it directly (its own guards are the dispatch)
+        from .kernels.cpu import rotate_many_cpu
+
+        if idx is None:
+            idx = torch.arange(start, start + S)[None]
+        elif idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < n_rows):
+            return None  # the general path names the offending position
+        outs = rotate_many_cpu(
+            views, cos, sin, idx.expand(B, S), interleaved=interleaved, inverse=inverse, inplace=inplace
+        )
+    else:
+        if idx is None:
+            c, s = cos[None, start : start + S], sin[None, start : start + S]  # views: no gather
+        else:
+            flat = idx.reshape(-1)  # gathered once for q and k
+            try:  # index_select checks every row is in [0, n_rows) without a host read of the positions
+                c, s = cos.index_select(0, flat), sin.index_select(0, flat)
+            except IndexError:
+                return None  # the general path names the offending position
+            c, s = c.view(*idx.shape, n), s.view(*idx.shape, n)
+        math = compute_dtype(x.dtype)
+        if c.dtype != math:
+            c, s = c.to(math), s.to(math)
+        outs = rotate_lean(views, c, s, interleaved=interleaved, inverse=inverse, inplace=inplace)
+    return [t if inplace else restore_view(o, format) for t, o in zip(tensors, outs)]
