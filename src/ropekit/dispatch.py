@@ -181,11 +181,6 @@ def prepare(tensors, names, cos, sin, *, spec, layout, format, positions, offset
     return views, layout, cos, sin, pos, name
 
 
-def guard_inplace_grad(inplace: bool, tensors) -> None:
-    if inplace and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise RopeArgumentError("inplace=True cannot be differentiated; use inplace=False when gradients are needed")
-
-
 def table_grad_route(cos, sin, backend_name: str) -> bool:
     """Learnable tables: only the reference (plain autograd) differentiates cos/sin."""
     wants = torch.is_grad_enabled() and cos is not None and (cos.requires_grad or sin.requires_grad)
