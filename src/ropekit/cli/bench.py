@@ -103,6 +103,9 @@ def run(args) -> int:
             "CPU: best of interleaved rounds, ms per call, and its ratio to clone() of the same q and k (1.00x = a copy)"
         )
         rows = bench.run_cpu(shapes, dtypes)
+        for peer in bench.PEERS:
+            if peer in bench.MISSING:
+                print(f"peer {peer}: missing ({bench.MISSING[peer]})")
         for row in rows:
             row["threads"] = torch.get_num_threads()
         suffix = "" if args.threads is None else f"_{args.threads}thread"
