@@ -43,6 +43,7 @@ __all__ = [
     "MAX_FREQS_POSITION",
     "FP_FUSION",
     "launch_constexprs",
+    "TABLE_BLOCK_N",
 ]
 
 #: the in-kernel angle needs pos * (32-bit word) < 2**63
@@ -109,6 +110,10 @@ def _check_device(t: torch.Tensor) -> None:
 #: invisible after rounding to bf16/fp16, but not reproducible against the CPU paths; the
 #: rotation is memory-bound, so the extra instructions cost nothing measurable.
 FP_FUSION = False
+
+#: tokens per program of the table kernel: 64 made ptxas spill ~20 KB per thread (the fp64
+#: cos/sin of 64 x 64 angles in flight at once; benchmarks/triton_report.py), 8 spills nothing
+TABLE_BLOCK_N = 8
 
 
 def launch_constexprs(S, H, R, nt, *, interleaved, inverse, copy_tail, has_y, freqs, f64, interpret=False) -> dict:
@@ -254,7 +259,7 @@ def cos_sin_triton(
     cos = torch.empty(pos.numel(), R, dtype=dtype, device=pos.device)
     sin = torch.empty_like(cos)
     if pos.numel():
-        BLOCK_N = 64
+        BLOCK_N = 64 if interpreting() else TABLE_BLOCK_N  # the interpreter pays per program
         _kernels()._table_kernel[(-(-pos.numel() // BLOCK_N),)](
             fixed.contiguous(),
             pos,

@@ -49,7 +49,7 @@ class Variant:
 def variants() -> list[Variant]:
     """Every launchable combination: INTERLEAVED x INVERSE x COPY_TAIL x HAS_Y x FREQS x x's dtype
     (F64 follows the dtype) for the rotation kernel, and the table kernel per output dtype."""
-    from .triton import launch_constexprs
+    from .triton import TABLE_BLOCK_N, launch_constexprs
 
     out = []
     for dtype, il, inv, tail, has_y, freqs in itertools.product(_X_DTYPES, *[(False, True)] * 5):
@@ -68,7 +68,7 @@ def variants() -> list[Variant]:
         )
         out.append(Variant("_rope_kernel", dtype, tuple(sorted(meta.items()))))
     for dtype in ("fp32", "bf16", "fp16", "fp64"):
-        out.append(Variant("_table_kernel", dtype, (("BLOCK_N", 64), ("BLOCK_R", HEAD_DIM // 2))))
+        out.append(Variant("_table_kernel", dtype, (("BLOCK_N", TABLE_BLOCK_N), ("BLOCK_R", HEAD_DIM // 2))))
     return out
 
 
