@@ -67,7 +67,8 @@ def correctness(device: str, small: bool) -> list[str]:
             if angles:
                 y = rk.apply_rope(x, spec=spec, **kw)
             else:
-                cos, sin = rk.cos_sin(spec, 4096, device=device)
+                table = torch.float64 if dtype == torch.float64 else torch.float32  # fp64 x: fp64 tables
+                cos, sin = rk.cos_sin(spec, 4096, dtype=table, device=device)
                 y = rk.apply_rope(x, cos, sin, layout=layout, **kw)
             assert_close_to(y.cpu(), want, dtype)
         except Exception as exc:  # every case runs; all failures are listed
