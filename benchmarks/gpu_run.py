@@ -162,7 +162,7 @@ def benchmark(device: str, small: bool, log=print) -> list[dict]:
     import ropekit as rk
 
     timer = _timer(device)
-    tokens = (256, 512) if small else (8192, 16384, 32768, 65536)
+    tokens = (16, 32) if small else (8192, 16384, 32768, 65536)
     rows = []
     for dtype in (torch.bfloat16, torch.float16):
         for model, (hq, hkv) in HEADS.items():
@@ -195,10 +195,11 @@ def benchmark(device: str, small: bool, log=print) -> list[dict]:
                         f"  {row['dtype']:8s} {model:10s} T={n:6d} {name + ' ' + direction:22s} "
                         f"{row['gb_per_s']:8.1f} GB/s {row['pct_of_copy']:6.1f}% of copy"
                     )
+        n_seq = 4 if small else 32
         for n_tok in (1, 2, 4, 8):  # decode: 32 sequences, n_tok new tokens each, own positions
-            q = torch.randn(32, n_tok, 32, D, device=device, dtype=dtype)
-            k = torch.randn(32, n_tok, 8, D, device=device, dtype=dtype)
-            pos = (1000 + 37 * torch.arange(32, device=device))[:, None] + torch.arange(n_tok, device=device)
+            q = torch.randn(n_seq, n_tok, 32, D, device=device, dtype=dtype)
+            k = torch.randn(n_seq, n_tok, 8, D, device=device, dtype=dtype)
+            pos = (1000 + 37 * torch.arange(n_seq, device=device))[:, None] + torch.arange(n_tok, device=device)
             cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=D, base=BASE), 4096, device=device)
             for name, fn in _providers(q, k, pos, cos, sin, device).items():
                 if name == "ropekit":
