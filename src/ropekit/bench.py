@@ -7,15 +7,17 @@ and one decode step (one new token for each of 32 sequences, each at its own pos
 
 Providers (all rotate q and k by the same angles, out of place; the table says which ran):
 
-* ``ropekit``: ``apply_rope_qk`` on bshd tensors, compact fp32 tables (auto backend: the compiled
-  CPU kernel for big tensors, the reference's arithmetic in its lean eager form below
-  ``CPU_COMPILE_MIN_NUMEL``; both without the custom-op dispatch when no gradient is wanted);
+* ``ropekit``: ``apply_rope_qk`` on bshd tensors, compact fp32 tables (the auto CPU path: the
+  native C kernel once loaded, the lean eager rotation until then; no custom-op dispatch when no
+  gradient is wanted);
   also in place;
 * ``hf eager``: transformers' ``apply_rotary_pos_emb`` on bhsd tensors with duplicated tables cast
   to the input dtype, exactly as transformers' Llama calls it;
 * ``hf compiled``: ``torch.compile`` of that function;
 * ``meta complex``: Meta's reference form (pairs as complex numbers, times a complex64
-  ``freqs_cis``, back to the input dtype), interleaved layout.
+  ``freqs_cis``, back to the input dtype), interleaved layout;
+* ``rotary-embedding-torch``, ``torchtune``, ``litgpt`` when installed (optional; a missing one
+  is reported as missing), each with its tables in its own native form.
 
 The GPU part (``--gpu``, needs CUDA) measures GB/s and the fraction of the device's measured copy
 bandwidth, forward and backward, against flash-attn, Liger and FlashInfer when installed, and
@@ -143,14 +145,12 @@ def _meta_rotate(xq, xk, freqs_cis):
 def cpu_providers(shape: Shape, dtype: torch.dtype) -> dict[str, tuple[Callable[[], object], str]]:
     """name -> (zero-argument call, what ran) for one shape and dtype."""
     import ropekit as rk
-    from ropekit.apply import select_backend
 
     q, k, pos, cos, sin = _inputs(shape, dtype)
     positions = pos if shape.decode else None
-    auto = select_backend(q, None)[0]
-    # what auto runs for a CPU call without gradients: the lean eager form of the reference, or
-    # the compiled kernel called directly (no op dispatch)
-    auto = "reference (lean eager)" if auto == "reference" else auto
+    from ropekit.kernels import cpu
+
+    auto = "native C kernel" if cpu.ready(wait=True) else "lean eager (native kernel unavailable)"
     out: dict[str, tuple[Callable[[], object], str]] = {
         "clone": (lambda: (q.clone(), k.clone()), "q.clone(), k.clone()"),
         "ropekit": (lambda: rk.apply_rope_qk(q, k, cos, sin, positions=positions), f"apply_rope_qk, backend={auto}"),
@@ -162,11 +162,6 @@ def cpu_providers(shape: Shape, dtype: torch.dtype) -> dict[str, tuple[Callable[
         lambda: rk.apply_rope_qk(qi, ki, cos, sin, positions=positions, inplace=True),
         f"apply_rope_qk(inplace=True), backend={auto}",
     )
-    if auto != "cpu":  # small shapes: also show what the compiled path costs there
-        out["ropekit (cpu forced)"] = (
-            lambda: rk.apply_rope_qk(q, k, cos, sin, positions=positions, backend="cpu"),
-            "apply_rope_qk, backend=cpu",
-        )
     try:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
     except ImportError:
@@ -179,6 +174,70 @@ def cpu_providers(shape: Shape, dtype: torch.dtype) -> dict[str, tuple[Callable[
         out["hf compiled"] = (lambda: compiled(qh, kh, ch, sh), "torch.compile(apply_rotary_pos_emb)")
     freqs_cis = torch.polar(torch.ones_like(cos), torch.atan2(sin, cos))[pos].unsqueeze(2)  # [B, S, 1, D/2]
     out["meta complex"] = (lambda: _meta_rotate(q, k, freqs_cis), "view_as_complex(x) * freqs_cis")
+    out.update(peer_providers(q, k, pos, cos, sin))
+    return out
+
+
+#: the peers that may be missing (optional in the benchmark); a missing one is reported as such
+PEERS = ("rotary-embedding-torch", "torchtune", "litgpt")
+MISSING: dict[str, str] = {}
+
+
+def _function_from_file(path: str, name: str):
+    """One top-level function of an installed module, without importing its package (LitGPT's
+    ``litgpt/__init__`` imports lightning; its ``apply_rope`` needs only torch)."""
+    import ast
+
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    namespace = {"torch": torch}
+    exec(compile(ast.Module(body=[node], type_ignores=[]), path, "exec"), namespace)  # the installed code as is
+    return namespace[name]
+
+
+def peer_providers(q, k, pos, cos, sin) -> dict:
+    """rotary-embedding-torch, torchtune and LitGPT, each with its tables in its own native form,
+    rotating the same q and k (bshd) at the same positions; missing ones go to ``MISSING``."""
+    import importlib.util
+
+    out = {}
+    dtype = q.dtype
+    qh, kh = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()  # bhsd for two of them
+    try:  # angles (not cos/sin) per position, interleaved pairs; cos/sin taken inside every call
+        from rotary_embedding_torch import RotaryEmbedding, apply_rotary_emb
+
+        freqs = RotaryEmbedding(dim=D, theta=BASE)(pos.to(torch.float32))[:, None]  # [B, 1, S, D]
+        out["rotary-embedding-torch"] = (
+            lambda: (apply_rotary_emb(freqs, qh), apply_rotary_emb(freqs, kh)),
+            "rotary_embedding_torch.apply_rotary_emb(freqs, x), bhsd",
+        )
+    except ImportError as exc:
+        MISSING["rotary-embedding-torch"] = str(exc)
+    spec = importlib.util.find_spec("torchtune")
+    if spec is not None and spec.submodule_search_locations:
+        # torchtune's package __init__ checks for torchao; the module itself needs only torch
+        path = os.path.join(spec.submodule_search_locations[0], "modules", "position_embeddings.py")
+        loader = importlib.util.spec_from_file_location("torchtune_position_embeddings", path)
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+        tt = module.RotaryPositionalEmbeddings(dim=D, max_seq_len=int(pos.max()) + 1, base=BASE)
+        out["torchtune"] = (
+            lambda: (tt(q, input_pos=pos), tt(k, input_pos=pos)),
+            "torchtune RotaryPositionalEmbeddings(x, input_pos), bshd, fp32 cache",
+        )
+    else:
+        MISSING["torchtune"] = "not installed"
+    spec = importlib.util.find_spec("litgpt")
+    if spec is not None and spec.submodule_search_locations:
+        apply_rope = _function_from_file(os.path.join(spec.submodule_search_locations[0], "model.py"), "apply_rope")
+        lc, ls = (torch.cat([t, t], -1)[pos].to(dtype) for t in (cos, sin))  # [B, S, D] in the model dtype
+        out["litgpt"] = (
+            lambda: (apply_rope(qh, lc, ls), apply_rope(kh, lc, ls)),
+            "litgpt apply_rope(x, cos, sin), bhsd",
+        )
+    else:
+        MISSING["litgpt"] = "not installed"
     return out
 
 

@@ -35,7 +35,8 @@ BACKENDS = ("reference", "cpu", "triton")
 
 KernelFn = Callable[..., torch.Tensor]
 
-#: auto dispatch on CPU compiles (backend "cpu") only tensors at least this big (q in apply_rope_qk)
+#: with gradients, auto dispatch on CPU takes backend "cpu" (the native kernel) for tensors at
+#: least this big (q in apply_rope_qk); the reference below
 CPU_COMPILE_MIN_NUMEL = 1 << 20
 
 _log = logging.getLogger("ropekit")
@@ -68,6 +69,10 @@ def backend_name(x: torch.Tensor, backend: str | None) -> str:
                 )
         if backend == "cpu" and x.device.type != "cpu":
             raise RopeArgumentError(f"backend='cpu' needs a CPU tensor, got one on {x.device}")
+        if backend == "cpu":  # asked for by name: wait for the native kernel's one-time build
+            from .kernels.cpu import ready
+
+            ready(wait=True)
         return backend
     if x.device.type == "cuda":
         if _triton_available():
@@ -77,19 +82,19 @@ def backend_name(x: torch.Tensor, backend: str | None) -> str:
             _WARNED["no_triton"] = True
         return "reference"
     if x.device.type == "cpu":
-        # compiling a variant costs seconds; below ~1M elements the reference is already fast
+        # below ~1M elements the reference is already fast
         return "cpu" if x.numel() >= CPU_COMPILE_MIN_NUMEL else "reference"
     return "reference"  # any other device: plain torch works everywhere
 
 
 def select_backend(x: torch.Tensor, backend: str | None) -> tuple[str, KernelFn]:
     """The kernel for ``x``: ``backend`` when named, otherwise the best available for its device
-    (CUDA: ``"triton"`` when importable; CPU: ``"cpu"``, the compiled path, for tensors of at
-    least ``CPU_COMPILE_MIN_NUMEL`` elements and ``"reference"`` below, where compiling would cost
-    more than it saves; any other device: ``"reference"``).  On CPU, a call that wants no gradient
-    and is not being traced by torch.compile skips the custom-op dispatch: ``"reference"`` then
-    runs as ``kernels.eager`` (the same floats in a third of the operators) and ``"cpu"`` calls
-    the compiled kernel directly (``ropekit.fastpath``)."""
+    (CUDA: ``"triton"`` when importable; CPU: ``"cpu"``, the native kernel, for tensors of at
+    least ``CPU_COMPILE_MIN_NUMEL`` elements and ``"reference"`` below; any other device:
+    ``"reference"``).  On CPU, a call that wants no gradient and is not being traced by
+    torch.compile skips the custom-op dispatch (``ropekit.fastpath``): it calls the native kernel
+    directly once that is loaded, ``kernels.eager`` (the reference's floats in a third of the
+    operators) until then."""
     name = backend_name(x, backend)
     from .kernels.ops import kernel_for
 
@@ -175,11 +180,6 @@ def prepare(tensors, names, cos, sin, *, spec, layout, format, positions, offset
     if cos.dim() == 3:
         cos, sin, pos = flatten_batched_table(cos, sin, x4, pos)
     return views, layout, cos, sin, pos, name
-
-
-def guard_inplace_grad(inplace: bool, tensors) -> None:
-    if inplace and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise RopeArgumentError("inplace=True cannot be differentiated; use inplace=False when gradients are needed")
 
 
 def table_grad_route(cos, sin, backend_name: str) -> bool:

@@ -1,8 +1,9 @@
 """The lean eager path: small CPU tensors, no gradient, outside torch.compile.
 
-A call that needs nothing unusual skips the custom-op dispatch: small tensors go to
-``kernels.eager`` (bit for bit the reference in a third of its operators, cos/sin rows gathered
-once for q and k, no host read of the positions), big ones straight to the compiled kernel.
+A call that needs nothing unusual skips the custom-op dispatch: it goes straight to the native
+CPU kernel once that is loaded (``kernels.native``), and to ``kernels.eager`` until then (bit for
+bit the reference in a third of its operators, cos/sin rows gathered once for q and k, no host
+read of the positions).
 Anything else (bad arguments included, so that the general path raises its clear errors) returns
 None and takes the general path in ``ropekit.apply``.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
 from .arguments import FORMATS, ROTATABLE_DTYPES, restore_view
 from .kernels.eager import rotate_lean
 from .kernels.reference import compute_dtype
@@ -85,10 +85,9 @@ def rotate_fast(tensors, cos, sin, *, layout, format, positions, offsets, cu_seq
         return None
     start, idx = rows
     interleaved = layout is not None and is_interleaved(layout)
-    if x.numel() >= dispatch.CPU_COMPILE_MIN_NUMEL:
-        # big enough for the compiled kernel: call it directly (its own guards are the dispatch)
-        from .kernels.cpu import rotate_many_cpu
+    from .kernels.cpu import ready, rotate_many_cpu
 
+    if ready():  # the native kernel is loaded: every size (until then, and without it: lean eager)
         if idx is None:
             idx = torch.arange(start, start + S)[None]
         elif idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < n_rows):

@@ -99,11 +99,78 @@ def test_packed_qkv_grads_match_reference(backend):
     assert torch.equal(g[..., 4 * 16 :], up[..., 4 * 16 :])  # v's gradient passes through
 
 
-def test_inplace_with_grad_is_refused():
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_gradcheck_in_place_fp64(backend, layout):
+    # in place with autograd (flash-attn's inplace=True): the backward is the inverse rotation
+    cos, sin = _tables(6, 4, layout, n=6)
+    q = torch.randn(1, 2, 2, 6, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 1, 6, dtype=torch.float64, requires_grad=True)
+
+    def f(a, b):  # a leaf cannot change in place: rotate the result of an operation, as a model does
+        a, b = a * 1.0, b * 1.0
+        out = rk.apply_rope_qk(a, b, cos, sin, layout=layout, offsets=2, inplace=True, backend=backend)
+        assert out[0] is a and out[1] is b
+        return out
+
+    assert torch.autograd.gradcheck(f, (q, k))
+    g = lambda a: rk.apply_rope((a * 1.0).transpose(1, 2), cos, sin, layout=layout, format="bhsd", inplace=True)  # noqa: E731
+    assert torch.autograd.gradcheck(g, (q,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_grads_match_the_oracle_and_out_of_place(backend, dtype):
+    from oracle import assert_close_to, rope_fp64
+
+    spec = rk.RopeSpec(head_dim=32, rotary_dim=16, layout="interleaved")
+    cos, sin = rk.cos_sin(spec, 32)
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(2, 7, 3, 32, generator=g).to(dtype).requires_grad_(True)
+    up = torch.randn(2, 7, 3, 32, generator=g).to(dtype)
+    pos = torch.randint(0, 32, (2, 7), generator=g)
+    kw = dict(layout="interleaved", positions=pos, backend=backend)
+    x = w * 1
+    y = rk.apply_rope(x, cos, sin, inplace=True, **kw)
+    assert y is x
+    (gin,) = torch.autograd.grad(y, w, up)
+    (gout,) = torch.autograd.grad(rk.apply_rope(w, cos, sin, **kw), w, up)
+    assert torch.equal(gin, gout)
+    # d(y . up)/dx is the inverse rotation of up; the tail's gradient is up itself
+    assert_close_to(gin, rope_fp64(up, rk.inv_freq(spec)[0], pos, "interleaved", inverse=True), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_in_place_packed_qkv_grads_match_reference(backend):
+    cos, sin = _tables(16, 16, "half", dtype=torch.float32)
+    w = torch.randn(2, 5, (3 + 2 * 1) * 16, requires_grad=True)
+    up = torch.randn_like(w)
+    f = lambda b, inplace: rk.apply_rope_qkv(w * 1, cos, sin, n_q_heads=3, n_kv_heads=1, inplace=inplace, backend=b)  # noqa: E731
+    (gin,) = torch.autograd.grad(f(backend, True), w, up)
+    (ref,) = torch.autograd.grad(f("reference", False), w, up)
+    assert (gin - ref).abs().max().item() <= 2e-6
+    assert torch.equal(gin[..., 4 * 16 :], up[..., 4 * 16 :])  # v's gradient passes through
+
+
+def test_in_place_backward_leaves_a_shared_incoming_gradient_alone():
+    # autograd hands the add's one gradient tensor to both branches: rotating it in place would
+    # corrupt the other branch's gradient
+    cos, sin = _tables(8, 8, "half", dtype=torch.float32)
+    w1 = torch.randn(1, 4, 2, 8, requires_grad=True)
+    w2 = torch.randn(1, 4, 2, 8, requires_grad=True)
+    up = torch.randn(1, 4, 2, 8)
+    y = rk.apply_rope(w1 * 1, cos, sin, inplace=True, backend="cpu")
+    ((y + w2) * up).sum().backward()
+    assert torch.equal(w2.grad, up)
+
+
+def test_in_place_on_a_leaf_that_requires_grad_is_a_clear_error():
     cos, sin = _tables(8, 8, "half", dtype=torch.float32)
     x = torch.randn(1, 4, 2, 8, requires_grad=True)
-    with pytest.raises(rk.RopeArgumentError, match="inplace=True cannot be differentiated"):
+    with pytest.raises(rk.RopeError, match="inplace=True on a leaf tensor that requires grad"):
         rk.apply_rope(x, cos, sin, inplace=True)
+    with pytest.raises(rk.RopeError, match="inplace=True on a leaf tensor"):
+        rk.apply_rope(x.transpose(1, 2), cos, sin, format="bhsd", inplace=True)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

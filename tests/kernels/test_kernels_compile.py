@@ -1,13 +1,10 @@
 """The custom ops under ``torch.compile(fullgraph=True)``: one graph, no break, same numbers as
-eager, forward and backward; and the CPU path's fallback to the reference is visible."""
-
-import logging
+eager, forward and backward."""
 
 import pytest
 import torch
 
 import ropekit as rk
-from ropekit.kernels import cpu as cpu_kernel
 
 
 def _inputs(dtype=torch.float32):
@@ -65,30 +62,6 @@ def test_compile_fullgraph_in_place():
     torch.compile(step, fullgraph=True)(a, b)
     ea, eb = rk.apply_rope_qk(q, k, cos, sin, backend="reference")
     assert torch.allclose(a, ea, atol=1e-6) and torch.allclose(b, eb, atol=1e-6)
-
-
-def test_cpu_fallback_without_compiler_is_visible(monkeypatch, caplog):
-    monkeypatch.setattr(cpu_kernel, "_no_compiler", lambda: "no C++ compiler found on PATH (test)")
-    monkeypatch.setitem(cpu_kernel._FALLBACK, "reason", None)
-    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=16), 8)
-    x = torch.randn(1, 8, 2, 16)
-    with caplog.at_level(logging.WARNING, logger="ropekit"):
-        y = rk.apply_rope(x, cos, sin, backend="cpu")
-    assert "falls back to the reference" in caplog.text and "no C++ compiler" in caplog.text
-    assert cpu_kernel.status()["fallback_reason"].startswith("no C++ compiler")
-    assert torch.equal(y, rk.apply_rope(x, cos, sin, backend="reference"))
-
-
-def test_cpu_compiled_variants_are_keyed_on_what_changes_the_code():
-    # forward and inverse share a variant (runtime sign); dtype / layout / in place do not
-    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=16), 8)
-    x = torch.randn(1, 8, 2, 16)
-    rk.apply_rope(rk.apply_rope(x, cos, sin, backend="cpu"), cos, sin, backend="cpu", inverse=True)
-    keys = [k for k in cpu_kernel.status()["compiled_variants"] if k[1] == torch.float32 and k[3] is False]
-    assert ("cpu", torch.float32, torch.float32, False, False, 1) in keys
-    assert cpu_kernel.cache_key(x, cos, interleaved=True, inplace=False) != cpu_kernel.cache_key(
-        x.bfloat16(), cos, interleaved=True, inplace=False
-    )
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])

@@ -1,21 +1,29 @@
 """The lean eager path (``kernels.eager`` behind ``apply``'s auto dispatch for CPU calls without
 gradients): against the fp64 oracle over the covering design, bit for bit against the reference
 through the op, q+k, the clear errors it must keep, and what must stay off it (autograd,
-torch.compile) and what goes straight to the compiled kernel (big tensors)."""
+torch.compile).  The native kernel that takes over once loaded: test_kernels_native.py."""
 
 import pytest
 import torch
 
 import ropekit as rk
-import ropekit.dispatch as dispatch_mod
 import ropekit.fastpath as fastpath_mod
 from ropekit.errors import RopeArgumentError, RopePositionError, RopeShapeError
 
 from covering import case_id
-from kernel_cases import CASES, P, _canonical, _make_case, check_case
+from kernel_cases import CASES, P, _make_case, check_case
 from oracle import assert_close_to, rope_fp64
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+@pytest.fixture(autouse=True)
+def native_off(monkeypatch):
+    """This file tests the lean eager path, which serves CPU calls until the native kernel is
+    loaded (and where it cannot be built): keep the native kernel out of the way."""
+    from ropekit.kernels import cpu
+
+    monkeypatch.setattr(cpu, "ready", lambda wait=False: False)
 
 
 @pytest.fixture
@@ -155,64 +163,3 @@ def test_torch_compile_traces_the_op_not_the_lean_path(lean_calls):
     assert lean_calls
     for g, w in zip(got, want):
         assert torch.allclose(g, w, atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize(
-    "layout, inplace, dtype", [("half", False, torch.float32), ("interleaved", True, torch.bfloat16)]
-)
-def test_big_tensors_call_the_compiled_kernel_directly(monkeypatch, lean_calls, layout, inplace, dtype):
-    """Above the size threshold the auto path calls the compiled kernel without the op dispatch;
-    the threshold is lowered here so that the shapes stay small."""
-    from ropekit.kernels import cpu
-
-    monkeypatch.setattr(dispatch_mod, "CPU_COMPILE_MIN_NUMEL", 1)
-    seen = []
-    real = cpu.rotate_many_cpu
-    monkeypatch.setattr(cpu, "rotate_many_cpu", lambda *a, **kw: seen.append(1) or real(*a, **kw))
-    spec = rk.RopeSpec(head_dim=32, rotary_dim=16, layout=layout)
-    cos, sin = rk.cos_sin(spec, P)
-    g = torch.Generator().manual_seed(7)
-    q = torch.randn(2, 5, 3, 32, generator=g, dtype=torch.float64)
-    k = torch.randn(2, 5, 1, 32, generator=g, dtype=torch.float64)
-    pos = torch.randint(0, P, (2, 5), generator=g)
-    args = (q.to(dtype).transpose(1, 2).contiguous(), k.to(dtype).transpose(1, 2).contiguous())  # bhsd
-    before = [a.clone() for a in args]
-    out = rk.apply_rope_qk(*args, cos, sin, layout=layout, format="bhsd", positions=pos, inplace=inplace)
-    assert seen and not lean_calls
-    inv, _ = rk.inv_freq(spec)
-    for y, x64, b in zip(out, (q, k), before):
-        assert_close_to(_canonical(y, "bhsd"), rope_fp64(x64.to(dtype), inv, pos, layout), dtype)
-        assert torch.equal(y[..., 16:], b[..., 16:])  # the tail: untouched in place, copied out of place
-
-
-def test_cpu_in_place_reuses_its_scratch_and_leaves_the_tail(monkeypatch):
-    """In place on the compiled path: rotary dims into a per-thread scratch buffer, copied back;
-    the buffer is reused (no fresh pages per call), and a sequence too big for SCRATCH_MAX_BYTES
-    goes through it in chunks of tokens."""
-    from ropekit.kernels import cpu
-
-    spec = rk.RopeSpec(head_dim=32, rotary_dim=16)
-    cos, sin = rk.cos_sin(spec, P)
-    g = torch.Generator().manual_seed(9)
-    q64, k64 = (
-        torch.randn(1, 6, 3, 32, generator=g, dtype=torch.float64),
-        torch.randn(1, 6, 1, 32, generator=g, dtype=torch.float64),
-    )
-    inv, _ = rk.inv_freq(spec)
-    pointers = []
-    for _ in range(2):
-        q, k = q64.float(), k64.float()
-        tails = q[..., 16:].clone(), k[..., 16:].clone()
-        assert rk.apply_rope_qk(q, k, cos, sin, offsets=5, inplace=True, backend="cpu")[0] is q
-        pointers.append(cpu._SCRATCH.buffers[torch.float32].data_ptr())
-        for y, x64, tail in zip((q, k), (q64, k64), tails):
-            assert_close_to(y, rope_fp64(x64.float(), inv, torch.arange(5, 11)[None], "half"))
-            assert torch.equal(y[..., 16:], tail)
-    assert pointers[0] == pointers[1]
-    monkeypatch.setattr(cpu, "SCRATCH_MAX_BYTES", 300)  # one token of q and k = 256 bytes: 6 chunks
-    q, k = q64.float(), k64.float()
-    rk.apply_rope_qk(q, k, cos, sin, offsets=5, inplace=True, backend="cpu")
-    assert cpu._SCRATCH.buffers[torch.float32].data_ptr() == pointers[0]  # the same buffer, partly used
-    for y, x64 in zip((q, k), (q64, k64)):
-        assert_close_to(y, rope_fp64(x64.float(), inv, torch.arange(5, 11)[None], "half"))
-        assert torch.equal(y[..., 16:], x64.float()[..., 16:])

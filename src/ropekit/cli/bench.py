@@ -36,8 +36,9 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--out",
-        default=os.path.join("benchmarks", "results"),
-        help="folder for speed_cpu.csv / .png and speed_gpu.csv (default: %(default)s)",
+        default=None,
+        help="folder for speed_cpu.csv / .png and speed_gpu.csv (default: a fresh temporary folder, "
+        "printed; nothing is written into the current directory unless asked)",
     )
     p.add_argument(
         "--shapes", default=",".join(SHAPE_NAMES), help="comma-separated CPU shapes (default: all: %(default)s)"
@@ -85,7 +86,12 @@ def run(args) -> int:
         if args.threads < 1:
             raise RopeError(f"--threads={args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
+    if args.out is None:
+        import tempfile
+
+        args.out = tempfile.mkdtemp(prefix="ropekit-bench-")
     os.makedirs(args.out, exist_ok=True)
+    print(f"results go to {os.path.abspath(args.out)}")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     # other processes on the machine distort timings: say how busy it was
     print(
@@ -97,6 +103,9 @@ def run(args) -> int:
             "CPU: best of interleaved rounds, ms per call, and its ratio to clone() of the same q and k (1.00x = a copy)"
         )
         rows = bench.run_cpu(shapes, dtypes)
+        for peer in bench.PEERS:
+            if peer in bench.MISSING:
+                print(f"peer {peer}: missing ({bench.MISSING[peer]})")
         for row in rows:
             row["threads"] = torch.get_num_threads()
         suffix = "" if args.threads is None else f"_{args.threads}thread"

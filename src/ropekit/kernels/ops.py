@@ -9,7 +9,8 @@ the attention factor as a one-element float64 tensor):
 
 * ``ropekit::rope(x, cos, sin, pos, interleaved, inverse, backend) -> y``
 * ``ropekit::rope_qk(q, k, cos, sin, pos, ...) -> (q', k')``   (one launch on triton)
-* ``ropekit::rope_`` / ``ropekit::rope_qk_``: in place (mutate their inputs; not differentiable)
+* ``ropekit::rope_`` / ``ropekit::rope_qk_``: in place (mutate their inputs; no autograd of their
+  own: ``rotate_inplace_differentiable`` wraps them when a gradient is wanted)
 
 >>> import torch, ropekit as rk
 >>> from ropekit.kernels import ops
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from .reference import rotate_reference
 
-__all__ = ["rope", "rope_", "rope_qk", "rope_qk_", "IMPLEMENTATIONS", "kernel_for"]
+__all__ = ["rope", "rope_", "rope_qk", "rope_qk_", "IMPLEMENTATIONS", "kernel_for", "rotate_inplace_differentiable"]
 
 IMPLEMENTATIONS = ("reference", "cpu", "triton", "triton_freqs")
 
@@ -159,3 +160,65 @@ def rope_qk_(
 @rope_qk_.register_fake
 def _(q, k, cos, sin, pos, interleaved, inverse, backend):
     return None
+
+
+# --- in place, differentiable ----------------------------------------------------------------
+
+
+class _RotateInPlace(torch.autograd.Function):
+    """In place with autograd (flash-attn's ``apply_rotary_emb(..., inplace=True)``): the forward
+    rotates its input in place (``mark_dirty``: autograd rewrites its history, also that of the
+    base tensor it may be a view of; the rotated tensor is the first argument because autograd's
+    bookkeeping for views expects it there); the backward is the inverse rotation of the
+    incoming gradient by the same kernel.
+
+    The backward writes a fresh gradient rather than rotating the incoming one in place: autograd
+    may hand one gradient tensor to several consumers (the two inputs of an add get the same
+    object) or an expanded one (``y.sum()`` gives stride-0 ones), and rotating that buffer in
+    place would silently corrupt the other consumer's gradient.  The numbers are the same."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, pos, interleaved, inverse, backend):
+        rope_(x, cos, sin, pos, interleaved, inverse, backend)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(cos, sin, pos)
+        ctx.interleaved, ctx.inverse, ctx.backend = interleaved, inverse, backend
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin, pos = ctx.saved_tensors
+        return (
+            rope(grad, cos, sin, pos, ctx.interleaved, not ctx.inverse, ctx.backend),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def rotate_inplace_differentiable(views, cos, sin, pos, interleaved: bool, inverse: bool, backend: str) -> tuple:
+    """Rotate one tensor or (q, k) (``[B, S, H, D]`` views) in place, recorded for autograd.
+
+    >>> import torch, ropekit as rk
+    >>> cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=4), 3)
+    >>> w = torch.randn(1, 3, 2, 4, requires_grad=True)
+    >>> x = w * 1.0                                            # not a leaf: may change in place
+    >>> (y,) = rotate_inplace_differentiable([x], cos, sin, torch.arange(3)[None], False, False, "reference")
+    >>> y is x, x.grad_fn is not None
+    (True, True)
+    """
+    from ..errors import RopeArgumentError
+
+    for v in views:
+        base = v if v._base is None else v._base
+        if base.is_leaf and base.requires_grad:
+            raise RopeArgumentError(
+                "inplace=True on a leaf tensor that requires grad (a parameter, or a tensor created with "
+                "requires_grad=True): autograd cannot rotate it in place; rotate the result of an operation, "
+                "or use inplace=False"
+            )
+    # one tensor at a time: autograd records an in-place change of a view one view per node
+    return tuple(_RotateInPlace.apply(v, cos, sin, pos, bool(interleaved), bool(inverse), backend) for v in views)

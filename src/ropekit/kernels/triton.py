@@ -41,6 +41,9 @@ __all__ = [
     "cos_sin_triton",
     "interpreting",
     "MAX_FREQS_POSITION",
+    "FP_FUSION",
+    "launch_constexprs",
+    "TABLE_BLOCK_N",
 ]
 
 #: the in-kernel angle needs pos * (32-bit word) < 2**63
@@ -98,6 +101,44 @@ def _check_device(t: torch.Tensor) -> None:
         )
 
 
+#: Fused multiply-add off, everywhere ropekit compiles or launches a Triton kernel (Triton's own
+#: default is on, and its 3.10 release flips that default, so leaving it unset would make the
+#: numerics depend on the installed release).  Off, every product and sum rounds on its own:
+#: ``x1 * c - x2 * s`` rounds exactly as the reference and the CPU kernels do (bit for bit the same
+#: fp32 result, then one rounding to x's dtype), and the in-kernel angle's ``c * hi + c * lo``
+#: keeps its two fp64 roundings.  FMA would be *more* accurate by half an ulp of fp32 at most,
+#: invisible after rounding to bf16/fp16, but not reproducible against the CPU paths; the
+#: rotation is memory-bound, so the extra instructions cost nothing measurable.
+FP_FUSION = False
+
+#: tokens per program of the table kernel: 64 made ptxas spill ~20 KB per thread (the fp64
+#: cos/sin of 64 x 64 angles in flight at once; benchmarks/triton_report.py), 8 spills nothing
+TABLE_BLOCK_N = 8
+
+
+def launch_constexprs(S, H, R, nt, *, interleaved, inverse, copy_tail, has_y, freqs, f64, interpret=False) -> dict:
+    """The compile-time constants of ``_rope_kernel`` for one launch (one compiled variant per
+    distinct dict); shared by the launcher and the ahead-of-time compile check."""
+    BLOCK_R, BLOCK_T = _pow2(max(R, 1)), _pow2(max(nt, 1))
+    if interpret:  # few, large programs: the interpreter pays per program, not per element
+        BLOCK_S, BLOCK_H = min(_pow2(S), 16), _pow2(H)
+    else:  # ~2K elements per tile keeps registers in check and many tiles in flight
+        BLOCK_S = 4
+        BLOCK_H = max(1, min(_pow2(H), 2048 // (BLOCK_S * BLOCK_R)))
+    return dict(
+        BLOCK_S=BLOCK_S,
+        BLOCK_H=BLOCK_H,
+        BLOCK_R=BLOCK_R,
+        BLOCK_T=BLOCK_T,
+        INTERLEAVED=bool(interleaved),
+        INVERSE=bool(inverse),
+        COPY_TAIL=bool(copy_tail),
+        HAS_Y=bool(has_y),
+        FREQS=bool(freqs),
+        F64=bool(f64),
+    )
+
+
 def _launch(pairs, cos, sin, pos, *, interleaved, inverse, source, factor=1.0):
     """pairs: [(in4, out4)] with one or two entries (q, then k); out4 may be in4 (in place)."""
     x4, xo = pairs[0]
@@ -109,18 +150,24 @@ def _launch(pairs, cos, sin, pos, *, interleaved, inverse, source, factor=1.0):
         return
     for t, _ in pairs:
         _check_device(t)
-    f64 = x4.dtype == torch.float64
     nt = D - 2 * R
     copy_tail = nt > 0 and any(i is not o for i, o in pairs)
-    BLOCK_R, BLOCK_T = _pow2(max(R, 1)), _pow2(max(nt, 1))
-    H = max(HX, HY)
-    if interpreting():  # few, large programs: the interpreter pays per program, not per element
-        BLOCK_S, BLOCK_H = min(_pow2(S), 16), _pow2(H)
-    else:  # ~2K elements per tile keeps registers in check and many tiles in flight
-        BLOCK_S = 4
-        BLOCK_H = max(1, min(_pow2(H), 2048 // (BLOCK_S * BLOCK_R)))
+    meta = launch_constexprs(
+        S,
+        max(HX, HY),
+        R,
+        nt,
+        interleaved=interleaved,
+        inverse=inverse,
+        copy_tail=copy_tail,
+        has_y=len(pairs) > 1,
+        freqs=source == "freqs",
+        f64=x4.dtype == torch.float64,
+        interpret=interpreting(),
+    )
+    BLOCK_S, BLOCK_H = meta["BLOCK_S"], meta["BLOCK_H"]
     n_s = -(-S // BLOCK_S)
-    n_hb = -(-H // BLOCK_H)
+    n_hb = -(-max(HX, HY) // BLOCK_H)
     # few tokens (decode): spread head blocks over programs so the GPU still fills up
     G = 1 if interpreting() else max(1, min(n_hb, -(-512 // (n_s * B))))
     k = _kernels()
@@ -147,16 +194,8 @@ def _launch(pairs, cos, sin, pos, *, interleaved, inverse, source, factor=1.0):
         pos.stride(0),
         pos.stride(1),
         *sc,
-        BLOCK_S=BLOCK_S,
-        BLOCK_H=BLOCK_H,
-        BLOCK_R=BLOCK_R,
-        BLOCK_T=BLOCK_T,
-        INTERLEAVED=bool(interleaved),
-        INVERSE=bool(inverse),
-        COPY_TAIL=copy_tail,
-        HAS_Y=len(pairs) > 1,
-        FREQS=source == "freqs",
-        F64=f64,
+        **meta,
+        enable_fp_fusion=FP_FUSION,
     )
 
 
@@ -220,8 +259,17 @@ def cos_sin_triton(
     cos = torch.empty(pos.numel(), R, dtype=dtype, device=pos.device)
     sin = torch.empty_like(cos)
     if pos.numel():
-        BLOCK_N = 64
+        BLOCK_N = 64 if interpreting() else TABLE_BLOCK_N  # the interpreter pays per program
         _kernels()._table_kernel[(-(-pos.numel() // BLOCK_N),)](
-            fixed.contiguous(), pos, cos, sin, pos.numel(), R, *_split(factor), BLOCK_N=BLOCK_N, BLOCK_R=_pow2(R)
+            fixed.contiguous(),
+            pos,
+            cos,
+            sin,
+            pos.numel(),
+            R,
+            *_split(factor),
+            BLOCK_N=BLOCK_N,
+            BLOCK_R=_pow2(R),
+            enable_fp_fusion=FP_FUSION,
         )
     return cos.reshape(*positions.shape, R), sin.reshape(*positions.shape, R)

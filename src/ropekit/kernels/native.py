@@ -1,0 +1,230 @@
+"""The native CPU rotation: a small C kernel (``kernels.native_code``), built once per machine and
+cached on disk, called through ctypes.
+
+Why not ``torch.compile``: inductor fuses the rotation well, but its first call of each variant
+costs seconds in every fresh process (measured 12-17 s for the first ``apply_rope_qk`` on a
+2x4096x32x128 tensor, several more for each new dtype or in place), and it cannot rotate a buffer
+into itself.  This kernel builds in ~0.5 s *once per machine* (plain C, no torch headers), loads
+in about a millisecond in every later process, does in place in one pass, and is bit for bit the
+reference.
+
+The first build never blocks a call: ``ensure(wait=False)`` starts it on a background thread and
+the caller takes the lean eager path meanwhile (logged once on the ``ropekit`` logger;
+``status()`` says so).  ``ensure(wait=True)`` builds synchronously (``backend="cpu"``, asked for by
+name, waits).  Without a C compiler (or if the build fails) CPU calls stay on the lean eager path,
+with a warning.
+
+The cache lives in ``$ROPEKIT_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ropekit`` or
+``~/.cache/ropekit``), one file per (source, compiler, CPU features), written atomically.
+
+Threads: ctypes releases the GIL during the call, so big tensors are split by token rows over
+``torch.get_num_threads()`` threads from one persistent pool.
+
+>>> from ropekit.kernels import native
+>>> sorted(native.status())
+['cache', 'reason', 'state']
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from .native_code import C_SOURCE
+
+__all__ = ["ensure", "status", "rotate_native", "supports", "FLAGS"]
+
+log = logging.getLogger("ropekit")
+
+#: -ffp-contract=off: no fused multiply-add, so the rounding is the reference's (see native_code)
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu11")
+
+#: below this many elements one thread does the whole call (a pool hand-off costs ~30 us)
+PARALLEL_MIN_NUMEL = 1 << 19
+
+_SYMBOLS = {
+    torch.float32: "rope_f32",
+    torch.bfloat16: "rope_bf16",
+    torch.float16: "rope_f16",
+    torch.float64: "rope_f64",
+}
+_STATE: dict = {"state": "not built", "reason": None, "cache": None, "lib": None, "thread": None, "fns": {}}
+_LOCK = threading.Lock()
+_POOL: dict = {}
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _cache_dir() -> str:
+    root = os.environ.get("ROPEKIT_CACHE_DIR")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "ropekit")
+    return root
+
+
+def _cpu_features() -> str:
+    # -march=native code is only valid on CPUs with the same features: they are part of the key
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _library_path(cc: str) -> str:
+    st = os.stat(cc)
+    key = "\n".join([C_SOURCE, " ".join(FLAGS), os.path.realpath(cc), str(st.st_size), str(st.st_mtime_ns)])
+    key += platform.machine() + _cpu_features()
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return os.path.join(_cache_dir(), f"rope_native_{digest}.so")
+
+
+def _build(path: str, cc: str) -> None:
+    """Compile into a temporary file beside ``path``, then rename: a concurrent process or an
+    interrupted build never leaves a half-written library under the cached name."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, src = tempfile.mkstemp(suffix=".c", dir=os.path.dirname(path))
+    tmp = src[:-2] + ".so.tmp"
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(C_SOURCE)
+        proc = subprocess.run([cc, *FLAGS, src, "-o", tmp], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise OSError(f"{os.path.basename(cc)} failed: {(proc.stderr or proc.stdout).strip().splitlines()[:1]}")
+        os.replace(tmp, path)
+    finally:
+        for leftover in (src, tmp):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+def _load(path: str) -> None:
+    lib = ctypes.CDLL(path)
+    fns = {}
+    for dtype, name in _SYMBOLS.items():
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int64
+        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 20
+        fns[dtype] = fn
+    _STATE.update(lib=lib, fns=fns, state="ready", reason=None)
+
+
+def _build_and_load(path: str, cc: str) -> None:
+    try:
+        if not os.path.exists(path):
+            _build(path, cc)
+        _load(path)
+        log.info("ropekit: native CPU kernel ready (%s)", path)
+    except Exception as exc:  # a toolchain problem must not break the rotation: say so, stay eager
+        _STATE.update(state="unavailable", reason=f"{type(exc).__name__}: {exc}")
+        log.warning("ropekit: native CPU kernel unavailable (%s); CPU calls use the eager rotation", _STATE["reason"])
+
+
+def ensure(wait: bool = False) -> bool:
+    """True when the native kernel is loaded.  A library already cached on disk is loaded at once;
+    otherwise the build starts (on a background thread unless ``wait``)."""
+    if _STATE["state"] == "ready":
+        return True
+    with _LOCK:
+        if _STATE["state"] == "not built":
+            cc = _compiler()
+            if cc is None:
+                _STATE.update(state="unavailable", reason="no C compiler found (cc, gcc, clang or $CC)")
+                log.warning("ropekit: %s; CPU calls use the eager rotation", _STATE["reason"])
+                return False
+            path = _STATE["cache"] = _library_path(cc)
+            if os.path.exists(path) or wait:
+                _build_and_load(path, cc)
+            else:
+                log.info("ropekit: building the native CPU kernel in the background (once per machine, ~1 s); ")
+                _STATE["state"] = "building"
+                t = threading.Thread(target=_build_and_load, args=(path, cc), name="ropekit-native-build", daemon=True)
+                _STATE["thread"] = t
+                t.start()
+        thread = _STATE["thread"]
+    if wait and thread is not None:
+        thread.join()
+    return _STATE["state"] == "ready"
+
+
+def status() -> dict:
+    """``state``: "not built", "building", "ready" or "unavailable" (``reason`` says why); ``cache``:
+    the library's path."""
+    return {k: _STATE[k] for k in ("state", "reason", "cache")}
+
+
+def supports(x: torch.Tensor, cos: torch.Tensor) -> bool:
+    """Whether the kernel handles x's dtype and this many pairs."""
+    return x.dtype in _SYMBOLS and x.device.type == "cpu" and cos.shape[-1] <= 4096
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    if _POOL.get("n") != n:
+        _POOL.update(n=n, pool=ThreadPoolExecutor(max_workers=n, thread_name_prefix="ropekit-native"))
+    return _POOL["pool"]
+
+
+def _args(x4, o4, cos, sin, pos):
+    B, S, H, D = x4.shape
+    return (
+        [x4.data_ptr(), o4.data_ptr(), cos.data_ptr(), sin.data_ptr(), pos.data_ptr(), cos.shape[0], S, H]
+        + [cos.shape[1], D],
+        [*x4.stride(), *o4.stride(), *pos.stride()],
+    )
+
+
+def rotate_native(pairs, cos, sin, pos, *, interleaved: bool, inverse: bool) -> None:
+    """Rotate each ``(x4, out4)`` (``[B, S, H, D]`` views, ``out4`` may be ``x4``: in place) by
+    tables ``cos``/``sin`` ``[P, R]`` at rows ``pos`` ``[B, S]``.  Needs ``ensure()`` first."""
+    math = torch.float64 if pairs[0][0].dtype == torch.float64 else torch.float32
+    cos = cos.to(math).contiguous()  # the reference rounds the tables to the math dtype too
+    sin = sin.to(math).contiguous()
+    pos = pos.to(torch.int64)
+    B, S = pairs[0][0].shape[:2]
+    rows = B * S
+    numel = sum(x.numel() for x, _ in pairs)
+    n = torch.get_num_threads() if numel >= PARALLEL_MIN_NUMEL else 1
+    n = max(1, min(n, rows))
+    calls = []
+    for x4, o4 in pairs:
+        fn = _STATE["fns"][x4.dtype]
+        head, strides = _args(x4, o4, cos, sin, pos)
+        flags = [int(interleaved), int(inverse), int(o4 is not x4 and 2 * cos.shape[1] < x4.shape[-1])]
+        calls.append((fn, head, strides, flags))
+
+    def work(r0, r1):
+        for fn, head, strides, flags in calls:
+            bad = fn(*head, r0, r1, *strides, *flags)
+            if bad:
+                return bad
+        return 0
+
+    bounds = [rows * i // n for i in range(n + 1)]
+    if n == 1:
+        results = [work(0, rows)]
+    else:
+        futures = [_pool(n - 1).submit(work, bounds[i], bounds[i + 1]) for i in range(1, n)]
+        results = [work(bounds[0], bounds[1])] + [f.result() for f in futures]
+    bad = next((r for r in results if r), 0)
+    if bad:
+        from ..errors import RopePositionError
+
+        if bad < 0:
+            raise RopePositionError(f"rotary pairs {cos.shape[1]} exceed the native kernel's 4096")
+        b, s = divmod(bad - 1, S)
+        raise RopePositionError(
+            f"a token needs table row {int(pos[b, s])} but cos/sin have {cos.shape[0]} rows (positions must be >= 0)"
+        )

@@ -1,0 +1,141 @@
+"""The native CPU kernel (``kernels.native``, behind backend "cpu" and the auto CPU path): bit for bit
+the reference over dtypes x layouts x partial rotary x strides x in place x inverse; its first build
+never blocks a call (background thread, the lean path meanwhile, visible); a fresh process loads
+the cached library; no compiler is a visible fallback; bad positions are refused."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ropekit as rk
+from ropekit.errors import RopePositionError
+from ropekit.kernels import cpu, native
+from ropekit.kernels.reference import rotate_reference
+
+from oracle import assert_close_to, rope_fp64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    assert native.ensure(wait=True), native.status()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+@pytest.mark.parametrize("rotary_dim", [80, 32])
+def test_native_is_bit_identical_to_reference(dtype, layout, rotary_dim):
+    spec = rk.RopeSpec(head_dim=80, rotary_dim=rotary_dim, layout=layout)
+    cos, sin = rk.cos_sin(spec, 50)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 7, 3, 80, generator=g).to(dtype)
+    pos = torch.randint(0, 50, (2, 7), generator=g)
+    interleaved = layout == "interleaved"
+    strided = x.transpose(1, 2).contiguous().transpose(1, 2)  # a bhsd tensor seen as bshd
+    spaced = torch.zeros(2, 7, 3, 160, dtype=dtype)[..., ::2]  # last-dim stride 2
+    spaced.copy_(x)
+    for view in (x, strided, spaced):
+        for inverse in (False, True):
+            want = rotate_reference(view, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=False)
+            got = cpu.rotate_cpu(view, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=False)
+            assert got.is_contiguous() and torch.equal(got, want)
+            y = torch.zeros(2, 7, 3, 160, dtype=dtype)[..., ::2] if view is spaced else torch.empty_like(view)
+            y.copy_(view)
+            assert cpu.rotate_cpu(y, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=True) is y
+            assert torch.equal(y, want)
+
+
+def test_native_q_and_k_split_over_threads_match_reference(monkeypatch):
+    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 1)  # force the thread split on small tensors
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=64), 40)
+    q, k = torch.randn(3, 11, 4, 64).bfloat16(), torch.randn(3, 11, 2, 64).bfloat16()
+    pos = torch.randint(0, 40, (3, 11))
+    gq, gk = cpu.rotate_qk_cpu(q, k, cos, sin, pos, interleaved=False, inverse=False, inplace=False)
+    kw = dict(interleaved=False, inverse=False, inplace=False)
+    assert torch.equal(gq, rotate_reference(q, cos, sin, pos, **kw))
+    assert torch.equal(gk, rotate_reference(k, cos, sin, pos, **kw))
+
+
+def test_auto_cpu_call_uses_native_and_matches_oracle(monkeypatch):
+    seen = []
+    real = native.rotate_native
+    monkeypatch.setattr(native, "rotate_native", lambda *a, **kw: seen.append(1) or real(*a, **kw))
+    spec = rk.RopeSpec(head_dim=64, rotary_dim=32, layout="interleaved")
+    cos, sin = rk.cos_sin(spec, 64)
+    x64 = torch.randn(2, 9, 3, 64, dtype=torch.float64)
+    pos = torch.randint(0, 64, (2, 9))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        y = rk.apply_rope(x64.to(dtype), cos, sin, layout="interleaved", positions=pos)
+        assert_close_to(y, rope_fp64(x64.to(dtype), rk.inv_freq(spec)[0], pos, "interleaved"), dtype)
+    assert len(seen) == 3
+
+
+def test_out_of_table_position_is_refused_by_the_kernel():
+    # under torch.compile the host-side value checks are skipped: the kernel itself must refuse
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=16), 8)
+    x = torch.randn(1, 3, 2, 16)
+    for bad in (8, -1):
+        pos = torch.tensor([[0, bad, 1]])
+        with pytest.raises(RopePositionError, match=f"table row {bad}"):
+            cpu.rotate_cpu(x, cos, sin, pos, interleaved=False, inverse=False, inplace=False)
+
+
+def _fresh_state(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROPEKIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_STATE", {"state": "not built", "reason": None, "cache": None, "thread": None})
+
+
+def test_first_build_runs_in_the_background_and_calls_go_on(monkeypatch, tmp_path, caplog):
+    _fresh_state(monkeypatch, tmp_path)
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=32), 16)
+    x = torch.randn(1, 16, 2, 32)
+    with caplog.at_level(logging.INFO, logger="ropekit"):
+        y = rk.apply_rope(x, cos, sin)  # starts the build, does not wait for it
+        assert native.status()["state"] in ("building", "ready")
+        assert torch.equal(y, rk.apply_rope(x, cos, sin, backend="reference"))
+        assert native.ensure(wait=True)
+    assert "building the native CPU kernel in the background" in caplog.text
+    assert native.status()["cache"].startswith(str(tmp_path)) and os.path.exists(native.status()["cache"])
+    assert [p for p in os.listdir(tmp_path) if not p.endswith(".so")] == []  # no temporary left behind
+
+
+def test_a_fresh_process_loads_the_cached_library_at_its_first_call(tmp_path):
+    env = dict(os.environ, ROPEKIT_CACHE_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    build = "from ropekit.kernels import native; assert native.ensure(wait=True)"
+    first_call = (
+        "import torch, ropekit as rk\nfrom ropekit.kernels import native\n"
+        "cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=32), 16)\n"
+        "rk.apply_rope(torch.randn(1, 16, 2, 32), cos, sin)\nprint(native.status()['state'])\n"
+    )
+    for code in (build, first_call):
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ready"  # loaded from disk before the first call returned
+
+
+def test_without_a_compiler_the_eager_fallback_is_visible(monkeypatch, tmp_path, caplog):
+    _fresh_state(monkeypatch, tmp_path)
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=16), 8)
+    x = torch.randn(1, 8, 2, 16)
+    with caplog.at_level(logging.WARNING, logger="ropekit"):
+        y = rk.apply_rope(x, cos, sin, backend="cpu")
+    assert "no C compiler" in caplog.text and "eager rotation" in caplog.text
+    assert cpu.status()["fallback_reason"].startswith("no C compiler")
+    assert torch.equal(y, rk.apply_rope(x, cos, sin, backend="reference"))
+
+
+def test_a_failing_build_is_a_visible_fallback(monkeypatch, tmp_path, caplog):
+    _fresh_state(monkeypatch, tmp_path)
+    monkeypatch.setattr(native, "C_SOURCE", "this is not C")
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=16), 8)
+    x = torch.randn(1, 8, 2, 16)
+    with caplog.at_level(logging.WARNING, logger="ropekit"):
+        y = rk.apply_rope(x, cos, sin, backend="cpu")
+    assert "native CPU kernel unavailable" in caplog.text and native.status()["state"] == "unavailable"
+    assert torch.equal(y, rk.apply_rope(x, cos, sin, backend="reference"))
+    assert os.listdir(tmp_path) == []  # the failed build left nothing behind
