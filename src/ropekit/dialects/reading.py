@@ -51,6 +51,13 @@ class Source:
 MAX_CONFIG_BYTES = 64 << 20
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a device"
+
+
 def _regular_file(path: str, error: type[Exception]) -> int:
     """The size of ``path``, refusing anything that is not a regular file *before* opening it
     (a FIFO would block ``open`` forever, a device could stream without end)."""
@@ -59,22 +66,23 @@ def _regular_file(path: str, error: type[Exception]) -> int:
     except OSError as exc:
         raise error(f"{path}: cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
-        raise error(f"{path} is not a regular file (a FIFO, device or socket); pass a config file")
+        raise error(f"{path} is {_kind(info.st_mode)}: it is not a regular file; pass a config file")
     if info.st_size > MAX_CONFIG_BYTES:
         raise error(f"{path} is {info.st_size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
     return info.st_size
 
 
-def parse_json(data: str | bytes, what: str, error: type[Exception] = RopeConfigError) -> Any:
+def parse_json(data: str | bytes, what: str, error: type[Exception] = RopeConfigError, **loads_options) -> Any:
     """``json.loads`` that fails with one ``error`` naming ``what`` for every malformed input:
     bad syntax, non-UTF-8 bytes, nesting deep enough to exhaust the stack, integers too long to
-    convert (Python's 4300-digit limit)."""
+    convert (Python's 4300-digit limit).  ``loads_options`` go to ``json.loads`` (hooks of a format
+    stricter than JSON, such as the safetensors header's)."""
     try:
         if isinstance(data, bytes):
             data = data.decode("utf-8")
-        return json.loads(data)
+        return json.loads(data, **loads_options)
     except UnicodeDecodeError:
-        raise error(f"{what} is not UTF-8 text") from None
+        raise error(f"{what} is not valid UTF-8 JSON: its bytes are not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise error(f"{what} is not valid JSON ({exc})") from None
     except RecursionError:
@@ -90,7 +98,7 @@ def read_json_file(path: str | os.PathLike, error: type[Exception] = RopeConfigE
     >>> fifo = os.path.join(tempfile.mkdtemp(), "config.json"); os.mkfifo(fifo)
     >>> read_json_file(fifo)  # refused before open(), which would block
     Traceback (most recent call last):
-    ropekit.errors.RopeConfigError: ... is not a regular file (a FIFO, device or socket); pass a config file
+    ropekit.errors.RopeConfigError: ... is a FIFO: it is not a regular file; pass a config file
     """
     path = os.fspath(path)
     _regular_file(path, error)

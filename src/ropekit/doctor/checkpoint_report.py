@@ -51,10 +51,21 @@ class CheckpointReport:
 
 
 def _ropekit_reading(path: str) -> Reading:
+    import warnings
+
     from ..dialects import from_config
+    from ..dialects.releases import NEWEST, release_text
+    from ..errors import RopeConfigWarning
 
     try:
-        spec = from_config(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RopeConfigWarning)
+            spec = from_config(path)
+        if any(issubclass(w.category, RopeConfigWarning) for w in caught):
+            # the installed release ignores some of the config's RoPE keys: ropekit's row is the
+            # config as written (the newest release's rules); the transformers row is what the
+            # installed release runs, and the "ignored_keys" finding names the keys it drops
+            spec = from_config(path, transformers_version=release_text(NEWEST))
     except RopeError as exc:
         return Reading("ropekit", None, f"cannot read: {exc}")
     return Reading("ropekit", spec, spec.describe())

@@ -16,7 +16,6 @@ base, context) comes from the config, or from the GGUF metadata.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..dialects.reading import read_json_file
 from ..errors import RopeCheckpointError, RopeConfigError, require
 
 __all__ = ["Geometry", "qk_layers", "geometry_of", "is_gguf", "gguf_metadata", "gguf_tensors", "QK_NAMES"]
@@ -216,11 +216,4 @@ def _safetensors_source(path: str):
 
 def read_json(path: str) -> dict:
     """A JSON object from ``path`` (one RopeConfigError when it is not one)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError, RecursionError) as exc:
-        raise RopeConfigError(f"{path}: not a readable JSON file ({type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise RopeConfigError(f"{path}: a JSON object was expected, not {type(data).__name__}")
-    return data
+    return read_json_file(path)  # the project's one JSON reader

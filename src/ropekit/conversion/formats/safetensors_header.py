@@ -22,9 +22,9 @@ ropekit.errors.RopeCheckpointError: corrupt safetensors header in f: the tensors
 
 from __future__ import annotations
 
-import json
 import math
 
+from ...dialects.reading import parse_json
 from ...errors import RopeCheckpointError
 from .dtypes import SIZES
 
@@ -78,8 +78,11 @@ def _check_strings(obj, depth: int = 0) -> None:
 
 
 def _load_json(raw: bytes) -> dict:
-    text = raw.decode("utf-8")  # strict: invalid UTF-8 raises UnicodeDecodeError
-    obj = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constants, parse_int=_parse_int)
+    # the project's one JSON reader, with the hooks that make it as strict as the reference parser
+    # (duplicate names, NaN/Infinity, negative integers); its ValueError is the caller's "corrupt"
+    obj = parse_json(
+        raw, "the header", ValueError, object_pairs_hook=_pairs, parse_constant=_no_constants, parse_int=_parse_int
+    )
     _check_strings(obj)
     return obj
 
