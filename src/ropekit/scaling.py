@@ -79,6 +79,16 @@ def set_field(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)  # frozen dataclasses normalize fields in __post_init__
 
 
+def _number(scaling, name: str, **bounds) -> None:
+    """Check and normalize the number field ``name`` of a scaling variant (errors say ``scaling.<name>``)."""
+    set_field(scaling, name, check_number(f"scaling.{name}", getattr(scaling, name), **bounds))
+
+
+def _integer(scaling, name: str) -> None:
+    """Check the positive integer field ``name`` of a scaling variant."""
+    set_field(scaling, name, check_int(f"scaling.{name}", getattr(scaling, name)))
+
+
 # ---------------------------------------------------------------------------------------------
 # scaling variants (field names are transformers' rope_parameters keys)
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +107,7 @@ class Linear:
     kind: ClassVar[str] = "linear"
 
     def __post_init__(self):
-        set_field(self, "factor", check_number("scaling.factor", self.factor, low=1.0))
+        _number(self, "factor", low=1.0)
         if not isinstance(self.scale_positions, bool):
             raise RopeSpecTypeError(f"scaling.scale_positions={short_repr(self.scale_positions)} must be a bool")
 
@@ -112,12 +122,8 @@ class Dynamic:
     kind: ClassVar[str] = "dynamic"
 
     def __post_init__(self):
-        set_field(self, "factor", check_number("scaling.factor", self.factor, low=1.0))
-        set_field(
-            self,
-            "original_max_position_embeddings",
-            check_int("scaling.original_max_position_embeddings", self.original_max_position_embeddings),
-        )
+        _number(self, "factor", low=1.0)
+        _integer(self, "original_max_position_embeddings")
 
 
 @dataclass(frozen=True)
@@ -137,14 +143,10 @@ class Yarn:
     kind: ClassVar[str] = "yarn"
 
     def __post_init__(self):
-        set_field(self, "factor", check_number("scaling.factor", self.factor, low=1.0))
-        set_field(
-            self,
-            "original_max_position_embeddings",
-            check_int("scaling.original_max_position_embeddings", self.original_max_position_embeddings),
-        )
-        set_field(self, "beta_fast", check_number("scaling.beta_fast", self.beta_fast, low=0.0, low_inclusive=False))
-        set_field(self, "beta_slow", check_number("scaling.beta_slow", self.beta_slow, low=0.0, low_inclusive=False))
+        _number(self, "factor", low=1.0)
+        _integer(self, "original_max_position_embeddings")
+        _number(self, "beta_fast", low=0.0, low_inclusive=False)
+        _number(self, "beta_slow", low=0.0, low_inclusive=False)
         if self.beta_fast < self.beta_slow:
             raise RopeSpecError(f"scaling.beta_fast={self.beta_fast!r} must be >= scaling.beta_slow={self.beta_slow!r}")
         for name in ("mscale", "mscale_all_dim"):
@@ -190,12 +192,8 @@ class LongRope:
                 f"scaling.short_factor has {len(self.short_factor)} entries but scaling.long_factor has "
                 f"{len(self.long_factor)}; both need one per rotating pair (rotary_dim / 2)"
             )
-        set_field(
-            self,
-            "original_max_position_embeddings",
-            check_int("scaling.original_max_position_embeddings", self.original_max_position_embeddings),
-        )
-        set_field(self, "factor", check_number("scaling.factor", self.factor, low=0.0, low_inclusive=False))
+        _integer(self, "original_max_position_embeddings")
+        _number(self, "factor", low=0.0, low_inclusive=False)
 
 
 @dataclass(frozen=True)
@@ -210,27 +208,15 @@ class Llama3:
     kind: ClassVar[str] = "llama3"
 
     def __post_init__(self):
-        set_field(self, "factor", check_number("scaling.factor", self.factor, low=1.0))
-        set_field(
-            self,
-            "low_freq_factor",
-            check_number("scaling.low_freq_factor", self.low_freq_factor, low=0.0, low_inclusive=False),
-        )
-        set_field(
-            self,
-            "high_freq_factor",
-            check_number("scaling.high_freq_factor", self.high_freq_factor, low=0.0, low_inclusive=False),
-        )
+        _number(self, "factor", low=1.0)
+        _number(self, "low_freq_factor", low=0.0, low_inclusive=False)
+        _number(self, "high_freq_factor", low=0.0, low_inclusive=False)
         if not self.high_freq_factor > self.low_freq_factor:
             raise RopeSpecError(
                 f"scaling.high_freq_factor={self.high_freq_factor!r} must be > "
                 f"scaling.low_freq_factor={self.low_freq_factor!r}"
             )
-        set_field(
-            self,
-            "original_max_position_embeddings",
-            check_int("scaling.original_max_position_embeddings", self.original_max_position_embeddings),
-        )
+        _integer(self, "original_max_position_embeddings")
 
 
 @dataclass(frozen=True)
@@ -249,7 +235,7 @@ class Proportional:
         if p > 1.0:
             raise RopeSpecError(f"scaling.partial_rotary_factor={p!r} must be <= 1")
         set_field(self, "partial_rotary_factor", p)
-        set_field(self, "factor", check_number("scaling.factor", self.factor, low=0.0, low_inclusive=False))
+        _number(self, "factor", low=0.0, low_inclusive=False)
 
 
 Scaling = Linear | Dynamic | Yarn | LongRope | Llama3 | Proportional

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 import ropekit.conversion.driver as rkconvert
 from pth_crafting import load_both_ways
-from ropekit.conversion.formats import raw
+from ropekit.conversion.formats import dtypes, raw
 from ropekit.conversion.formats.base import Geometry
 from ropekit.conversion.stream import Writers
 from ropekit.errors import RopeShapeError
@@ -127,9 +127,9 @@ def test_dtype_table_agrees_with_torch():
     from ropekit.conversion.formats.dtypes import SIZES
 
     for name in SIZES:
-        dtype = getattr(torch, raw.torch_name(name))
-        assert raw.itemsize(name) == torch.empty((), dtype=dtype).element_size()
-        assert raw.dtype_name(dtype) == name and raw.torch_dtype(name) is dtype
+        dtype = getattr(torch, dtypes.torch_name(name))
+        assert dtypes.itemsize(name) == torch.empty((), dtype=dtype).element_size()
+        assert dtypes.dtype_name(dtype) == name and dtypes.torch_dtype(name) is dtype
 
 
 # ---------------------------------------------------------------------------------------------

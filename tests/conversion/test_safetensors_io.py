@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ropekit.conversion.formats.raw import SIZES, torch_dtype
+from ropekit.conversion.formats.dtypes import SIZES, torch_dtype
 from ropekit.conversion.formats.safetensors_io import SafetensorsFile
 from ropekit.errors import RopeCheckpointError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .formats import raw
+from .formats import dtypes
 from .formats.base import Checkpoint
 from .formats.file_io import PAGE, best_alignment
 from .plan import Plan, Step
@@ -59,7 +59,7 @@ def _hf(ckpt: Checkpoint, tmp: Path, plan: Plan, dst_layout: str, writers: Write
         from .formats.meta_dir import hf_config_from_meta
 
         shapes = {n: ckpt.raw_info(n)[1] for n in ckpt.names()}
-        dtype = raw.torch_name(ckpt.raw_info(ckpt.names()[0])[0])
+        dtype = dtypes.torch_name(ckpt.raw_info(ckpt.names()[0])[0])
         config = hf_config_with_layout(hf_config_from_meta(ckpt.config, ckpt.geometry, shapes, dtype), dst_layout)
         config_bytes, metadata, index_extra = None, {}, None
         out_shards = plan_shards(_entries(plan.steps()))

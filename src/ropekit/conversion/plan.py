@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..errors import RopeCheckpointError
 from ..layouts import PERMUTED_ROLES, normalize_layout, qk_row_count
 from ..spec import RopeSpec
-from .formats import raw
+from .formats import dtypes
 from .formats.base import UNSUPPORTED_FAMILIES, Checkpoint, Geometry, role_of
 
 __all__ = ["Step", "Plan", "plan", "target", "INV_FREQ_POLICIES", "FORMATS_TO"]
@@ -38,11 +38,11 @@ class Step:
 
     @property
     def nbytes(self) -> int:
-        return raw.nbytes(self.dtype, self.shape)
+        return dtypes.nbytes(self.dtype, self.shape)
 
     def describe(self) -> str:
         if self.action == "add":
-            return f"add      {self.dst} {list(self.shape)} {raw.torch_name(self.dtype)}"
+            return f"add      {self.dst} {list(self.shape)} {dtypes.torch_name(self.dtype)}"
         if self.action == "drop":
             return f"drop     {self.src}"
         arrow = "" if self.src == self.dst else f" -> {self.dst}"

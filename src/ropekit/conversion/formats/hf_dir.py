@@ -15,7 +15,7 @@ from pathlib import Path
 from ...dialects.reading import LAYOUT_KEY, read_json_file  # one home: the config readers
 from ...errors import RopeCheckpointError
 from ..source import check_member
-from . import raw
+from . import dtypes
 from .base import Checkpoint, Geometry, list_aux
 from .safetensors_io import SafetensorsFile, SafetensorsWriter
 
@@ -153,7 +153,7 @@ def plan_shards(entries, max_bytes: int = MAX_SHARD_BYTES):
     """Split [(name, dtype, shape)] into transformers-named shards of at most max_bytes each."""
     groups, current, size = [], [], 0
     for name, dtype, shape in entries:
-        nbytes = raw.nbytes(dtype, shape)
+        nbytes = dtypes.nbytes(dtype, shape)
         if current and size + nbytes > max_bytes:
             groups.append(current)
             current, size = [], 0

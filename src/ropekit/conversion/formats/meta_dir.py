@@ -20,8 +20,8 @@ from ...errors import RopeCheckpointError
 if TYPE_CHECKING:  # annotations only: this module never imports torch at run time
     import torch
 from .base import Checkpoint, Geometry, list_aux
+from .dtypes import torch_dtype, torch_name
 from .pth_file import PthFile, dtype_name_of
-from .raw import torch_dtype, torch_name
 
 __all__ = [
     "MetaCheckpoint",

@@ -24,15 +24,8 @@ import threading
 
 from ...errors import RopeCheckpointError, RopeShapeError
 from ...layouts import PERMUTED_ROLES, QK_ROLES, qk_row_count, stacked_head_order
-from .dtypes import SIZES, dtype_name, itemsize, nbytes, torch_dtype, torch_name
 
 __all__ = [
-    "SIZES",
-    "dtype_name",
-    "itemsize",
-    "nbytes",
-    "torch_name",
-    "torch_dtype",
     "row_order",
     "read_rows",
     "row_targets",
