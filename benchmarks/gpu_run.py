@@ -90,21 +90,11 @@ def correctness(device: str, small: bool) -> list[str]:
 
 
 def _timer(device: str):
-    import torch
+
+    from ropekit.bench import time_cuda as median_cuda_seconds  # one CUDA-event timer for both benchmarks
 
     def time_cuda(fn, reps=30):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        return statistics.median(times)
+        return median_cuda_seconds(fn, reps)
 
     def time_wall(fn, reps=3):
         fn()

@@ -86,7 +86,7 @@ def _time_round_robin(calls: dict[str, Callable[[], object]], min_time: float = 
     return {name: (min(ts), statistics.median(ts)) for name, ts in times.items()}
 
 
-def _time_cuda(fn: Callable[[], object], reps: int = 50) -> float:
+def time_cuda(fn: Callable[[], object], reps: int = 50) -> float:
     """Median seconds per call, by CUDA events, after warm-up (Triton compiles there)."""
     for _ in range(3):
         fn()
@@ -324,7 +324,7 @@ def run_gpu(
             shape = Shape(f"T={n}", 1, n)
             q, k, pos, cos, sin = _inputs(shape, dtype, "cuda", requires_grad=True)
             nbytes = 2 * (q.numel() + k.numel()) * q.element_size()
-            copy = _time_cuda(lambda: (q.detach().clone(), k.detach().clone()))
+            copy = time_cuda(lambda: (q.detach().clone(), k.detach().clone()))
             yq, yk = rk.apply_rope_qk(q, k, cos, sin)
             gq, gk = torch.randn_like(yq), torch.randn_like(yk)
             calls = {
@@ -336,7 +336,7 @@ def run_gpu(
                 calls[(name, "fwd")] = fn
             for (name, direction), fn in calls.items():
                 try:
-                    seconds = _time_cuda(fn)
+                    seconds = time_cuda(fn)
                 except Exception as exc:  # a peer's API changed: report it, keep the others
                     log(f"  {name} {direction}: failed ({type(exc).__name__}: {exc})")
                     continue
@@ -359,7 +359,7 @@ def run_gpu(
                 )
         # decode: one token per sequence, 32 sequences; latency per call
         q, k, pos, cos, sin = _inputs(Shape("decode", 32, 1, True), dtype, "cuda")
-        seconds = _time_cuda(lambda: rk.apply_rope_qk(q, k, cos, sin, positions=pos, inplace=True), reps=200)
+        seconds = time_cuda(lambda: rk.apply_rope_qk(q, k, cos, sin, positions=pos, inplace=True), reps=200)
         rows.append(
             dict(
                 device=torch.cuda.get_device_name(),
