@@ -10,7 +10,6 @@ Printed as a table; the ratio first / steady is the figure the issue asks for (<
 """
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -81,11 +80,9 @@ def main() -> None:
             f"  steady {r['steady'] * 1e3:8.1f} ms  {r['ratio']:5.2f}x  (native: {r['state_at_first']})"
         )
     path = os.path.join(out, f"first_call_{'cold' if args.cold else 'warm'}.csv")
-    with open(path + ".tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(path + ".tmp", path)
+    from ropekit.bench import write_csv  # here: the parent stays torch-free while it times fresh processes
+
+    write_csv(rows, path)  # atomic, the benchmarks' one CSV writer
     print(f"wrote {path}")
 
 

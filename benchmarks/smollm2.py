@@ -6,7 +6,6 @@
 """
 
 import argparse
-import csv
 import importlib.util
 import os
 import statistics
@@ -16,6 +15,7 @@ import time
 import torch
 
 import ropekit as rk
+from ropekit.bench import write_csv
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -80,11 +80,7 @@ def main() -> None:
         )
     out = args.out or tempfile.mkdtemp(prefix="ropekit-smollm2-")
     path = os.path.join(out, "smollm2.csv")
-    with open(path + ".tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(path + ".tmp", path)
+    write_csv(rows, path)  # atomic, the benchmarks' one CSV writer
     print(f"wrote {path}")
 
 
