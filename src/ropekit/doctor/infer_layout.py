@@ -236,7 +236,7 @@ def infer_layout(checkpoint, config=None, *, layers=None) -> LayoutResult:
     ``"unknown"`` when the weights carry no signal (random init), never a guess.
     """
     g = geometry_of(checkpoint, config)
-    layer_t = [(i, pair_matrix(couplings(wq, wk, g))) for i, wq, wk in qk_layers(checkpoint, layers)]
+    layer_t = [(i, pair_matrix(couplings(wq, wk, g))) for i, wq, wk in qk_layers(checkpoint, layers, g)]
     t = torch.stack([x for _, x in layer_t]).mean(0)  # every layer has the same number of heads
     candidates = search(t, g)
     if not candidates:
