@@ -3,7 +3,8 @@
 The orders, read from each family's modeling code in transformers (and checked in
 tests/doctor/test_fused_qkv.py against the q/k that code computes):
 
-- ``concat`` — ``[q; k; v]``: n_heads q heads, then n_kv_heads k heads, then v (phi3 ``qkv_proj``);
+- ``concat`` — ``[q; k; v]``: n_heads q heads, then n_kv_heads k heads, then v (phi3 ``qkv_proj``,
+  LitGPT 0.5's ``attn.qkv``, checked against litgpt's own attention);
 - ``grouped`` — per KV group ``[q x (n_heads / n_kv_heads), k, v]`` (falcon ``query_key_value``: with
   ``new_decoder_architecture`` one group per KV head, multi-query one group, else one per head);
   with one group per head this is per head ``[q_h, k_h, v_h]`` (gpt_neox, persimmon).
@@ -35,6 +36,7 @@ FUSED = {
     "gpt_neox": ("gpt_neox.layers.{i}.attention.query_key_value.weight", "grouped"),
     "persimmon": ("model.layers.{i}.self_attn.query_key_value.weight", "grouped"),
     "falcon": ("transformer.h.{i}.self_attention.query_key_value.weight", "grouped"),
+    "litgpt": ("transformer.h.{i}.attn.qkv.weight", "concat"),  # LitGPT 0.5: split((q, k, v) sizes)
 }
 #: names that look like a fused q/k/v projection in any family (to refuse what is not in FUSED)
 FUSED_HINT = re.compile(r"(qkv|query_key_value|c_attn|Wqkv|att_proj)[^.]*\.weight$")

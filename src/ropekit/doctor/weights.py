@@ -26,7 +26,17 @@ from ..conversion.formats.base import Geometry  # the one home of the attention 
 from ..dialects.reading import read_json_file
 from ..errors import RopeCheckpointError, RopeConfigError, require
 
-__all__ = ["Geometry", "qk_layers", "geometry_of", "is_gguf", "gguf_metadata", "gguf_tensors", "QK_NAMES"]
+__all__ = [
+    "Geometry",
+    "qk_layers",
+    "geometry_of",
+    "geometry_from_gguf_metadata",
+    "is_gguf",
+    "has_qk_weights",
+    "gguf_metadata",
+    "gguf_tensors",
+    "QK_NAMES",
+]
 
 #: the layer index in a tensor name (transformers, Meta, GGUF, falcon's transformer.h, dbrx's blocks)
 _LAYER = re.compile(r"(^|\.)(layers|blk|h|blocks)\.(\d+)\.")
@@ -75,7 +85,8 @@ def gguf_metadata(path: str) -> dict:
     return out
 
 
-def _from_gguf_metadata(meta: dict) -> Geometry:
+def geometry_from_gguf_metadata(meta: dict) -> Geometry:
+    """The attention shape a GGUF file's metadata states (``{arch}.attention.head_count`` ...)."""
     arch = meta.get("general.architecture", "llama")
 
     def get(key, default=None):
@@ -101,12 +112,13 @@ def geometry_of(checkpoint, config=None) -> Geometry:
     """The attention shape from ``config`` (anything ``ropekit.from_config`` reads), else from the
     checkpoint itself (a GGUF file's metadata, a model directory's config.json)."""
     from ..dialects import from_config
+    from ..dialects.litgpt import looks_like_litgpt
     from ..dialects.reading import load
     from .fused_qkv import falcon_kv_heads
 
     if config is None:
         if is_gguf(checkpoint):
-            return _from_gguf_metadata(gguf_metadata(os.fspath(checkpoint)))
+            return geometry_from_gguf_metadata(gguf_metadata(os.fspath(checkpoint)))
         if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
             config = checkpoint
         else:
@@ -122,8 +134,8 @@ def geometry_of(checkpoint, config=None) -> Geometry:
         n_kv = falcon_kv_heads(data, n_heads)
     if not isinstance(n_kv, int) or isinstance(n_kv, bool) or n_kv < 1 or n_heads % n_kv:
         raise RopeConfigError(f"config: {n_kv!r} KV heads do not divide {n_heads} heads")
-    context = spec.max_position_embeddings or data.get("max_position_embeddings") or 4096
-    family = str(data.get("model_type", "llama"))
+    context = spec.max_position_embeddings or data.get("max_position_embeddings") or data.get("block_size") or 4096
+    family = "litgpt" if looks_like_litgpt(data) else str(data.get("model_type", "llama"))
     return Geometry(
         n_heads, n_kv, spec.head_dim, spec.rotary_dim, family=family, base=float(spec.base), context=int(context)
     )
@@ -176,10 +188,43 @@ def _tensor_source(checkpoint):
     if is_gguf(checkpoint):
         return _gguf_source(os.fspath(checkpoint))
     if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
-        return _safetensors_source(os.fspath(checkpoint))
+        path = os.fspath(checkpoint)
+        pth = _pth_source(path)
+        return pth if pth is not None else _safetensors_source(path)
     raise RopeCheckpointError(
-        f"checkpoint={checkpoint!r}: pass a state dict, a model directory with *.safetensors, or a .gguf file"
+        f"checkpoint={checkpoint!r}: pass a state dict, a model directory (*.safetensors, Meta's consolidated.*.pth, "
+        "LitGPT's lit_model.pth) or a .gguf file"
     )
+
+
+def has_qk_weights(path) -> bool:
+    """A GGUF file, or a directory with safetensors, Meta's consolidated.*.pth or LitGPT's lit_model.pth."""
+    if is_gguf(path):
+        return True
+    if not (isinstance(path, (str, os.PathLike)) and os.path.isdir(path)):
+        return False
+    names = os.listdir(path)
+    return any(n.endswith(".safetensors") or re.fullmatch(r"consolidated\.\d+\.pth", n) for n in names) or (
+        "lit_model.pth" in names
+    )
+
+
+def _pth_source(path: str):
+    """A Meta directory (params.json + consolidated.NN.pth) or a LitGPT one (lit_model.pth), read by
+    the converter's readers (no unpickling with code execution); None for any other directory."""
+    from pathlib import Path
+
+    from ..conversion.formats.meta_dir import MetaCheckpoint, is_meta_dir
+    from ..conversion.formats.pth_file import PthFile
+
+    if is_meta_dir(Path(path)):
+        ck = MetaCheckpoint(Path(path))
+        return ck.tensor, set(ck.names())
+    lit = os.path.join(path, "lit_model.pth")
+    if os.path.isfile(lit) and os.path.isfile(os.path.join(path, "model_config.yaml")):
+        pf = PthFile(lit)
+        return pf.tensor, set(pf.names())
+    return None
 
 
 def _gguf_source(path: str):
