@@ -13,12 +13,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ...errors import RopeCheckpointError
-
-if TYPE_CHECKING:  # annotations only: this module never imports torch at run time
-    import torch
 from .base import Checkpoint, Geometry, list_aux
 from .dtypes import torch_dtype, torch_name
 from .pth_file import PthFile, dtype_name_of
@@ -171,7 +167,7 @@ class MetaCheckpoint(Checkpoint):
             shape[dim] = sum(p[name].shape[dim] for p in self.parts)
         return dtype_name_of(t), tuple(shape)
 
-    def _read(self, i: int, name: str) -> torch.Tensor:
+    def _read(self, i: int, name: str):  # shard i's part of tensor `name`
         return self.files[i].tensor(name)
 
     def tensor(self, name):
