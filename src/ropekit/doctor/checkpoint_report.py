@@ -94,7 +94,7 @@ def _transformers_reading(path: str, max_position: int):
     return _measured_reading("transformers", transformers_rope_fn, path, max_position)
 
 
-def _compare_readings(
+def compare_readings(
     report: CheckpointReport, ropekit: Reading, hf: Reading, hf_fn, max_position: int, *, what: str = "ropekit"
 ) -> None:
     """A finding when framework ``hf`` (measured as ``hf_fn``) and the spec ``ropekit`` part."""
@@ -250,7 +250,7 @@ def _gguf_report(report: CheckpointReport, path: str, max_position: int, weights
     )
     hf.framework += " (gguf loader)"
     report.readings.append(hf)
-    _compare_readings(report, stated, hf, fn, max_position, what="the GGUF metadata")
+    compare_readings(report, stated, hf, fn, max_position, what="the GGUF metadata")
     if weights:
         _layout_finding(report, path, None, None)
 
@@ -269,12 +269,12 @@ def doctor_checkpoint(path, *, max_position: int = 2**16, weights: bool = True) 
     if "model_type" in cfg:
         hf, hf_fn = _transformers_reading(cfg_path, max_position)
         report.readings.append(hf)
-        _compare_readings(report, ropekit, hf, hf_fn, max_position)
+        compare_readings(report, ropekit, hf, hf_fn, max_position)
         _config_findings(report, cfg, hf)
     if os.path.isfile(os.path.join(path, "model_config.yaml")):
         lit, lit_fn = _litgpt_reading(path, max_position)
         report.readings.append(lit)
-        _compare_readings(report, ropekit, lit, lit_fn, max_position)
+        compare_readings(report, ropekit, lit, lit_fn, max_position)
     if os.path.isdir(path) and ropekit.spec is not None:
         _inv_freq_findings(report, path, ropekit.spec)
         if weights and has_qk_weights(path):
