@@ -206,7 +206,7 @@ def _layout_finding(report: CheckpointReport, path: str, cfg_source, spec) -> No
     if res.layout == "unknown":
         text = f"the q/k weights show no layout: {res.reason}"
     else:
-        text = f"the trained q/k weights are in the {res.layout} layout ({res.summary()})"
+        text = f"the trained q/k weights: {res.summary()}"
     problem = res.layout not in ("unknown", expected)
     fix = None
     if problem:
