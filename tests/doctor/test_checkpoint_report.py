@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+import ropekit as rk
 from pair_weights import pair_structured_qk
 from ropekit.doctor.checkpoint_report import CheckpointReport, Reading, compare_readings, doctor_checkpoint
 
@@ -170,3 +171,28 @@ def test_litgpt_s_qkv_split_is_litgpt_s_own(tmp_path):
     assert torch.allclose((x @ wk.T).view(1, 5, 2, 32).transpose(1, 2), seen["k"], atol=1e-6)
     wq, wk = split_qk(attn.qkv.weight.detach(), "grouped", g)  # the other order: not LitGPT's
     assert not torch.allclose((x @ wk.T).view(1, 5, 2, 32).transpose(1, 2), seen["k"], atol=1e-6)
+
+
+def test_the_cli_reads_a_meta_directory_and_two_of_them(tmp_path, capsys):
+    from ropekit.cli import main
+
+    (tmp_path / "half").mkdir()
+    half = _meta_dir(tmp_path / "half", "half")
+    assert main(["doctor", str(half)]) == 1
+    out = capsys.readouterr().out
+    assert "! layout: the trained q/k weights: half" in out and "src='half', dst='interleaved'" in out
+    assert main(["doctor", str(half), "--json"]) == 1
+    layout = json.loads(capsys.readouterr().out)["layout"]
+    assert (layout["layout"], layout["rotary_dim"], layout["rotary_dim_source"]) == ("half", 32, "weights")
+    # B = A with every q/k tensor permuted half -> interleaved: the permutation is found in every layer
+    (tmp_path / "inter").mkdir()
+    sd = torch.load(half / "consolidated.00.pth")
+    sd = {
+        k: rk.permute_qk(v, n_heads=H, head_dim=D, src="half", dst="interleaved") if ".wq." in k or ".wk." in k else v
+        for k, v in sd.items()
+    }
+    torch.save(sd, tmp_path / "inter" / "consolidated.00.pth")
+    (tmp_path / "inter" / "params.json").write_text((half / "params.json").read_text())
+    assert main(["doctor", str(half), str(tmp_path / "inter")]) == 0
+    out = capsys.readouterr().out
+    assert "permute_qk(w, n_heads=..., head_dim=32, rotary_dim=32, src='half', dst='interleaved')" in out
