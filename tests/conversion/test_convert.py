@@ -25,6 +25,7 @@ from checkpoints import (
     HIDDEN,
     KV,
     LAYERS,
+    LLAMA31_ROPE,
     ROOT,
     D,
     H,
@@ -635,14 +636,7 @@ def test_llama3_scaling_survives_hf_meta_hf(tmp_path):
     config.json, and transformers reads the same parameters."""
     from transformers import LlamaConfig
 
-    llama3 = {
-        "rope_theta": 500000.0,
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    }
+    llama3 = dict(LLAMA31_ROPE)
     src = make_hf_dir(tmp_path / "hf", rope_parameters=llama3, max_position_embeddings=131072)
     convert(src, tmp_path / "meta", to="meta", **quiet())
     params = json.loads((tmp_path / "meta" / "params.json").read_text())

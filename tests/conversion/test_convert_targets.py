@@ -18,16 +18,9 @@ import ropekit as rk
 from convert_cli import cli_error
 from ropekit import convert
 
-from checkpoints import KV, D, H, hf_tensors, make_hf_dir, quiet
+from checkpoints import KV, LLAMA31_ROPE, D, H, hf_tensors, make_hf_dir, quiet
 
-LLAMA3 = {
-    "rope_theta": 500000.0,
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
+LLAMA3 = LLAMA31_ROPE
 
 
 @dataclasses.dataclass
