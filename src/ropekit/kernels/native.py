@@ -181,29 +181,22 @@ class PositionOutOfTable(RopePositionError):
         self.row, self.position = row, position
 
 
-def _pack(pairs, cos, sin, pos, start: int, interleaved: bool, inverse: bool):
-    """The int64 argument array of ``rope_run`` (layout: native_code.ARGS, then PER_TENSOR each)."""
-    x0 = pairs[0][0]
-    B, S = x0.shape[:2]
+def _pack(pairs, cos, sin, pos, start: int, interleaved: bool, inverse: bool, B: int, S: int):
+    """The int64 argument array of ``rope_run`` (layout: native_code.ARGS, then PER_TENSOR each).
+    Each tensor attribute is read once: on a decode step this packing is a good part of the call."""
     P, R = cos.shape
     if pos is None:  # rows start, start + 1, ... for every sequence: no position tensor at all
-        where = [0, start, 0]
+        vals = [_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), 0, P, B, S, R, start, 0]
     else:  # [B, S] or [1, S] (one row of positions for every sequence: batch stride 0)
         pb, ps = pos.stride()
-        where = [pos.data_ptr(), pb if pos.shape[0] != 1 else 0, ps]
-    vals = [_DTYPES[x0.dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), where[0], P, B, S, R, where[1], where[2]]
+        pb = pb if pos.shape[0] != 1 else 0
+        vals = [_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), pos.data_ptr(), P, B, S, R]
+        vals += [pb, ps]
     vals += [int(interleaved), int(inverse)]
     for x4, o4 in pairs:
-        D = x4.shape[3]
-        vals += [
-            x4.data_ptr(),
-            o4.data_ptr(),
-            x4.shape[2],
-            D,
-            *x4.stride(),
-            *o4.stride(),
-            int(o4 is not x4 and 2 * R < D),
-        ]
+        shape = x4.shape
+        tail = int(o4 is not x4 and 2 * R < shape[3])
+        vals += [x4.data_ptr(), o4.data_ptr(), shape[2], shape[3], *x4.stride(), *o4.stride(), tail]
     return array.array("q", vals)  # ~20x cheaper to build than a ctypes array; rope_run reads its buffer
 
 
@@ -223,13 +216,14 @@ def rotate_native(pairs, cos, sin, pos, *, interleaved: bool, inverse: bool, sta
         sin = sin.to(math).contiguous()
     if pos is not None and pos.dtype != torch.int64:
         pos = pos.to(torch.int64)
-    B, S = x0.shape[:2]
+    shape = x0.shape
+    B, S = shape[0], shape[1]
     rows = B * S
-    packed = _pack(pairs, cos, sin, pos, start, interleaved, inverse)  # holds pointers: all live to the end
+    packed = _pack(pairs, cos, sin, pos, start, interleaved, inverse, B, S)  # pointers: all live to the end
     args = packed.buffer_info()[0]  # the address; ``packed`` stays alive until the calls return
     run = _STATE["run"]
-    numel = x0.numel() if len(pairs) == 1 else sum(x.numel() for x, _ in pairs)
-    n = max(1, min(torch.get_num_threads() if numel >= PARALLEL_MIN_NUMEL else 1, rows))
+    # one thread below PARALLEL_MIN_NUMEL (x0's size decides: k is smaller than q)
+    n = 1 if len(pairs) * x0.numel() < PARALLEL_MIN_NUMEL else max(1, min(torch.get_num_threads(), rows))
     if n == 1:
         bad = run(args, 0, rows, 1)
     else:
