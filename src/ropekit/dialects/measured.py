@@ -19,7 +19,6 @@ Anything else is refused with the reason.  The spec's ``source`` says that it wa
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import inspect
 import math
@@ -27,7 +26,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RopeConfigError, RopeError
-from .rotary_modules import check_rope_sub_configs, image_rotary_reason, pick_rotary, rotary_classes
+from .rotary_modules import (
+    SAMPLE_POSITIONS,
+    apply_function_of,
+    call_rotary,
+    check_rope_sub_configs,
+    compact_tables,
+    image_rotary_reason,
+    module_failed,
+    no_rope_layer_types,
+    one_thread,
+    pick_rotary,
+    probe_scores,
+    rotary_classes,
+)
 
 __all__ = [
     "Measurement",
@@ -47,9 +59,6 @@ __all__ = [
 TABLE_TOL = 2e-6
 #: largest relative attention-score difference accepted between the two apply functions
 SCORE_TOL = 1e-5
-#: positions sampled: the first 32, then a spread up to a few thousand (cheap, and far enough
-#: that a wrong frequency shows)
-_POSITIONS = (*range(32), 100, 257, 1000, 2047)
 
 
 @dataclass(frozen=True)
@@ -73,60 +82,6 @@ def _transformers():
     except ImportError:  # pragma: no cover - transformers is installed where this is used
         return None
     return transformers
-
-
-def _call_rotary(module, layer_type, pos=None):
-    """The module's (cos, sin) (or complex freqs_cis) at ``pos`` ([1, n] token positions, or
-    [axes, 1, n] for mRoPE), flattened to one row per position."""
-    import torch
-
-    if pos is None:
-        pos = torch.tensor([_POSITIONS], dtype=torch.int64)
-    n = pos.shape[-1]
-    x = torch.zeros(1, n, 8, dtype=torch.float32)
-    params = inspect.signature(module.forward).parameters
-    kwargs = {"layer_type": layer_type} if "layer_type" in params and layer_type is not None else {}
-    with torch.no_grad():
-        out = module(x, pos, **kwargs)
-    if isinstance(out, torch.Tensor) and out.is_complex():  # Llama 4 / DeepSeek-V2: freqs_cis = cos + i sin
-        out = out.reshape(n, -1)
-        return out, None
-    a, b = out
-    return a.float().reshape(n, -1), b.float().reshape(n, -1)
-
-
-def _compact(a, b):
-    """(cos, sin) in compact form (one column per pair) and the module's table form."""
-    import torch
-
-    if b is None:
-        return a.real.float(), a.imag.float(), "complex freqs_cis"
-
-    if torch.all(a[0] == 0) and not torch.all(b[0] == 0):  # GPT-J returns (sin, cos)
-        a, b = b, a
-        order = "(sin, cos)"
-    else:
-        order = "(cos, sin)"
-    w = a.shape[-1]
-    if w % 2 == 0 and torch.equal(a[:, : w // 2], a[:, w // 2 :]) and torch.equal(b[:, : w // 2], b[:, w // 2 :]):
-        return a[:, : w // 2], b[:, : w // 2], f"{order} duplicated by cat"
-    if w % 2 == 0 and torch.equal(a[:, 0::2], a[:, 1::2]) and torch.equal(b[:, 0::2], b[:, 1::2]):
-        return a[:, 0::2], b[:, 0::2], f"{order} repeated per column"
-    return a, b, f"{order} compact"
-
-
-def _apply_function(module, complex_table: bool, config):
-    """The family's q/k rotation function (the one its attention calls for the language model)."""
-    names = ("apply_rotary_pos_emb", "apply_rotary_pos_emb_interleave")
-    if getattr(config, "rope_interleave", False):  # DeepSeek-V3 style: the attention picks by this flag
-        names = names[::-1]
-    if complex_table:
-        names = ("apply_rotary_emb",)
-    for name in names:
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return fn
-    return None
 
 
 def _read_spec(cfg, layout: str, layer_type, n_pairs: int):
@@ -165,55 +120,6 @@ def _fit_slice(spec, n_pairs: int):
     return spec
 
 
-def _scores(apply_fn, a, b, width, mrope_section):
-    """q.k scores (q at every position, k at every position) from the family's apply function,
-    called as its attention calls it: with the rotary module's outputs in the order it returns them."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    # two heads: a function written for [b, s, h, d] cannot broadcast a [b, h, s, d] input, and back
-    q = torch.randn(1, 2, len(_POSITIONS), width, generator=gen)
-    k = torch.randn(1, 2, len(_POSITIONS), width, generator=gen)
-    params = list(inspect.signature(apply_fn).parameters)
-    with torch.no_grad():
-        if b is None:  # (xq, xk, freqs_cis): DeepSeek-V2 on [b, h, s, d], Llama 4 on [b, s, h, d]
-            try:
-                qr, kr = apply_fn(q, k, a[None])
-            except RuntimeError:
-                qr, kr = apply_fn(q.transpose(1, 2), k.transpose(1, 2), a[None])
-                qr, kr = qr.transpose(1, 2), kr.transpose(1, 2)
-        elif params[1:3] == ["sin", "cos"]:  # GPT-J style: one tensor [b, s, h, d] at a time
-            qr = apply_fn(q.transpose(1, 2), a[None], b[None]).transpose(1, 2)
-            kr = apply_fn(k.transpose(1, 2), a[None], b[None]).transpose(1, 2)
-        elif params[1:3] == ["cos", "sin"]:  # one tensor [b, h, s, d] at a time (Gemma 3n style)
-            qr, kr = apply_fn(q, a[None], b[None]), apply_fn(k, a[None], b[None])
-        else:
-            kwargs = {"mrope_section": list(mrope_section or ())} if "mrope_section" in params else {}
-            qr, kr = apply_fn(q, k, a[None], b[None], **kwargs)
-    return q, k, qr[0, 0] @ kr[0, 0].T
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add wake-up latency (13x slower on a busy machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _no_rope_layer_types(cfg) -> set[str]:
-    """Layer types the config lists with ``rope_parameters[type] = None`` (layers without RoPE)."""
-    params = getattr(cfg, "rope_parameters", None)
-    if not isinstance(params, dict):
-        return set()
-    return {k for k, v in params.items() if v is None and k in (getattr(cfg, "layer_types", None) or ())}
-
-
 def family_layer_types(config) -> list[str]:
     """The layer types the family's rotary module keeps a RoPE for (empty: one for all layers)."""
     cls, cfg = pick_rotary(config)
@@ -223,20 +129,7 @@ def family_layer_types(config) -> list[str]:
         types = list(getattr(cls(cfg), "layer_types", None) or [])
     except Exception:
         return []
-    return sorted(set(types) - _no_rope_layer_types(cfg))
-
-
-def _module_failed(family, cls, cfg, exc, doing: str) -> RopeConfigError:
-    """The family's own code refused the config: say so, in one line (and plainly for a layer type
-    that ``layer_types`` lists but ``rope_parameters`` leaves out)."""
-    key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
-    if isinstance(key, str) and key in (getattr(cfg, "layer_types", None) or ()):
-        return RopeConfigError(
-            f"model_type={family!r}: layer_types lists {key!r} but rope_parameters has no entry for it "
-            f"(rope_parameters={getattr(cfg, 'rope_parameters', None)!r}), so transformers' own {cls.__name__} "
-            f"cannot be built; give rope_parameters[{key!r}] (null for layers without RoPE)"[:500]
-        )
-    return RopeConfigError(f"model_type={family!r}: {doing} failed: {exc!r}"[:400])
+    return sorted(set(types) - no_rope_layer_types(cfg))
 
 
 class Probe:
@@ -258,15 +151,15 @@ class Probe:
                 f"model_type={family!r}: {cls.__name__} is an image rotary with {image}; a RopeSpec describes "
                 f"a 1-D RoPE over token positions, so ropekit refuses rather than guessing"
             )
-        if layer_type is not None and layer_type in _no_rope_layer_types(self.config):
+        if layer_type is not None and layer_type in no_rope_layer_types(self.config):
             raise RopeConfigError(
                 f"model_type={family!r}: rope_parameters[{layer_type!r}] is null: layers of type {layer_type!r} use no RoPE"
             )
         try:
             self.module = module = cls(self.config)
         except Exception as exc:
-            raise _module_failed(family, cls, self.config, exc, f"{cls.__name__}(config)") from None
-        self.layer_types = sorted(set(getattr(module, "layer_types", None) or []) - _no_rope_layer_types(self.config))
+            raise module_failed(family, cls, self.config, exc, f"{cls.__name__}(config)") from None
+        self.layer_types = sorted(set(getattr(module, "layer_types", None) or []) - no_rope_layer_types(self.config))
         if self.layer_types and layer_type is None:
             raise RopeConfigError(
                 f"this config has a different RoPE per layer type ({', '.join(self.layer_types)}); "
@@ -279,12 +172,12 @@ class Probe:
         #: the mRoPE sections the module itself uses (its default when the config has none)
         self.mrope_section = tuple(section) if section else None
         try:
-            with _one_thread():
-                self.raw = _call_rotary(module, layer_type)
+            with one_thread():
+                self.raw = call_rotary(module, layer_type)
         except Exception as exc:
-            raise _module_failed(family, cls, self.config, exc, f"calling {cls.__name__}") from None
-        self.cos, self.sin, self.form = _compact(*self.raw)
-        self.apply_fn = _apply_function(
+            raise module_failed(family, cls, self.config, exc, f"calling {cls.__name__}") from None
+        self.cos, self.sin, self.form = compact_tables(*self.raw)
+        self.apply_fn = apply_function_of(
             importlib.import_module(cls.__module__), complex_table=self.raw[1] is None, config=self.config
         )
         if self.apply_fn is None:
@@ -300,8 +193,10 @@ class Probe:
 
         from ..tables import cos_sin
 
-        with _one_thread():
-            c, s = cos_sin(spec, torch.tensor(_POSITIONS), dtype=torch.float32, precision="hf", seq_len=len(_POSITIONS))
+        with one_thread():
+            c, s = cos_sin(
+                spec, torch.tensor(SAMPLE_POSITIONS), dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS)
+            )
         if c.shape != self.cos.shape:
             return math.inf
         return max((c - self.cos).abs().max().item(), (s - self.sin).abs().max().item())
@@ -313,15 +208,15 @@ class Probe:
         from ..apply import apply_rope_qk
         from ..tables import cos_sin
 
-        with _one_thread():
+        with one_thread():
             try:
-                q, k, ref = _scores(self.apply_fn, *self.raw, 2 * self.n_pairs, spec.mrope_section)
+                q, k, ref = probe_scores(self.apply_fn, *self.raw, 2 * self.n_pairs, spec.mrope_section)
             except Exception as exc:
                 raise RopeConfigError(
                     f"model_type={self.family!r}: probing {self.apply_fn.__name__} failed: {exc!r}"[:400]
                 ) from None
-            pos = torch.tensor(_POSITIONS)
-            cos, sin = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(_POSITIONS))
+            pos = torch.tensor(SAMPLE_POSITIONS)
+            cos, sin = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS))
             if spec.rotary_dim != 2 * self.n_pairs:
                 return math.inf
             qr, kr = apply_rope_qk(q, k, cos, sin, layout=spec.layout, format="bhsd", backend="reference")
@@ -340,12 +235,12 @@ class Probe:
         if spec.mrope_section is None or len(spec.mrope_section) != len(self.mrope_section):
             return math.inf
         pos = axis_positions(len(self.mrope_section))
-        with _one_thread():
+        with one_thread():
             try:
-                cos, sin, self.axes_form = _compact(*_call_rotary(self.module, self.layer_type, pos[:, None, :]))
+                cos, sin, self.axes_form = compact_tables(*call_rotary(self.module, self.layer_type, pos[:, None, :]))
             except Exception as exc:
-                raise _module_failed(self.family, self.rotary_class, self.config, exc, "per-axis positions") from None
-            c, s = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(_POSITIONS))
+                raise module_failed(self.family, self.rotary_class, self.config, exc, "per-axis positions") from None
+            c, s = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS))
         if c.shape != cos.shape:
             return math.inf
         return max((c - cos).abs().max().item(), (s - sin).abs().max().item())
@@ -356,7 +251,7 @@ def axis_positions(n_axes: int):
     positions rolled by 7a (an mRoPE column driven by the wrong axis shows at once)."""
     import torch
 
-    base = torch.tensor(_POSITIONS, dtype=torch.int64)
+    base = torch.tensor(SAMPLE_POSITIONS, dtype=torch.int64)
     return torch.stack([base.roll(7 * a) for a in range(n_axes)])
 
 
@@ -407,10 +302,10 @@ def _slice_of_head(probe: Probe, spec):
         return spec, ""
     params = list(inspect.signature(probe.apply_fn).parameters)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 2, len(_POSITIONS), spec.head_dim, generator=gen)
+    x = torch.randn(1, 2, len(SAMPLE_POSITIONS), spec.head_dim, generator=gen)
     a, b = probe.raw
     try:
-        with torch.no_grad(), _one_thread():
+        with torch.no_grad(), one_thread():
             if params[1:3] == ["cos", "sin"]:
                 out = probe.apply_fn(x, a[None], b[None])
             elif params[1:3] == ["sin", "cos"]:
