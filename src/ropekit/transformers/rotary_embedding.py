@@ -45,8 +45,8 @@ import torch
 from ..errors import RopeShapeError, RopeSpecError
 from ..frequencies import attention_factor, check_precision
 from ..frequencies import inv_freq as _inv_freq
-from ..spec import Dynamic, Linear, RopeSpec
-from ..tables import cos_sin
+from ..spec import Dynamic, Linear, LongRope, RopeSpec
+from ..tables import cos_sin, tables_from
 from . import legacy
 from .checkpoint_keys import INV_FREQ_KEY, check_inv_freq
 from .forms import DUPLICATES, TableForm, table_form
@@ -130,6 +130,7 @@ class RotaryEmbedding(torch.nn.Module):
             raise RopeSpecError(f"stateful={stateful!r} must be a bool")
         self.stateful = stateful
         self.max_seq_len_cached = self.original_max_seq_len = self.max_position_embeddings or 0
+        self._frequencies = self._static_frequencies()
 
     # -- attributes transformers code and users read -----------------------------------------------
 
@@ -253,8 +254,32 @@ class RotaryEmbedding(torch.nn.Module):
             if position_ids.dim() == 2:
                 position_ids = position_ids.unsqueeze(0).expand(len(spec.mrope_section), *position_ids.shape)
             spec = spec.replace(mrope_section=None, mrope_interleaved=False)
-        cos, sin = cos_sin(spec, position_ids, dtype=work, device=x.device, precision=self.precision, seq_len=seq_len)
+        frequencies = self._frequencies.get(spec)
+        if frequencies is not None and torch.compiler.is_compiling():
+            # inside a compiled graph: the frequencies checked once in eager mode, and no position
+            # read back to the host (cos_sin checks positions by value: a graph break per layer)
+            cos, sin = tables_from(
+                spec, position_ids, *frequencies, dtype=work, device=x.device, precision=self.precision
+            )
+        else:
+            cos, sin = cos_sin(
+                spec, position_ids, dtype=work, device=x.device, precision=self.precision, seq_len=seq_len
+            )
         return self._shaped(cos, sin, x.dtype)
+
+    def _static_frequencies(self) -> dict[RopeSpec, tuple]:
+        """(inv_freq, attention factor) of every spec whose frequencies do not depend on the
+        sequence length (all but dynamic NTK and LongRoPE), computed and checked once."""
+        out = {}
+        for spec in self.specs.values():
+            if isinstance(spec.scaling, (Dynamic, LongRope)):
+                continue
+            cos_sin(spec, 1, precision=self.precision)  # every check on the spec's frequencies, once
+            out[spec] = _inv_freq(spec, precision=self.precision)
+            if spec.mrope_section is not None:  # the per-axis form strips the sections (see above)
+                plain = spec.replace(mrope_section=None, mrope_interleaved=False)
+                out[plain] = _inv_freq(plain, precision=self.precision)
+        return out
 
     def _legacy_tables(self, n: int, dtype, device):
         spec = self.spec
