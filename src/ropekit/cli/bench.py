@@ -100,7 +100,8 @@ def run(args) -> int:
     )
     if not args.no_cpu:
         print(
-            "CPU: best of interleaved rounds, ms per call, and its ratio to clone() of the same q and k (1.00x = a copy)"
+            "CPU: median of 3 runs (each the median of interleaved rounds), ms per call, and its ratio to clone() "
+            "of the same q and k in the same run (1.00x = a copy)"
         )
         rows = bench.run_cpu(shapes, dtypes)
         for peer in bench.PEERS:

@@ -200,9 +200,9 @@ def is_checkpoint(arg: str) -> bool:
 
 
 def has_weights(arg: str) -> bool:
-    from ..doctor.weights import is_gguf
+    from ..doctor.weights import has_qk_weights
 
-    return is_gguf(arg) or (os.path.isdir(arg) and any(f.endswith(".safetensors") for f in os.listdir(arg)))
+    return has_qk_weights(arg)
 
 
 def checkpoint_command(args) -> int:

@@ -72,6 +72,9 @@ class Geometry:
     rotary_dim: int
     n_layers: int | None = None
     family: str = "llama"
+    #: the frequencies' base and the trained context: what ropekit.doctor's layout detector needs too
+    base: float = 10000.0
+    context: int = 4096
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
