@@ -122,13 +122,11 @@ def test_a_fused_projection_of_unknown_order_is_refused_by_name():
 
 def test_infer_layout_reads_a_fused_checkpoint():
     """gpt_neox order written by hand (per head [q_h, k_h, v_h]) around pair-structured q/k."""
-    from test_infer_layout import _weights
+    from pair_weights import pair_structured_qk
 
-    sd = _weights("half", 16, layers=3)  # 8 heads of 32 dims, half layout, rotary_dim 16
     fused = {}
-    for i in range(3):
-        q = sd[f"model.layers.{i}.self_attn.q_proj.weight"].view(8, 32, -1)
-        k = sd[f"model.layers.{i}.self_attn.k_proj.weight"].view(8, 32, -1)
+    for i in range(3):  # 8 heads of 32 dims, half layout, rotary_dim 16
+        q, k = (w.view(8, 32, -1) for w in pair_structured_qk("half", 16, 8, 32, 48, seed=i))
         fused[f"gpt_neox.layers.{i}.attention.query_key_value.weight"] = torch.stack(
             (q, k, torch.randn_like(q)), 1
         ).reshape(3 * 256, -1)

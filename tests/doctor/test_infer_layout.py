@@ -1,14 +1,11 @@
-"""infer_layout on weights built with a known pair structure (the SmolLM2 tests use a real model).
-
-For a true rotation pair (a, b) the key rows are the query rows turned by 90 degrees
-(``k_a = q_b``, ``k_b = -q_a``): the q/k coupling of the pair is a pure rotation generator, the
-structure trained RoPE weights have.  Every other key row is independent noise."""
+"""infer_layout on weights built with a known pair structure (tests/pair_weights.py); the SmolLM2
+tests use a real trained model."""
 
 import pytest
 import torch
 
 import ropekit as rk
-from ropekit.layouts import pair_dims
+from pair_weights import pair_structured_qk
 
 H, D, HIDDEN = 8, 32, 48
 
@@ -25,15 +22,11 @@ def _config(**extra):
 
 
 def _weights(layout, rotary_dim, layers=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
     sd = {}
     for i in range(layers):
-        q = torch.randn(H, D, HIDDEN, generator=g)
-        k = torch.randn(H, D, HIDDEN, generator=g)
-        for a, b in pair_dims(layout, rotary_dim):
-            k[:, a], k[:, b] = q[:, b], -q[:, a]
-        sd[f"model.layers.{i}.self_attn.q_proj.weight"] = q.reshape(H * D, HIDDEN)
-        sd[f"model.layers.{i}.self_attn.k_proj.weight"] = k.reshape(H * D, HIDDEN)
+        q, k = pair_structured_qk(layout, rotary_dim, H, D, HIDDEN, seed=seed + i)
+        sd[f"model.layers.{i}.self_attn.q_proj.weight"] = q
+        sd[f"model.layers.{i}.self_attn.k_proj.weight"] = k
     return sd
 
 

@@ -310,3 +310,26 @@ def test_layer_diff_names_layer_0_attention_for_the_wrong_layout(smol_state_dict
         # the right layout: no module diverges (fp32 in another order); the wrong one: layer 0's attention
         assert rep.first_divergence == first, str(rep)
     assert rep.rows[0].name == "model.embed_tokens" and rep.rows[0].out_err == 0.0
+
+
+def test_doctor_gguf_compares_the_metadata_with_what_transformers_gguf_loader_runs():
+    """The RoPE the GGUF metadata states against the one transformers runs for the config its gguf
+    loader makes from that metadata (measured through transformers' modeling code, no tensors read);
+    a deliberately wrong metadata base is a disagreement naming the base."""
+    pytest.importorskip("transformers")
+    from ropekit.doctor.checkpoint_report import CheckpointReport, Reading, compare_readings, doctor_checkpoint
+    from ropekit.doctor.framework_readings import gguf_metadata_spec, gguf_transformers_config
+    from ropekit.doctor.installed_transformers import transformers_rope_fn
+    from ropekit.doctor.weights import gguf_metadata
+
+    rep = doctor_checkpoint(GGUF, weights=False)
+    stated, hf = rep.readings
+    assert stated.framework == "GGUF metadata" and stated.spec.describe() == "half r=64/64 base=100000"
+    assert hf.framework.endswith("(gguf loader)") and hf.spec is not None and hf.spec.base == 1e5, hf.text
+    assert rep.problems == [], [f.text for f in rep.problems]
+    meta = dict(gguf_metadata(GGUF)) | {"llama.rope.freq_base": 10000.0}
+    fn, _, _ = transformers_rope_fn(gguf_transformers_config(GGUF))
+    out = CheckpointReport(GGUF)
+    compare_readings(out, Reading("GGUF metadata", gguf_metadata_spec(meta), ""), hf, fn, 2**16)
+    [finding] = out.findings
+    assert finding.kind == "disagreement" and "base" in finding.text, finding.text

@@ -71,23 +71,30 @@ def _ropekit_reading(path: str) -> Reading:
     return Reading("ropekit", spec, spec.describe())
 
 
-def _transformers_reading(path: str, max_position: int):
-    """(Reading, fn) of the installed transformers, or (Reading without spec, None)."""
-    from .installed_transformers import transformers_rope_fn
+def _measured_reading(framework: str, build, source, max_position: int):
+    """(Reading, fn) of a framework measured through its own code: ``build(source)`` gives
+    ``(fn, head_dim, version)``; (Reading without spec, None) when it is missing or refuses."""
     from .probe import fingerprint
 
     try:
-        fn, head_dim, version = transformers_rope_fn(path)
+        fn, head_dim, version = build(source)
     except MissingDependencyError:
-        return Reading("transformers", None, "not installed"), None
+        return Reading(framework, None, "not installed"), None
     except RopeError as exc:
-        return Reading("transformers", None, f"cannot build: {exc}"), None
+        return Reading(framework, None, f"cannot build: {exc}"), None
     fp = fingerprint(fn, head_dim, max_position=max_position)
-    name = f"transformers {version}"
-    return Reading(name, fp.spec, fp.summary() if fp.spec is not None else f"no RoPE: {fp.reason}"), fn
+    text = fp.summary() if fp.spec is not None else f"no RoPE: {fp.reason}"
+    return Reading(f"{framework} {version}", fp.spec, text), fn
 
 
-def _compare_readings(
+def _transformers_reading(path: str, max_position: int):
+    """(Reading, fn) of the installed transformers, or (Reading without spec, None)."""
+    from .installed_transformers import transformers_rope_fn
+
+    return _measured_reading("transformers", transformers_rope_fn, path, max_position)
+
+
+def compare_readings(
     report: CheckpointReport, ropekit: Reading, hf: Reading, hf_fn, max_position: int, *, what: str = "ropekit"
 ) -> None:
     """A finding when framework ``hf`` (measured as ``hf_fn``) and the spec ``ropekit`` part."""
@@ -199,7 +206,7 @@ def _layout_finding(report: CheckpointReport, path: str, cfg_source, spec) -> No
     if res.layout == "unknown":
         text = f"the q/k weights show no layout: {res.reason}"
     else:
-        text = f"the trained q/k weights are in the {res.layout} layout ({res.summary()})"
+        text = f"the trained q/k weights: {res.summary()}"
     problem = res.layout not in ("unknown", expected)
     fix = None
     if problem:
@@ -222,23 +229,14 @@ def _layout_finding(report: CheckpointReport, path: str, cfg_source, spec) -> No
 def _litgpt_reading(path: str, max_position: int):
     """(Reading, fn) of the installed LitGPT for a LitGPT directory (``framework_readings``)."""
     from .framework_readings import litgpt_rope_fn
-    from .probe import fingerprint
 
-    try:
-        fn, head_dim, version = litgpt_rope_fn(path)
-    except MissingDependencyError:
-        return Reading("litgpt", None, "not installed"), None
-    except RopeError as exc:
-        return Reading("litgpt", None, f"cannot build: {exc}"), None
-    fp = fingerprint(fn, head_dim, max_position=max_position)
-    return Reading(f"litgpt {version}", fp.spec, fp.summary() if fp.spec else f"no RoPE: {fp.reason}"), fn
+    return _measured_reading("litgpt", litgpt_rope_fn, path, max_position)
 
 
 def _gguf_report(report: CheckpointReport, path: str, max_position: int, weights: bool) -> None:
     """A GGUF file: the RoPE its metadata states, the one transformers' gguf loader runs for it."""
     from .framework_readings import gguf_metadata_spec, gguf_transformers_config
     from .installed_transformers import transformers_rope_fn
-    from .probe import fingerprint
     from .weights import gguf_metadata
 
     try:
@@ -247,14 +245,12 @@ def _gguf_report(report: CheckpointReport, path: str, max_position: int, weights
     except RopeError as exc:
         stated = Reading("GGUF metadata", None, f"cannot read: {exc}")
     report.readings.append(stated)
-    try:
-        fn, head_dim, version = transformers_rope_fn(gguf_transformers_config(path))
-        fp = fingerprint(fn, head_dim, max_position=max_position)
-        hf = Reading(f"transformers {version} (gguf loader)", fp.spec, fp.summary() if fp.spec else fp.reason)
-    except (MissingDependencyError, RopeError) as exc:
-        fn, hf = None, Reading("transformers (gguf loader)", None, f"cannot build: {exc}")
+    hf, fn = _measured_reading(
+        "transformers", lambda p: transformers_rope_fn(gguf_transformers_config(p)), path, max_position
+    )
+    hf.framework += " (gguf loader)"
     report.readings.append(hf)
-    _compare_readings(report, stated, hf, fn, max_position, what="the GGUF metadata")
+    compare_readings(report, stated, hf, fn, max_position, what="the GGUF metadata")
     if weights:
         _layout_finding(report, path, None, None)
 
@@ -273,12 +269,12 @@ def doctor_checkpoint(path, *, max_position: int = 2**16, weights: bool = True) 
     if "model_type" in cfg:
         hf, hf_fn = _transformers_reading(cfg_path, max_position)
         report.readings.append(hf)
-        _compare_readings(report, ropekit, hf, hf_fn, max_position)
+        compare_readings(report, ropekit, hf, hf_fn, max_position)
         _config_findings(report, cfg, hf)
     if os.path.isfile(os.path.join(path, "model_config.yaml")):
         lit, lit_fn = _litgpt_reading(path, max_position)
         report.readings.append(lit)
-        _compare_readings(report, ropekit, lit, lit_fn, max_position)
+        compare_readings(report, ropekit, lit, lit_fn, max_position)
     if os.path.isdir(path) and ropekit.spec is not None:
         _inv_freq_findings(report, path, ropekit.spec)
         if weights and has_qk_weights(path):

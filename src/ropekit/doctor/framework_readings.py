@@ -12,6 +12,7 @@ each measured through that framework's own code (nothing restated here).
 
 from __future__ import annotations
 
+import functools
 import os
 from types import SimpleNamespace
 
@@ -82,11 +83,19 @@ def gguf_metadata_spec(meta: dict):
 
 def gguf_transformers_config(path) -> dict:
     """The config dict transformers' gguf loader makes from the file's metadata (no tensors read)."""
+    st = os.stat(path)
+    return dict(_loader_config(os.path.realpath(path), st.st_mtime_ns, st.st_size))
+
+
+@functools.cache
+def _loader_config(path: str, mtime_ns: int, size: int) -> dict:
+    """One parse per file version (the loader reads every metadata field: tens of seconds for a
+    tokenizer-carrying file)."""
     require("transformers", "hf")
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     try:
-        parsed = load_gguf_checkpoint(os.fspath(path), return_tensors=False)
+        parsed = load_gguf_checkpoint(path, return_tensors=False)
     except Exception as exc:  # the loader's own refusal (an architecture it does not support ...)
         raise RopeConfigError(f"{path}: transformers' gguf loader refuses it ({type(exc).__name__}: {exc})") from None
     return dict(parsed["config"])
