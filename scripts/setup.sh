@@ -17,6 +17,10 @@ python -m pip install -q "gguf>=0.10"
 # transformers loads the GGUF file (from_pretrained(..., gguf_file=)) through accelerate; --no-deps:
 # its own requirements are already here, and an open-ended torch one must not be resolved again
 python -m pip install -q --no-deps "accelerate>=1.0"
+# the doctor's LitGPT reading runs LitGPT's own rope code: litgpt and the lightning parts it imports;
+# --no-deps for the same reason (their torch requirements must not be resolved again)
+python -m pip install -q --no-deps "litgpt==0.5.13" "lightning==2.5.2" "lightning-utilities==0.15.3" \
+    "torchmetrics==1.9.0" "psutil==7.2.2"
 
 # Older transformers releases for the release-matrix tests, each in its own --target dir (put on
 # PYTHONPATH by .ci/run, one release at a time), never in the venv, whose own transformers stays.

@@ -11,6 +11,15 @@ from safetensors.torch import save_file
 
 H, KV, D, HIDDEN, LAYERS, FFN, VOCAB = 4, 2, 8, 32, 2, 48, 50
 ROOT = Path(__file__).resolve().parents[1]
+#: Llama 3.1's RoPE as its config.json states it (5.x rope_parameters form)
+LLAMA31_ROPE = {
+    "rope_theta": 500000.0,
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 
 def hf_tensors(dtype=torch.bfloat16, seed=0, bias=False):

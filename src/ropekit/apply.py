@@ -51,11 +51,13 @@ def _check_flags(inplace, inverse, tensors, names) -> None:
 
 def _rotate(tensors, names, cos, sin, *, inplace, inverse, **where):
     """Rotate one or more tensors (q and k) by the same positions; returns the results."""
-    from .kernels import ops
-
     fast = rotate_fast(tensors, cos, sin, inplace=inplace, inverse=inverse, **where)
     if fast is not None:
         return fast
+    # imported here, after the lean path: registering the custom ops costs ~50 ms once per process,
+    # which a first call that never reaches them (no grad, no torch.compile) should not pay
+    from .kernels import ops
+
     views, layout, cos, sin, pos, impl = prepare(tensors, names, cos, sin, **where)
     if len(views) == 2:
         q4, k4 = views
@@ -72,18 +74,8 @@ def _rotate(tensors, names, cos, sin, *, inplace, inverse, **where):
         kw = dict(interleaved=interleaved, inverse=inverse, inplace=inplace)
         outs = [rotate_reference(v, cos, sin, pos, **kw) for v in views]
         return list(tensors) if inplace else [restore_view(o, fmt) for o in outs]
-    if inplace and torch.is_grad_enabled() and any(v.requires_grad for v in views):
-        ops.rotate_inplace_differentiable(views, cos, sin, pos, interleaved, inverse, impl)
-        return list(tensors)
-    if len(views) == 1:
-        if inplace:
-            ops.rope_(views[0], cos, sin, pos, interleaved, inverse, impl)
-            return list(tensors)
-        return [restore_view(ops.rope(views[0], cos, sin, pos, interleaved, inverse, impl), fmt)]
-    if inplace:
-        ops.rope_qk_(*views, cos, sin, pos, interleaved, inverse, impl)
-        return list(tensors)
-    return [restore_view(o, fmt) for o in ops.rope_qk(*views, cos, sin, pos, interleaved, inverse, impl)]
+    outs = ops.rotate(views, cos, sin, pos, interleaved, inverse, impl, inplace)
+    return list(tensors) if inplace else [restore_view(o, fmt) for o in outs]
 
 
 def apply_rope(

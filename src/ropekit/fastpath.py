@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .arguments import FORMATS, ROTATABLE_DTYPES, restore_view
+from .kernels import cpu, native
 from .kernels.eager import rotate_lean
 from .kernels.reference import compute_dtype
 from .layouts import LAYOUTS, is_interleaved
@@ -76,25 +77,30 @@ def rotate_fast(tensors, cos, sin, *, layout, format, positions, offsets, cu_seq
     D = x.shape[-1]
     if grad or x.dtype not in ROTATABLE_DTYPES or x.layout != torch.strided or n == 0 or 2 * n > D:
         return None
-    views = [t.unsqueeze(0) if format == "thd" else t.transpose(1, 2) if format == "bhsd" else t for t in tensors]
+    views = tensors if format == "bshd" else [t.unsqueeze(0) if format == "thd" else t.transpose(1, 2) for t in tensors]
     B, S = views[0].shape[:2]
-    if any(v.shape[:2] != (B, S) or v.shape[-1] != D for v in views[1:]):
+    if len(views) == 2 and (views[1].shape[:2] != (B, S) or views[1].shape[3] != D):
         return None
     rows = _rows(positions, offsets, B, S, n_rows)
     if rows is None:
         return None
     start, idx = rows
     interleaved = layout is not None and is_interleaved(layout)
-    from .kernels.cpu import ready, rotate_many_cpu
-
-    if ready():  # the native kernel is loaded: every size (until then, and without it: lean eager)
-        if idx is None:
-            idx = torch.arange(start, start + S)[None]
-        elif idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < n_rows):
-            return None  # the general path names the offending position
-        outs = rotate_many_cpu(
-            views, cos, sin, idx.expand(B, S), interleaved=interleaved, inverse=inverse, inplace=inplace
+    if cpu.ready():  # the native kernel is loaded (until then, and without it: lean eager)
+        if n > native.MAX_PAIRS:
+            return None
+        # empty_like is ~2.5x cheaper than empty(shape) on a decode step; both give a contiguous result here
+        outs = (
+            views
+            if inplace
+            else [torch.empty_like(v) if v.is_contiguous() else torch.empty(v.shape, dtype=v.dtype) for v in views]
         )
+        try:  # the kernel reads every position before it writes anything (no host read here)
+            native.rotate_native(
+                list(zip(views, outs)), cos, sin, idx, interleaved=interleaved, inverse=inverse, start=start
+            )
+        except native.PositionOutOfTable:
+            return None  # the general path names the offending position
     else:
         if idx is None:
             c, s = cos[None, start : start + S], sin[None, start : start + S]  # views: no gather
@@ -109,4 +115,6 @@ def rotate_fast(tensors, cos, sin, *, layout, format, positions, offsets, cu_seq
         if c.dtype != math:
             c, s = c.to(math), s.to(math)
         outs = rotate_lean(views, c, s, interleaved=interleaved, inverse=inverse, inplace=inplace)
-    return [t if inplace else restore_view(o, format) for t, o in zip(tensors, outs)]
+    if inplace:
+        return list(tensors)
+    return outs if format == "bshd" else [restore_view(o, format) for o in outs]

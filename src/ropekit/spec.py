@@ -21,45 +21,26 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from . import scaling
 from .errors import RopeSpecError, RopeSpecTypeError, short_repr
 from .layouts import LAYOUTS, normalize_layout  # re-exported: spec.normalize_layout is older than layouts
-from .scaling import (  # re-exported: the variants are part of the spec's vocabulary
+from .scaling import *  # noqa: F403 -- re-exported: the scaling variants are part of the spec's vocabulary
+from .scaling import (  # what the spec itself uses
     MAX_HEAD_DIM,
-    MAX_INT,
     SCALINGS,
     Dynamic,
-    Linear,
-    Llama3,
     LongRope,
     Proportional,
     Scaling,
-    Yarn,
     check_int,
     check_number,
     scaling_from_dict,
     scaling_to_dict,
     set_field,
     shown_fields,
-    yarn_mscale,
 )
 
-__all__ = [
-    "RopeSpec",
-    "Scaling",
-    "Linear",
-    "Dynamic",
-    "Yarn",
-    "LongRope",
-    "Llama3",
-    "Proportional",
-    "yarn_mscale",
-    "scaling_to_dict",
-    "scaling_from_dict",
-    "MAX_INT",
-    "MAX_HEAD_DIM",
-    "LAYOUTS",
-    "normalize_layout",
-]
+__all__ = ["RopeSpec", *scaling.__all__, "LAYOUTS", "normalize_layout"]
 
 # ---------------------------------------------------------------------------------------------
 # the spec

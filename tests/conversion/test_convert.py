@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 import ropekit as rk
+from convert_cli import cli_error, slow_cli
 from ropekit import convert
 from ropekit.cli import main
 
@@ -24,6 +25,7 @@ from checkpoints import (
     HIDDEN,
     KV,
     LAYERS,
+    LLAMA31_ROPE,
     ROOT,
     D,
     H,
@@ -145,20 +147,20 @@ def test_meta_model_parallel_shards_merge(tmp_path):
 def test_error_meta_model_parallel_shards_disagree(tmp_path, capsys):
     convert(make_hf_dir(tmp_path / "hf"), tmp_path / "meta1", to="meta", **quiet())
     _meta_split(tmp_path / "meta1", tmp_path / "three", 4)  # KV=2 kv heads cannot spread over 4 ranks
-    assert "n_kv_heads=2 does not divide across 4 model-parallel shards" in _cli_error(
+    assert "n_kv_heads=2 does not divide across 4 model-parallel shards" in cli_error(
         capsys, tmp_path / "three", tmp_path / "o"
     )
     parts = _meta_split(tmp_path / "meta1", tmp_path / "two", 2)
     parts[1]["layers.1.attention.wk.weight"] = parts[1]["layers.1.attention.wk.weight"][:, :-2].clone()
     torch.save(parts[1], tmp_path / "two" / "consolidated.01.pth")
-    err = _cli_error(capsys, tmp_path / "two", tmp_path / "o")
+    err = cli_error(capsys, tmp_path / "two", tmp_path / "o")
     assert (
-        "tensor layers.1.attention.wk.weight is bfloat16[8, 30] in consolidated.01.pth but bfloat16[8, 32] in consolidated.00.pth"
-        in err
+        "tensor layers.1.attention.wk.weight is bfloat16[8, 30] in consolidated.01.pth "
+        "but bfloat16[8, 32] in consolidated.00.pth" in err
     )
     del parts[1]["layers.0.ffn_norm.weight"]
     torch.save(parts[1], tmp_path / "two" / "consolidated.01.pth")
-    assert "model-parallel shard consolidated.01.pth holds different tensors than consolidated.00.pth" in _cli_error(
+    assert "model-parallel shard consolidated.01.pth holds different tensors than consolidated.00.pth" in cli_error(
         capsys, tmp_path / "two", tmp_path / "o"
     )
 
@@ -369,19 +371,6 @@ def test_failed_force_keeps_the_old_dst(tmp_path):
     assert "ropekit_layout" not in json.loads((tmp_path / "dst" / "config.json").read_text())
 
 
-_SLOW_CLI = """
-import sys, time
-from ropekit.conversion.formats import safetensors_io
-from ropekit.cli import main
-orig = safetensors_io.SafetensorsWriter.copy_range
-def slow(self, *a):
-    time.sleep(0.05)
-    return orig(self, *a)
-safetensors_io.SafetensorsWriter.copy_range = slow
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_process_leaves_no_dst(tmp_path, sig):
     src = make_hf_dir(tmp_path / "src")
@@ -391,7 +380,7 @@ def test_killed_process_leaves_no_dst(tmp_path, sig):
         [
             sys.executable,
             "-c",
-            _SLOW_CLI,
+            slow_cli(copy_delay=0.05),
             "convert",
             str(src),
             str(tmp_path / "dst"),
@@ -450,25 +439,17 @@ def test_verify_detects_a_layout_mismatch(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _cli_error(capsys, *argv) -> str:
-    capsys.readouterr()
-    assert main(["convert", *map(str, argv), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("ropekit: error: "), err
-    return err
-
-
 def test_error_missing_shard(tmp_path, capsys):
     src = make_hf_dir(tmp_path / "src")
     (src / "model-00002-of-00003.safetensors").unlink()
-    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    err = cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
     assert "shard model-00002-of-00003.safetensors named in model.safetensors.index.json" in err and "missing" in err
     assert "for tensor model." in err
 
 
 def test_error_qk_rows_do_not_match_heads(tmp_path, capsys):
     src = make_hf_dir(tmp_path / "src", num_key_value_heads=1)  # the k_proj tensors hold 2 kv heads
-    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    err = cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
     assert "model.layers.0.self_attn.k_proj.weight has shape [16, 32]" in err and "needs 8 rows" in err
 
 
@@ -481,13 +462,13 @@ def test_error_qk_rows_do_not_match_heads(tmp_path, capsys):
 )
 def test_error_head_counts_do_not_divide(tmp_path, capsys, over, needle):
     src = make_hf_dir(tmp_path / "src", **over)
-    assert needle in _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    assert needle in cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
 
 
 def test_error_unknown_format(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "weights.npz").write_bytes(b"x")
-    assert "unknown checkpoint format at" in _cli_error(capsys, tmp_path / "src", tmp_path / "dst")
+    assert "unknown checkpoint format at" in cli_error(capsys, tmp_path / "src", tmp_path / "dst")
 
 
 @pytest.mark.parametrize(
@@ -503,7 +484,7 @@ def test_error_corrupt_safetensors_header(tmp_path, capsys, garbage, needle):
     data = bytearray(shard.read_bytes())
     data[: len(garbage)] = garbage
     shard.write_bytes(bytes(data))
-    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    err = cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
     assert f"corrupt safetensors header in {shard}" in err and needle in err
 
 
@@ -511,28 +492,28 @@ def test_error_truncated_safetensors(tmp_path, capsys):
     src = make_hf_dir(tmp_path / "src")
     shard = src / "model-00001-of-00003.safetensors"
     shard.write_bytes(shard.read_bytes()[:-10])
-    assert "past the end of the file" in _cli_error(capsys, src, tmp_path / "dst")
+    assert "past the end of the file" in cli_error(capsys, src, tmp_path / "dst")
 
 
 def test_error_dst_inside_src_and_existing_dst(tmp_path, capsys):
     src = make_hf_dir(tmp_path / "src")
-    assert "is inside SRC" in _cli_error(capsys, src, src / "sub", "--layout", "interleaved")
-    assert "is inside SRC" in _cli_error(capsys, src, src, "--layout", "interleaved")
-    assert "is inside DST" in _cli_error(capsys, src, tmp_path, "--layout", "interleaved", "--force")
+    assert "is inside SRC" in cli_error(capsys, src, src / "sub", "--layout", "interleaved")
+    assert "is inside SRC" in cli_error(capsys, src, src, "--layout", "interleaved")
+    assert "is inside DST" in cli_error(capsys, src, tmp_path, "--layout", "interleaved", "--force")
     (tmp_path / "dst").mkdir()
-    assert "exists; pass --force" in _cli_error(capsys, src, tmp_path / "dst")
+    assert "exists; pass --force" in cli_error(capsys, src, tmp_path / "dst")
     assert not (src / "sub").exists()
 
 
 def test_error_meta_needs_interleaved_and_llama(tmp_path, capsys):
     src = make_hf_dir(tmp_path / "src")
-    assert "interleaved by definition" in _cli_error(capsys, src, tmp_path / "m", "--to", "meta", "--layout", "half")
+    assert "interleaved by definition" in cli_error(capsys, src, tmp_path / "m", "--to", "meta", "--layout", "half")
     qwen = make_hf_dir(tmp_path / "qwen", model_type="qwen2")
-    assert "model_type='qwen2' has no Meta checkpoint form" in _cli_error(capsys, qwen, tmp_path / "m", "--to", "meta")
+    assert "model_type='qwen2' has no Meta checkpoint form" in cli_error(capsys, qwen, tmp_path / "m", "--to", "meta")
     linear = make_hf_dir(
         tmp_path / "linear", rope_parameters={"rope_theta": 10000.0, "rope_type": "linear", "factor": 2.0}
     )
-    assert "rope_type='linear' has no Meta params.json form" in _cli_error(
+    assert "rope_type='linear' has no Meta params.json form" in cli_error(
         capsys, linear, tmp_path / "m", "--to", "meta"
     )
     assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.*"))
@@ -540,10 +521,10 @@ def test_error_meta_needs_interleaved_and_llama(tmp_path, capsys):
 
 def test_error_state_dict_without_head_counts(tmp_path, capsys):
     save_file({"model.layers.0.self_attn.q_proj.weight": torch.randn(H * D, HIDDEN)}, tmp_path / "sd.safetensors")
-    assert "needs its head counts: pass --config" in _cli_error(
+    assert "needs its head counts: pass --config" in cli_error(
         capsys, tmp_path / "sd.safetensors", tmp_path / "o.safetensors", "--layout", "interleaved"
     )
-    assert "needs the model's RoPE spec" in _cli_error(
+    assert "needs the model's RoPE spec" in cli_error(
         capsys, tmp_path / "sd.safetensors", tmp_path / "o.safetensors", "--inv-freq", "add"
     )
 
@@ -554,7 +535,7 @@ def test_error_pickle_with_code_is_refused(tmp_path, capsys):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
     torch.save({"w": torch.zeros(1), "x": Evil()}, tmp_path / "evil.pt")
-    assert "is not a weights-only PyTorch state dict" in _cli_error(capsys, tmp_path / "evil.pt", tmp_path / "o.pt")
+    assert "is not a weights-only PyTorch state dict" in cli_error(capsys, tmp_path / "evil.pt", tmp_path / "o.pt")
     assert not (tmp_path / "pwned").exists()
 
 
@@ -655,14 +636,7 @@ def test_llama3_scaling_survives_hf_meta_hf(tmp_path):
     config.json, and transformers reads the same parameters."""
     from transformers import LlamaConfig
 
-    llama3 = {
-        "rope_theta": 500000.0,
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    }
+    llama3 = dict(LLAMA31_ROPE)
     src = make_hf_dir(tmp_path / "hf", rope_parameters=llama3, max_position_embeddings=131072)
     convert(src, tmp_path / "meta", to="meta", **quiet())
     params = json.loads((tmp_path / "meta" / "params.json").read_text())

@@ -7,17 +7,9 @@ import json
 import pytest
 import torch
 
-from ropekit.cli import main
+from convert_cli import cli_error
 
 from checkpoints import make_hf_dir
-
-
-def _cli_error(capsys, *argv) -> str:
-    capsys.readouterr()
-    assert main(["convert", *map(str, argv), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("ropekit: error: "), err
-    return err
 
 
 @pytest.mark.parametrize(
@@ -36,7 +28,7 @@ def _cli_error(capsys, *argv) -> str:
 )
 def test_bad_config_values_are_one_line(tmp_path, capsys, over, needle):
     src = make_hf_dir(tmp_path / "src", **over)
-    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    err = cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
     assert needle in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
@@ -47,7 +39,7 @@ def test_bad_config_values_are_one_line(tmp_path, capsys, over, needle):
 def test_unreadable_config_json_is_one_line(tmp_path, capsys, text, needle):
     src = make_hf_dir(tmp_path / "src")
     (src / "config.json").write_bytes(text)
-    assert needle in _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    assert needle in cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
 
 
 @pytest.mark.parametrize("n_kv", [2.5, "2", False])
@@ -56,4 +48,4 @@ def test_bad_meta_params_are_one_line(tmp_path, capsys, n_kv):
     meta.mkdir()
     torch.save({"layers.0.attention.wq.weight": torch.zeros(32, 32)}, meta / "consolidated.00.pth")
     (meta / "params.json").write_text(json.dumps({"dim": 32, "n_heads": 4, "n_layers": 1, "n_kv_heads": n_kv}))
-    assert f"n_kv_heads={n_kv!r}" in _cli_error(capsys, meta, tmp_path / "hf", "--to", "hf")
+    assert f"n_kv_heads={n_kv!r}" in cli_error(capsys, meta, tmp_path / "hf", "--to", "hf")

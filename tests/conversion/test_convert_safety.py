@@ -15,18 +15,10 @@ import time
 import pytest
 
 import ropekit as rk
+from convert_cli import cli_error, slow_cli
 from ropekit import convert
-from ropekit.cli import main
 
 from checkpoints import ROOT, make_hf_dir, quiet, tree_digest
-
-
-def _cli_error(capsys, *argv) -> str:
-    capsys.readouterr()
-    assert main(["convert", *map(str, argv), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("ropekit: error: "), err
-    return err
 
 
 def _point_index_at(src, target: str) -> None:
@@ -47,7 +39,7 @@ def test_index_naming_a_file_outside_src_is_refused_and_the_file_untouched(tmp_p
     name = f"../victim/{target.name}" if how == "dotdot" else str(target)
     _point_index_at(src, name)
     before_src, before_victim = tree_digest(src), tree_digest(victim)
-    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    err = cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
     assert "weight_map names" in err and repr(name) in err, err
     assert tree_digest(victim) == before_victim and tree_digest(src) == before_src
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "victim"]
@@ -60,7 +52,7 @@ def test_index_naming_a_link_out_of_src_is_refused(tmp_path, capsys):
     os.symlink(shard, src / ".hidden-link.safetensors")  # hidden: only the index leads to it
     _point_index_at(src, ".hidden-link.safetensors")
     before = tree_digest(outside)
-    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    err = cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
     assert "is a symbolic link" in err, err
     assert tree_digest(outside) == before and not (tmp_path / "dst").exists()
 
@@ -71,7 +63,7 @@ def test_symlink_in_src_is_refused_not_followed(tmp_path, capsys):
     secret = tmp_path / "secret.txt"
     secret.write_text("not part of the model")
     os.symlink(secret, src / "notes.txt")
-    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    err = cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
     assert "notes.txt is a symbolic link" in err and str(secret) in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.txt", "src"]
 
@@ -79,12 +71,12 @@ def test_symlink_in_src_is_refused_not_followed(tmp_path, capsys):
 def test_symlink_loop_and_linked_directory_in_src_are_refused(tmp_path, capsys):
     src = make_hf_dir(tmp_path / "src")
     os.symlink("loop", src / "loop")
-    assert "loop is a symbolic link" in _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    assert "loop is a symbolic link" in cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
     os.unlink(src / "loop")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "big.bin").write_bytes(b"x" * 10)
     os.symlink(tmp_path / "elsewhere", src / "extra")
-    assert "extra is a symbolic link" in _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    assert "extra is a symbolic link" in cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
     assert not (tmp_path / "dst").exists() and not list(tmp_path.glob(".dst*"))
 
 
@@ -199,31 +191,15 @@ def test_file_dst_replaced_without_exchange_is_one_rename(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors", "sd.safetensors"]
 
 
-_SLOW_CLI = """
-import sys, time
-from ropekit.conversion.formats import safetensors_io
-from ropekit.cli import main
-orig = safetensors_io.SafetensorsWriter.copy_range
-def slow(self, *a):
-    time.sleep(0.02)
-    return orig(self, *a)
-safetensors_io.SafetensorsWriter.copy_range = slow
-orig_rmtree = __import__("shutil").rmtree
-def slow_rmtree(*a, **k):  # a clean-up long enough for a second signal to land inside it
-    time.sleep(0.05)
-    return orig_rmtree(*a, **k)
-__import__("shutil").rmtree = slow_rmtree
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.parametrize("trial", range(3))
 def test_two_sigterms_5ms_apart_leave_nothing_behind(tmp_path, trial):
     """The second SIGTERM once landed inside the clean-up of the first and left a hidden partial."""
     src = make_hf_dir(tmp_path / "src")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     argv = ["convert", str(src), str(tmp_path / "dst"), "--layout", "interleaved", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CLI, *argv], env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", slow_cli(copy_delay=0.02, rmtree_delay=0.05), *argv], env=env, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 60
     while not any(any(p.glob("*.safetensors")) for p in tmp_path.glob(".dst.ropekit-partial-*")):
         assert proc.poll() is None and time.time() < deadline, "conversion ended before it could be interrupted"
@@ -267,14 +243,14 @@ def test_os_errors_while_writing_are_one_line_and_leave_nothing(tmp_path, capsys
         raise OSError(code, os.strerror(code), str(a[1]))
 
     monkeypatch.setattr(shutil, "copyfile", fail)  # the aux files (tokenizer.json) go through copyfile
-    err = _cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
+    err = cli_error(capsys, src, tmp_path / "dst", "--layout", "interleaved")
     assert os.strerror(code) in err and "tokenizer.json" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
 def test_dst_name_too_long_is_one_line(tmp_path, capsys):
     src = make_hf_dir(tmp_path / "src")
-    err = _cli_error(capsys, src, tmp_path / ("d" * 240), "--layout", "interleaved")
+    err = cli_error(capsys, src, tmp_path / ("d" * 240), "--layout", "interleaved")
     assert "File name too long" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 

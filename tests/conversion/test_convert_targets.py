@@ -15,19 +15,12 @@ import torch
 from safetensors.torch import save_file
 
 import ropekit as rk
+from convert_cli import cli_error
 from ropekit import convert
-from ropekit.cli import main
 
-from checkpoints import KV, D, H, hf_tensors, make_hf_dir, quiet
+from checkpoints import KV, LLAMA31_ROPE, D, H, hf_tensors, make_hf_dir, quiet
 
-LLAMA3 = {
-    "rope_theta": 500000.0,
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
+LLAMA3 = LLAMA31_ROPE
 
 
 @dataclasses.dataclass
@@ -42,14 +35,6 @@ class Llama2ModelArgs:  # the fields of meta-llama/llama llama/model.py ModelArg
     norm_eps: float = 1e-5
     max_batch_size: int = 32
     max_seq_len: int = 2048
-
-
-def _cli_error(capsys, *argv) -> str:
-    capsys.readouterr()
-    assert main(["convert", *map(str, argv), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("ropekit: error: "), err
-    return err
 
 
 def test_llama2_params_load_in_metas_llama2_loader(tmp_path):
@@ -75,7 +60,7 @@ def test_meta_generation_can_be_asked_for(tmp_path, capsys):
     convert(src, tmp_path / "m3", to="meta", meta_generation="llama3", **quiet())
     assert json.loads((tmp_path / "m3" / "params.json").read_text())["rope_theta"] == 10000.0
     theta = make_hf_dir(tmp_path / "theta", rope_parameters={"rope_theta": 500000.0, "rope_type": "default"})
-    err = _cli_error(capsys, theta, tmp_path / "m2", "--to", "meta", "--meta-generation", "llama2")
+    err = cli_error(capsys, theta, tmp_path / "m2", "--to", "meta", "--meta-generation", "llama2")
     assert "--meta-generation='llama2'" in err and "base=500000" in err, err
     assert not (tmp_path / "m2").exists()
 
@@ -85,14 +70,14 @@ def test_llama3_scaling_meta_code_cannot_read_is_refused(tmp_path, capsys, field
     """Meta's apply_scaling hard-codes its constants: factor 16 once became a rope_scaling_factor
     key no Meta loader of Llama 3 reads, and convert exited 0."""
     src = make_hf_dir(tmp_path / "src", rope_parameters=dict(LLAMA3, **{field: value}))
-    err = _cli_error(capsys, src, tmp_path / "meta", "--to", "meta")
+    err = cli_error(capsys, src, tmp_path / "meta", "--to", "meta")
     assert f"{field}={value!r}" in err and "hard-codes" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
 def test_partial_rotary_to_meta_is_refused(tmp_path, capsys):
     src = make_hf_dir(tmp_path / "src", partial_rotary_factor=0.5)
-    assert "partial rotary" in _cli_error(capsys, src, tmp_path / "meta", "--to", "meta")
+    assert "partial rotary" in cli_error(capsys, src, tmp_path / "meta", "--to", "meta")
 
 
 def test_verify_rotates_each_side_with_its_own_config(tmp_path):
@@ -117,7 +102,7 @@ def test_params_json_with_keys_meta_llama3_ignores_is_refused(tmp_path, capsys):
     params = json.loads((tmp_path / "meta" / "params.json").read_text())
     params["rope_scaling_factor"] = 16.0
     (tmp_path / "meta" / "params.json").write_text(json.dumps(params))
-    err = _cli_error(capsys, tmp_path / "meta", tmp_path / "hf", "--to", "hf")
+    err = cli_error(capsys, tmp_path / "meta", tmp_path / "hf", "--to", "hf")
     assert "rope_scaling_factor=16.0" in err and "cannot tell" in err, err
 
 
@@ -144,7 +129,7 @@ def test_inv_freq_verify_refuses_non_finite_frequencies(tmp_path, capsys, bad):
     sd, cfg = _with_inv_freq(tmp_path, exact)
     spec = tmp_path / "spec.json"
     spec.write_text(rk.RopeSpec(head_dim=D).to_json())
-    err = _cli_error(capsys, sd, tmp_path / "o.safetensors", "--inv-freq", "verify", "--spec", spec, "--config", cfg)
+    err = cli_error(capsys, sd, tmp_path / "o.safetensors", "--inv-freq", "verify", "--spec", spec, "--config", cfg)
     assert "non-finite frequency (index 1" in err, err
     assert not (tmp_path / "o.safetensors").exists()
 
@@ -154,7 +139,7 @@ def test_inv_freq_add_with_a_spec_of_another_head_dim_is_refused(tmp_path, capsy
     src = make_hf_dir(tmp_path / "src")
     spec = tmp_path / "spec.json"
     spec.write_text(rk.RopeSpec(head_dim=2 * D).to_json())
-    err = _cli_error(capsys, src, tmp_path / "dst", "--inv-freq", "add", "--spec", spec)
+    err = cli_error(capsys, src, tmp_path / "dst", "--inv-freq", "add", "--spec", spec)
     assert f"head_dim={2 * D}" in err and f"has head_dim={D}" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.json", "src"]
 
@@ -199,12 +184,12 @@ def test_verify_reads_the_output_with_the_reference_readers(tmp_path, monkeypatc
 def test_a_fifo_given_as_spec_or_config_is_refused_without_blocking(tmp_path, capsys):
     src = make_hf_dir(tmp_path / "src")
     os.mkfifo(tmp_path / "fifo")
-    assert "is not a regular file" in _cli_error(
+    assert "is not a regular file" in cli_error(
         capsys, src, tmp_path / "d", "--inv-freq", "add", "--spec", tmp_path / "fifo"
     )
     sd = tmp_path / "sd.safetensors"
     save_file(hf_tensors(), sd)
-    assert "is a FIFO" in _cli_error(
+    assert "is a FIFO" in cli_error(
         capsys, sd, tmp_path / "o.safetensors", "--layout", "interleaved", "--config", tmp_path / "fifo"
     )
 

@@ -28,27 +28,87 @@ ORIG = 1024  # the "original context" of every tiny config; positions go to 2 * 
 HIDDEN, HEADS = 128, 4  # head_dim 32: 16 frequencies, enough to cover every yarn/llama3 region
 
 
+#: family (models/<family>/modeling_<family>.py) -> its config class, rotary module class, and the
+#: model_type a config.json of it says
+FAMILY_CLASSES = {
+    "llama": ("LlamaConfig", "LlamaRotaryEmbedding", "llama"),
+    "mistral": ("MistralConfig", "MistralRotaryEmbedding", "mistral"),
+    "qwen2": ("Qwen2Config", "Qwen2RotaryEmbedding", "qwen2"),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXRotaryEmbedding", "gpt_neox"),
+    "phi": ("PhiConfig", "PhiRotaryEmbedding", "phi"),
+    "phi3": ("Phi3Config", "Phi3RotaryEmbedding", "phi3"),
+    "gptj": ("GPTJConfig", "GPTJRotaryEmbedding", "gptj"),
+    "codegen": ("CodeGenConfig", "CodeGenRotaryEmbedding", "codegen"),
+    "glm": ("GlmConfig", "GlmRotaryEmbedding", "glm"),
+    "glm4": ("Glm4Config", "Glm4RotaryEmbedding", "glm4"),
+    "cohere": ("CohereConfig", "CohereRotaryEmbedding", "cohere"),
+    "cohere2": ("Cohere2Config", "Cohere2RotaryEmbedding", "cohere2"),
+    "deepseek_v2": ("DeepseekV2Config", "DeepseekV2RotaryEmbedding", "deepseek_v2"),
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3RotaryEmbedding", "deepseek_v3"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3RotaryEmbedding", "gemma3_text"),
+    "qwen2_vl": ("Qwen2VLTextConfig", "Qwen2VLRotaryEmbedding", "qwen2_vl"),
+    "qwen3_vl": ("Qwen3VLTextConfig", "Qwen3VLTextRotaryEmbedding", "qwen3_vl"),
+}
+
+
 @dataclass
 class Case:
     id: str
-    family: str  # models/<family>/modeling_<family>.py
-    config_cls: str
-    rotary_cls: str
-    model_type: str  # what a config.json says
+    family: str  # a key of FAMILY_CLASSES
     kwargs: dict
     output: str = "cat"  # cat: [cos, cos] | repeat: repeat_interleave | sincos: GPT-J (sin, cos) | complex
     layer_type: str | None = None
     mrope: bool = False
     switch: int | None = None  # dynamic/longrope: the seq_len where the frequencies change
     expect: dict = field(default_factory=dict)  # facts about the spec from_config must produce
+    config_cls: str = field(init=False)
+    rotary_cls: str = field(init=False)
+    model_type: str = field(init=False)  # what a config.json says
+
+    def __post_init__(self):
+        self.config_cls, self.rotary_cls, self.model_type = FAMILY_CLASSES[self.family]
+
+
+def _sized(**kwargs) -> dict:
+    """A tiny config's keyword arguments: HIDDEN wide, HEADS heads, ORIG positions, then ``kwargs``."""
+    return {"hidden_size": HIDDEN, "num_attention_heads": HEADS, "max_position_embeddings": ORIG, **kwargs}
 
 
 def _llama(rope_scaling=None, **extra):
-    kw = dict(hidden_size=HIDDEN, num_attention_heads=HEADS, max_position_embeddings=ORIG, rope_theta=10000.0)
+    kw = _sized(rope_theta=10000.0)
     if rope_scaling is not None:
         kw["rope_scaling"] = rope_scaling
     kw.update(extra)
     return kw
+
+
+def _mla(max_position_embeddings: int, **extra) -> dict:
+    """DeepSeek-V2/V3 multi-head latent attention: 16 of each head's dims rotate."""
+    mla = dict(qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_dim=32, kv_lora_rank=32, q_lora_rank=32)
+    return _sized(**mla, max_position_embeddings=max_position_embeddings, **extra)
+
+
+def _deepseek_yarn(mscale: float, mscale_all_dim: float) -> dict:
+    return {
+        "type": "yarn",
+        "factor": 40.0,
+        "original_max_position_embeddings": ORIG,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "mscale": mscale,
+        "mscale_all_dim": mscale_all_dim,
+    }
+
+
+def _gemma3(**extra) -> dict:
+    """Gemma 3's text tower: a global base for full attention, a local one for sliding windows."""
+    return _sized(head_dim=32, rope_theta=1e6, rope_local_base_freq=10000.0, **extra)
+
+
+def _gptj_style(family: str, rotary_dim: int) -> Case:
+    """GPT-J and CodeGen: the same config keys, (sin, cos) tables, interleaved pairs."""
+    kwargs = dict(n_embd=HIDDEN, n_head=HEADS, rotary_dim=rotary_dim, n_positions=2 * ORIG + 1)
+    return Case(family, family, kwargs, output="sincos", expect=dict(layout="interleaved", rotary_dim=rotary_dim))
 
 
 LONG = [1.0 + 0.37 * i for i in range(16)]
@@ -61,17 +121,11 @@ CASES = [
     Case(
         "llama-default",
         "llama",
-        "LlamaConfig",
-        "LlamaRotaryEmbedding",
-        "llama",
         _llama(),
         expect=dict(layout="half", rotary_dim=32, scaling=None),
     ),
     Case(
         "llama-linear",
-        "llama",
-        "LlamaConfig",
-        "LlamaRotaryEmbedding",
         "llama",
         _llama({"type": "linear", "factor": 4.0}),
         expect=dict(scaling="linear"),
@@ -79,18 +133,12 @@ CASES = [
     Case(
         "llama-dynamic",
         "llama",
-        "LlamaConfig",
-        "LlamaRotaryEmbedding",
-        "llama",
         _llama({"rope_type": "dynamic", "factor": 2.0}),
         switch=ORIG,
         expect=dict(scaling="dynamic"),
     ),
     Case(
         "llama-yarn",
-        "llama",
-        "LlamaConfig",
-        "LlamaRotaryEmbedding",
         "llama",
         _llama(
             {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIG},
@@ -100,9 +148,6 @@ CASES = [
     ),
     Case(
         "llama-yarn-nofactor-attn",
-        "llama",
-        "LlamaConfig",
-        "LlamaRotaryEmbedding",
         "llama",
         _llama(
             {
@@ -120,9 +165,6 @@ CASES = [
     Case(
         "llama-yarn-notruncate",
         "llama",
-        "LlamaConfig",
-        "LlamaRotaryEmbedding",
-        "llama",
         _llama(
             {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": ORIG, "truncate": False},
             max_position_embeddings=4 * ORIG,
@@ -131,9 +173,6 @@ CASES = [
     ),
     Case(
         "llama-llama3",
-        "llama",
-        "LlamaConfig",
-        "LlamaRotaryEmbedding",
         "llama",
         _llama(
             {
@@ -151,9 +190,6 @@ CASES = [
     Case(
         "llama-longrope",
         "llama",
-        "LlamaConfig",
-        "LlamaRotaryEmbedding",
-        "llama",
         _llama(
             {
                 "rope_type": "longrope",
@@ -169,13 +205,7 @@ CASES = [
     Case(
         "llama-proportional",
         "llama",
-        "LlamaConfig",
-        "LlamaRotaryEmbedding",
-        "llama",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            max_position_embeddings=ORIG,
+        _sized(
             rope_parameters={
                 "rope_type": "proportional",
                 "rope_theta": 10000.0,
@@ -188,27 +218,14 @@ CASES = [
     Case(
         "llama-proportional-0.3",
         "llama",
-        "LlamaConfig",
-        "LlamaRotaryEmbedding",
-        "llama",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            max_position_embeddings=ORIG,
-            rope_parameters={"rope_type": "proportional", "rope_theta": 10000.0, "partial_rotary_factor": 0.3},
-        ),
+        _sized(rope_parameters={"rope_type": "proportional", "rope_theta": 10000.0, "partial_rotary_factor": 0.3}),
         expect=dict(scaling="proportional", rotary_dim=32),
     ),
     # v5 form (rope_parameters with rope_theta inside)
     Case(
         "mistral-v5-yarn",
         "mistral",
-        "MistralConfig",
-        "MistralRotaryEmbedding",
-        "mistral",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
+        _sized(
             head_dim=32,
             max_position_embeddings=4 * ORIG,
             rope_parameters={
@@ -223,9 +240,6 @@ CASES = [
     Case(
         "qwen2-dynamic",
         "qwen2",
-        "Qwen2Config",
-        "Qwen2RotaryEmbedding",
-        "qwen2",
         _llama({"type": "dynamic", "factor": 3.0}, rope_theta=1e6),
         switch=ORIG,
     ),
@@ -233,54 +247,24 @@ CASES = [
     Case(
         "gpt_neox-partial",
         "gpt_neox",
-        "GPTNeoXConfig",
-        "GPTNeoXRotaryEmbedding",
-        "gpt_neox",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            max_position_embeddings=ORIG,
-            rotary_pct=0.25,
-            rotary_emb_base=20000,
-        ),
+        _sized(rotary_pct=0.25, rotary_emb_base=20000),
         expect=dict(rotary_dim=8, base=20000.0),
     ),
     Case(
         "gpt_neox-linear",
         "gpt_neox",
-        "GPTNeoXConfig",
-        "GPTNeoXRotaryEmbedding",
-        "gpt_neox",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            max_position_embeddings=ORIG,
-            rotary_pct=0.5,
-            rope_scaling={"type": "linear", "factor": 2.0},
-        ),
+        _sized(rotary_pct=0.5, rope_scaling={"type": "linear", "factor": 2.0}),
         expect=dict(rotary_dim=16, scaling="linear"),
     ),
     Case(
         "phi-partial-dynamic",
         "phi",
-        "PhiConfig",
-        "PhiRotaryEmbedding",
-        "phi",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            max_position_embeddings=ORIG,
-            partial_rotary_factor=0.5,
-            rope_scaling={"type": "dynamic", "factor": 2.0},
-        ),
+        _sized(partial_rotary_factor=0.5, rope_scaling={"type": "dynamic", "factor": 2.0}),
         switch=ORIG,
         expect=dict(rotary_dim=16),
     ),
     Case(
         "phi3-longrope",
-        "phi3",
-        "Phi3Config",
-        "Phi3RotaryEmbedding",
         "phi3",
         dict(
             hidden_size=64,
@@ -294,9 +278,6 @@ CASES = [
     ),
     Case(
         "phi3-su-partial",
-        "phi3",
-        "Phi3Config",
-        "Phi3RotaryEmbedding",
         "phi3",
         dict(
             hidden_size=128,
@@ -315,198 +296,72 @@ CASES = [
         expect=dict(scaling="longrope", rotary_dim=16),
     ),
     # interleaved families
-    Case(
-        "gptj",
-        "gptj",
-        "GPTJConfig",
-        "GPTJRotaryEmbedding",
-        "gptj",
-        dict(n_embd=HIDDEN, n_head=HEADS, rotary_dim=16, n_positions=2 * ORIG + 1),
-        output="sincos",
-        expect=dict(layout="interleaved", rotary_dim=16),
-    ),
-    Case(
-        "codegen",
-        "codegen",
-        "CodeGenConfig",
-        "CodeGenRotaryEmbedding",
-        "codegen",
-        dict(n_embd=HIDDEN, n_head=HEADS, rotary_dim=8, n_positions=2 * ORIG + 1),
-        output="sincos",
-        expect=dict(layout="interleaved", rotary_dim=8),
-    ),
+    _gptj_style("gptj", rotary_dim=16),
+    _gptj_style("codegen", rotary_dim=8),
     Case(
         "glm-partial",
         "glm",
-        "GlmConfig",
-        "GlmRotaryEmbedding",
-        "glm",
-        dict(
-            hidden_size=HIDDEN, num_attention_heads=HEADS, head_dim=32, max_position_embeddings=ORIG, rope_theta=10000.0
-        ),
+        _sized(head_dim=32, rope_theta=10000.0),
         expect=dict(layout="interleaved", rotary_dim=16),
     ),
     Case(
         "glm4-partial-linear",
         "glm4",
-        "Glm4Config",
-        "Glm4RotaryEmbedding",
-        "glm4",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            head_dim=32,
-            max_position_embeddings=ORIG,
-            rope_scaling={"rope_type": "linear", "factor": 2.0},
-        ),
+        _sized(head_dim=32, rope_scaling={"rope_type": "linear", "factor": 2.0}),
         expect=dict(layout="interleaved", rotary_dim=16),
     ),
     Case(
         "cohere",
         "cohere",
-        "CohereConfig",
-        "CohereRotaryEmbedding",
-        "cohere",
-        dict(hidden_size=HIDDEN, num_attention_heads=HEADS, max_position_embeddings=ORIG, rope_theta=8e6),
+        _sized(rope_theta=8e6),
         output="repeat",
         expect=dict(layout="interleaved", base=8e6),
     ),
     Case(
         "cohere2-dynamic",
         "cohere2",
-        "Cohere2Config",
-        "Cohere2RotaryEmbedding",
-        "cohere2",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            head_dim=32,
-            max_position_embeddings=ORIG,
-            rope_scaling={"rope_type": "dynamic", "factor": 2.0},
-        ),
+        _sized(head_dim=32, rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
         output="repeat",
         switch=ORIG,
     ),
     Case(
         "deepseek_v2-yarn",
         "deepseek_v2",
-        "DeepseekV2Config",
-        "DeepseekV2RotaryEmbedding",
-        "deepseek_v2",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            qk_rope_head_dim=16,
-            qk_nope_head_dim=32,
-            v_head_dim=32,
-            kv_lora_rank=32,
-            q_lora_rank=32,
-            max_position_embeddings=40 * ORIG,
-            rope_scaling={
-                "type": "yarn",
-                "factor": 40.0,
-                "original_max_position_embeddings": ORIG,
-                "beta_fast": 32,
-                "beta_slow": 1,
-                "mscale": 0.707,
-                "mscale_all_dim": 0.707,
-            },
-        ),
+        _mla(40 * ORIG, rope_scaling=_deepseek_yarn(mscale=0.707, mscale_all_dim=0.707)),
         output="complex",
         expect=dict(layout="interleaved", head_dim=16),
     ),
     Case(
         "deepseek_v3-yarn-mscale",
         "deepseek_v3",
-        "DeepseekV3Config",
-        "DeepseekV3RotaryEmbedding",
-        "deepseek_v3",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            qk_rope_head_dim=16,
-            qk_nope_head_dim=32,
-            v_head_dim=32,
-            kv_lora_rank=32,
-            q_lora_rank=32,
-            max_position_embeddings=40 * ORIG,
-            rope_scaling={
-                "type": "yarn",
-                "factor": 40.0,
-                "original_max_position_embeddings": ORIG,
-                "beta_fast": 32,
-                "beta_slow": 1,
-                "mscale": 1.0,
-                "mscale_all_dim": 0.8,
-            },
-        ),
+        _mla(40 * ORIG, rope_scaling=_deepseek_yarn(mscale=1.0, mscale_all_dim=0.8)),
         expect=dict(layout="interleaved", head_dim=16),
     ),
     Case(
         "deepseek_v3-half",
         "deepseek_v3",
-        "DeepseekV3Config",
-        "DeepseekV3RotaryEmbedding",
-        "deepseek_v3",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            qk_rope_head_dim=16,
-            qk_nope_head_dim=32,
-            v_head_dim=32,
-            kv_lora_rank=32,
-            q_lora_rank=32,
-            max_position_embeddings=ORIG,
-            rope_interleave=False,
-        ),
+        _mla(ORIG, rope_interleave=False),
         expect=dict(layout="half"),
     ),
     # per-layer-type RoPE
     Case(
         "gemma3-full-linear",
         "gemma3",
-        "Gemma3TextConfig",
-        "Gemma3RotaryEmbedding",
-        "gemma3_text",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            head_dim=32,
-            max_position_embeddings=ORIG,
-            rope_theta=1e6,
-            rope_local_base_freq=10000.0,
-            rope_scaling={"rope_type": "linear", "factor": 8.0},
-        ),
+        _gemma3(rope_scaling={"rope_type": "linear", "factor": 8.0}),
         layer_type="full_attention",
         expect=dict(base=1e6, scaling="linear"),
     ),
     Case(
         "gemma3-sliding",
         "gemma3",
-        "Gemma3TextConfig",
-        "Gemma3RotaryEmbedding",
-        "gemma3_text",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            head_dim=32,
-            max_position_embeddings=ORIG,
-            rope_theta=1e6,
-            rope_local_base_freq=10000.0,
-            rope_scaling={"rope_type": "linear", "factor": 8.0},
-        ),
+        _gemma3(rope_scaling={"rope_type": "linear", "factor": 8.0}),
         layer_type="sliding_attention",
         expect=dict(base=10000.0, scaling=None),
     ),
     Case(
         "gemma3-v5-nested-yarn",
         "gemma3",
-        "Gemma3TextConfig",
-        "Gemma3RotaryEmbedding",
-        "gemma3_text",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
+        _sized(
             head_dim=32,
             max_position_embeddings=4 * ORIG,
             rope_parameters={
@@ -526,29 +381,14 @@ CASES = [
     Case(
         "qwen2_vl-mrope",
         "qwen2_vl",
-        "Qwen2VLTextConfig",
-        "Qwen2VLRotaryEmbedding",
-        "qwen2_vl",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
-            max_position_embeddings=ORIG,
-            rope_theta=1e6,
-            rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},
-        ),
+        _sized(rope_theta=1e6, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]}),
         mrope=True,
     ),
     Case(
         "qwen3_vl-mrope-interleaved",
         "qwen3_vl",
-        "Qwen3VLTextConfig",
-        "Qwen3VLTextRotaryEmbedding",
-        "qwen3_vl",
-        dict(
-            hidden_size=HIDDEN,
-            num_attention_heads=HEADS,
+        _sized(
             head_dim=32,
-            max_position_embeddings=ORIG,
             rope_scaling={"rope_type": "default", "mrope_section": [6, 5, 5], "mrope_interleaved": True},
         ),
         mrope=True,

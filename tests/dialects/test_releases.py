@@ -36,6 +36,8 @@ TINY = {
     "vocab_size": 32,
     "max_position_embeddings": 2048,
 }
+#: one factor per rotating pair (head_dim 32)
+LONGROPE_FACTORS = {"short_factor": [1.0 + i / 16 for i in range(16)], "long_factor": [2.0 + i / 8 for i in range(16)]}
 #: config.json contents as different releases save them; each names what it exercises
 CONFIGS = {
     "v4-default": {"rope_theta": 500000.0},
@@ -59,8 +61,7 @@ CONFIGS = {
         "rope_theta": 10000.0,
         "rope_scaling": {
             "rope_type": "longrope",
-            "short_factor": [1.0 + i / 16 for i in range(16)],
-            "long_factor": [2.0 + i / 8 for i in range(16)],
+            **LONGROPE_FACTORS,
             "original_max_position_embeddings": 512,
         },
     },
@@ -69,8 +70,7 @@ CONFIGS = {
         "rope_scaling": {
             "rope_type": "longrope",
             "factor": 4.0,
-            "short_factor": [1.0 + i / 16 for i in range(16)],
-            "long_factor": [2.0 + i / 8 for i in range(16)],
+            **LONGROPE_FACTORS,
             "original_max_position_embeddings": 512,
         },
     },
@@ -78,8 +78,7 @@ CONFIGS = {
         "original_max_position_embeddings": 512,
         "rope_scaling": {
             "type": "longrope",
-            "short_factor": [1.0 + i / 16 for i in range(16)],
-            "long_factor": [2.0 + i / 8 for i in range(16)],
+            **LONGROPE_FACTORS,
         },
     },
     # saved by 5.x: rope_parameters only

@@ -6,25 +6,15 @@ import pytest
 import torch
 
 import ropekit as rk
+import tiny_models as tm
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.llama import modeling_llama  # noqa: E402
 
 
 def _tiny_llama(seed=0, layers=3):
-    cfg = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        rope_theta=10000.0,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    model, _ = tm.build("llama", seed=seed, num_hidden_layers=layers, rope_theta=10000.0)
+    return model
 
 
 def _interleaved_apply(q, k, cos, sin, unsqueeze_dim=1):

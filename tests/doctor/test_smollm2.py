@@ -48,6 +48,16 @@ def interleaved_to_half(w, n_heads, head_dim=D, rotary_dim=None):
     return w.view(n_heads, head_dim, -1)[:, order].reshape(n_heads * head_dim, -1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small float64 matmuls: on a shared 2-core machine two torch threads spin against each other
+    (7x slower measured); one thread for this module, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def smol():
     """q/k of every layer in the GGUF (interleaved) order and in the half (transformers) order."""
@@ -72,9 +82,15 @@ def test_gguf_metadata_gives_the_geometry():
 def test_hf_order_is_half_and_gguf_order_is_interleaved(smol):
     gguf_sd, hf_sd = smol
     hf = rk.infer_layout(hf_sd, CONFIG)
-    assert (hf.layout, hf.rotary_dim) == ("half", 64), hf.summary()
+    # half: the pairing (i, i + r/2) names r, from the weights alone
+    assert (hf.layout, hf.rotary_dim, hf.rotary_dim_source) == ("half", 64, "weights"), hf.summary()
+    assert hf.rotary_dim_range == (64, 64) and not hf.contradiction
     gg = rk.infer_layout(gguf_sd, CONFIG)
-    assert (gg.layout, gg.rotary_dim) == ("interleaved", 64), gg.summary()
+    # interleaved: the pairs (2i, 2i+1) are the same for every r; the weights bound it from below
+    # (SmolLM2's slowest pairs carry no signal) and the config's 64 lies inside the bound
+    assert (gg.layout, gg.rotary_dim, gg.rotary_dim_source) == ("interleaved", 64, "config"), gg.summary()
+    lo, hi = gg.rotary_dim_range
+    assert 40 <= lo < 64 and hi == 64 and not gg.contradiction
     # a clear margin both ways, and most layers decide on their own the same way
     for res in (hf, gg):
         assert res.margin >= 8 and res.confidence > 0.99
@@ -83,12 +99,22 @@ def test_hf_order_is_half_and_gguf_order_is_interleaved(smol):
         assert not any(layer.layout not in (res.layout, "unknown") for layer in res.layers)
 
 
+def test_a_config_rotary_dim_the_weights_contradict_is_reported(smol):
+    gguf_sd, hf_sd = smol
+    # half: the weights say 64, the config 32
+    res = rk.infer_layout(hf_sd, CONFIG | {"partial_rotary_factor": 0.5})
+    assert res.rotary_dim == 64 and "rotary_dim=32" in res.contradiction and "CONTRADICTION" in res.summary()
+    # interleaved: the weights show pairs far beyond the config's 16 rotating dims
+    res = rk.infer_layout(gguf_sd, CONFIG | {"partial_rotary_factor": 0.25})
+    assert res.layout == "interleaved" and res.rotary_dim is None and "rotary_dim=16" in res.contradiction
+
+
 def test_the_gguf_file_itself_is_read_with_its_metadata():
     res = rk.infer_layout(GGUF, layers=range(1, 13))
     assert res.layout == "interleaved" and [x.layer for x in res.layers] == list(range(1, 13))
 
 
-def _partial_rotary(sd, config_r=32):
+def _partial_rotary(sd):
     """A partial-rotary checkpoint made of SmolLM2's trained rows: each head's 16 fastest frequency
     pairs become a 32-dim half-layout rotary part; the other 32 dims, scrambled (no pair structure
     left), the pass-through tail."""
@@ -105,17 +131,27 @@ def _partial_rotary(sd, config_r=32):
 def test_partial_rotary_permutation_is_detected_with_its_rotary_dim(smol):
     _, hf_sd = smol
     half = _partial_rotary(hf_sd)
-    config = CONFIG | {"partial_rotary_factor": 0.5}
-    res = rk.infer_layout(half, config)
-    assert (res.layout, res.rotary_dim) == ("half", 32), res.summary()
-    # the rotary part permuted the way a GGUF export of a partial-rotary model does (tail untouched)
+    # from the weights alone: the config says nothing of partial rotary (so rotary_dim 64) ...
+    res = rk.infer_layout(half, CONFIG)
+    assert (res.layout, res.rotary_dim, res.rotary_dim_source) == ("half", 32, "weights"), res.summary()
+    assert "rotary_dim=64" in res.contradiction and "rotary_dim=32" in res.contradiction
+    assert res.candidates[0].rotary_dim == 32 and res.candidates[0].z - res.candidates[1].z >= 4
+    # ... and with the config that says it, no contradiction
+    res = rk.infer_layout(half, CONFIG | {"partial_rotary_factor": 0.5})
+    assert (res.layout, res.rotary_dim, res.contradiction) == ("half", 32, ""), res.summary()
+    # the rotary part permuted the way a GGUF export of a partial-rotary model does (tail untouched):
+    # interleaved, and the weights bound rotary_dim to a range holding 32 (not a number: see the doc)
     inter = {}
+    r_order = torch.cat((torch.stack((torch.arange(16), torch.arange(16, 32)), 1).flatten(), torch.arange(32, 64)))
     for name, w in half.items():
         n = H if "q_proj" in name else KV
-        r_order = torch.cat((torch.stack((torch.arange(16), torch.arange(16, 32)), 1).flatten(), torch.arange(32, 64)))
         inter[name] = w.view(n, D, -1)[:, r_order].reshape(n * D, -1)
-    res = rk.infer_layout(inter, config)
-    assert (res.layout, res.rotary_dim) == ("interleaved", 32), res.summary()
+    res = rk.infer_layout(inter, CONFIG | {"partial_rotary_factor": 0.5})
+    assert (res.layout, res.rotary_dim, res.rotary_dim_source) == ("interleaved", 32, "config"), res.summary()
+    lo, hi = res.rotary_dim_range
+    assert lo <= 32 <= hi and "pairs 16..31 show none" in res.rotary_dim_note
+    res = rk.infer_layout(inter, CONFIG)  # weights alone: no number
+    assert res.layout == "interleaved" and res.rotary_dim_range[0] <= 32 and res.rotary_dim_source == "config"
 
 
 def test_random_init_of_the_same_shape_is_unknown(smol):
@@ -124,7 +160,7 @@ def test_random_init_of_the_same_shape_is_unknown(smol):
     g = torch.Generator().manual_seed(0)
     rand = {name: torch.randn(w.shape, generator=g) * 0.02 for name, w in hf_sd.items()}
     res = rk.infer_layout(rand, CONFIG)
-    assert res.layout == "unknown" and "neither pairing" in res.reason, res.summary()
+    assert (res.layout, res.rotary_dim) == ("unknown", None) and "neither layout" in res.reason, res.summary()
     assert max(res.z.values()) < rk.doctor.infer_layout.MIN_Z
 
 
@@ -274,3 +310,26 @@ def test_layer_diff_names_layer_0_attention_for_the_wrong_layout(smol_state_dict
         # the right layout: no module diverges (fp32 in another order); the wrong one: layer 0's attention
         assert rep.first_divergence == first, str(rep)
     assert rep.rows[0].name == "model.embed_tokens" and rep.rows[0].out_err == 0.0
+
+
+def test_doctor_gguf_compares_the_metadata_with_what_transformers_gguf_loader_runs():
+    """The RoPE the GGUF metadata states against the one transformers runs for the config its gguf
+    loader makes from that metadata (measured through transformers' modeling code, no tensors read);
+    a deliberately wrong metadata base is a disagreement naming the base."""
+    pytest.importorskip("transformers")
+    from ropekit.doctor.checkpoint_report import CheckpointReport, Reading, compare_readings, doctor_checkpoint
+    from ropekit.doctor.framework_readings import gguf_metadata_spec, gguf_transformers_config
+    from ropekit.doctor.installed_transformers import transformers_rope_fn
+    from ropekit.doctor.weights import gguf_metadata
+
+    rep = doctor_checkpoint(GGUF, weights=False)
+    stated, hf = rep.readings
+    assert stated.framework == "GGUF metadata" and stated.spec.describe() == "half r=64/64 base=100000"
+    assert hf.framework.endswith("(gguf loader)") and hf.spec is not None and hf.spec.base == 1e5, hf.text
+    assert rep.problems == [], [f.text for f in rep.problems]
+    meta = dict(gguf_metadata(GGUF)) | {"llama.rope.freq_base": 10000.0}
+    fn, _, _ = transformers_rope_fn(gguf_transformers_config(GGUF))
+    out = CheckpointReport(GGUF)
+    compare_readings(out, Reading("GGUF metadata", gguf_metadata_spec(meta), ""), hf, fn, 2**16)
+    [finding] = out.findings
+    assert finding.kind == "disagreement" and "base" in finding.text, finding.text

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ropekit as rk
+import tiny_models as tm
 
 transformers = pytest.importorskip("transformers")
 
@@ -14,16 +15,8 @@ transformers = pytest.importorskip("transformers")
 def test_backends_match_transformers_llama(backend):
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(
-        hidden_size=320,
-        num_attention_heads=5,
-        num_key_value_heads=1,
-        head_dim=64,
-        rope_theta=500000.0,
-        max_position_embeddings=4096,
-    )
+    heads = dict(hidden_size=320, num_attention_heads=5, num_key_value_heads=1, head_dim=64)
+    config = tm.config_for("llama", **heads, rope_theta=500000.0, max_position_embeddings=4096)
     g = torch.Generator().manual_seed(11)
     q = torch.randn(2, 5, 7, 64, generator=g)  # bhsd, odd head count
     k = torch.randn(2, 1, 7, 64, generator=g)

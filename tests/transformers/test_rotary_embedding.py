@@ -4,25 +4,17 @@ import pytest
 import torch
 
 import ropekit as rk
+import tiny_models as tm
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding  # noqa: E402
 
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 
 
 def _llama_config(**rope):
     rope = {"rope_type": "default", "rope_theta": 10000.0, **rope}
-    return LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        rope_parameters=rope,
-    )
+    return tm.config_for("llama", max_position_embeddings=128, rope_parameters=rope)
 
 
 def _spec(cfg):

@@ -6,6 +6,9 @@ import re
 import signal
 import sys
 
+from ..layouts import LAYOUTS  # every layout name and alias the library accepts
+from .arguments import add_command, add_switches
+
 #: convert()'s parameter names -> this command's operands and flags (library errors name parameters)
 _FLAGS = {
     "src_layout": "--src-layout",
@@ -52,10 +55,10 @@ EXAMPLES = """examples:
 
 
 def register(subparsers) -> None:
-    import argparse
-
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "convert",
+        run,
         help="convert a checkpoint between RoPE layouts (half/interleaved) and formats (hf/meta)",
         description=(
             "Convert a checkpoint between q/k layouts and formats. Tensors RoPE does not touch are copied "
@@ -63,11 +66,10 @@ def register(subparsers) -> None:
             "atomically (a hidden sibling renamed at the end); SRC is only read."
         ),
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", help="transformers dir, Meta dir (params.json + consolidated.*.pth) or state-dict file")
     p.add_argument("dst", help="output path (must not exist unless --force; not inside SRC)")
-    p.add_argument("--layout", choices=["half", "interleaved", "neox", "gptj"], help="q/k layout of DST")
+    p.add_argument("--layout", choices=list(LAYOUTS), help="q/k layout of DST")
     p.add_argument("--to", choices=["hf", "meta"], help="format of DST (default: SRC's)")
     p.add_argument(
         "--inv-freq",
@@ -78,22 +80,22 @@ def register(subparsers) -> None:
     )
     p.add_argument("--spec", help="RopeSpec JSON (ropekit spec --json) for --inv-freq add/verify and --verify")
     p.add_argument("--config", help="config.json / params.json with the head counts of a state-dict SRC")
-    p.add_argument(
-        "--src-layout", choices=["half", "interleaved", "neox", "gptj"], help="q/k layout of a state-dict SRC"
-    )
-    p.add_argument(
-        "--verify", action="store_true", help="after writing, compare attention scores q.k per layer of SRC and DST"
-    )
+    p.add_argument("--src-layout", choices=list(LAYOUTS), help="q/k layout of a state-dict SRC")
     p.add_argument(
         "--meta-generation",
         choices=["llama2", "llama3"],
         help="with --to meta: the Meta code params.json is written for (llama2: no rope_theta key; "
         "default: the generation the source's RoPE belongs to)",
     )
-    p.add_argument("--force", action="store_true", help="replace an existing DST (atomically)")
-    p.add_argument("--dry-run", action="store_true", help="print which tensors would change; write nothing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    add_switches(
+        p,
+        {
+            "--verify": "after writing, compare attention scores q.k per layer of SRC and DST",
+            "--force": "replace an existing DST (atomically)",
+            "--dry-run": "print which tensors would change; write nothing",
+            "--no-progress": "no progress bar",
+        },
+    )
 
 
 def _raise_interrupt(signum, frame):

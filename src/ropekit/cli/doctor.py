@@ -7,11 +7,13 @@
 
 A and B are ``package.module:function`` (a ``fn(x[n, head_dim], positions[n])``; its head_dim
 from ``--head-dim``, its ``head_dim`` attribute, or the other operand), ``zoo:NAME``, a catalog name
-(``ropekit spec --catalog``), a config path, a model directory or a GGUF file.  One checkpoint: the
-RoPE each framework installed here would run for it (ropekit's reading, the installed transformers
-measured from its own modeling code), markers, stored inv_freq, ignored keys, the layout in its
-trained q/k weights, every disagreement with its fix.  Two checkpoints with weights: per layer and
-q/k tensor, whether B's rows are A's rows permuted, and by which ``permute_qk`` call.
+(``ropekit spec --catalog``), a config path, a model directory (transformers, Meta, LitGPT) or a
+GGUF file.  One checkpoint: the RoPE each framework installed here would run for it (ropekit's
+reading; the installed transformers and LitGPT measured through their own code; for GGUF, the
+metadata's RoPE against transformers' gguf loader), markers, stored inv_freq, ignored keys, the
+layout and rotary_dim in its trained q/k weights (fused q/k/v split by the family's row order),
+every disagreement with its fix.  Two checkpoints with weights: per layer and q/k tensor, whether
+B's rows are A's rows permuted, and by which ``permute_qk`` call.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ EXAMPLE = """examples:
   ropekit doctor mypkg.rope:apply_rope zoo:hf_rotate_half --head-dim 128 --dtype bfloat16
   ropekit doctor path/to/llama/config.json mypkg.rope:apply_rope --json
   ropekit doctor path/to/model                     # a checkpoint: every framework's RoPE, disagreements, fixes
+  ropekit doctor path/to/meta-or-litgpt-dir --json # Meta (params.json) and LitGPT (model_config.yaml) dirs too
   ropekit doctor model.gguf path/to/hf-model       # two checkpoints: the q/k row permutation between them
   ropekit doctor Llama-3.1-8B
 
@@ -200,9 +203,9 @@ def is_checkpoint(arg: str) -> bool:
 
 
 def has_weights(arg: str) -> bool:
-    from ..doctor.weights import is_gguf
+    from ..doctor.weights import has_qk_weights
 
-    return is_gguf(arg) or (os.path.isdir(arg) and any(f.endswith(".safetensors") for f in os.listdir(arg)))
+    return has_qk_weights(arg)
 
 
 def checkpoint_command(args) -> int:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
+from .arguments import add_command, add_config_reading
 
 KINDS = ("wavelengths", "error")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "plot",
+        run,
         help="pictures: wavelengths per pair per scaling, cos/sin table error vs position",
         description=(
             "Draw the wavelength of every rotating pair (log scale), or the float32 cos/sin table error "
@@ -20,15 +22,12 @@ def register(subparsers) -> None:
             "examples:\n  ropekit plot wavelengths Llama-2-7B Llama-3.1-8B Phi-3.5-mini-instruct -o wl.png\n"
             "  ropekit plot error Llama-3.1-8B --max-position 16777216 -o err.png"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("kind", choices=KINDS, help="which picture")
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="config files, model directories or catalog names")
     p.add_argument("-o", "--output", required=True, help="image file to write (png, svg, pdf)")
-    p.add_argument("--layer-type", default=None, help="for per-layer-type configs (e.g. sliding_attention)")
-    p.add_argument("--layout", default=None, help="half|interleaved, for families whose config does not say it")
+    add_config_reading(p)
     p.add_argument("--max-position", type=int, default=2**24, help="error plot: last position (default 2**24)")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -8,10 +8,14 @@ import os
 import sys
 import warnings
 
+from .arguments import add_command, add_config_reading
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "spec",
+        run,
         help="print the normalized RoPE spec of a config (or of the built-in catalog)",
         description=(
             "Print the normalized RoPE spec of a config.json / params.json / LitGPT model_config.yaml / "
@@ -23,12 +27,10 @@ def register(subparsers) -> None:
             "  ropekit spec config.json --transformers-version 4.38.1\n"
             "  ropekit spec config.json --to both -o config.both.json   # keys 4.x and 5.x both read"
         ),
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="config file, model directory, or catalog name")
     p.add_argument("--catalog", action="store_true", help="print the spec table of every built-in real-world config")
-    p.add_argument("--layer-type", default=None, help="for per-layer-type configs (e.g. sliding_attention)")
-    p.add_argument("--layout", default=None, help="half|interleaved, for families whose config does not say it")
+    add_config_reading(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--markdown", action="store_true", help="with --catalog: a markdown table")
     p.add_argument(
@@ -44,7 +46,6 @@ def register(subparsers) -> None:
         "or both; needs -o",
     )
     p.add_argument("-o", "--output", default=None, help="with --to: the file to write (never the input)")
-    p.set_defaults(func=run)
 
 
 def resolve_config(name: str):

@@ -185,25 +185,11 @@ def convert(
     """
     log = log or (lambda line: print(line, file=sys.stderr))
     t0 = time.perf_counter()
-    src, dst = Path(src), Path(dst)
-    if not (src.exists() or src.is_symlink()):
-        raise FileNotFoundError(f"src={str(src)!r} does not exist")
-    from .source import check_tree
-
-    check_tree(src)
-    check_paths(src, dst)
-    if not dry_run:  # a run killed between two renames left the old DST aside: put it back first
-        try:
-            for line in clean_stale(dst):
-                log(line)
-        except OSError as exc:
-            raise RopeCheckpointError(f"dst={str(dst)!r}: cannot clean up {exc.filename}: {exc.strerror}") from None
-    check_free(dst, force or dry_run)  # a dry run writes nothing: an existing DST is only reported
+    src, dst = _guard_paths(Path(src), Path(dst), force=force, dry_run=dry_run, log=log)
     ckpt = open_checkpoint(src, config=config, layout=src_layout)
     dst_fmt, dst_layout = target(ckpt, layout, to)
-    need_spec = inv_freq in ("add", "verify")
     _check_dependencies(inv_freq, verify and not dry_run)
-    the_spec = spec_for(ckpt, spec, f"inv_freq={inv_freq!r}") if need_spec else None
+    the_spec = spec_for(ckpt, spec, f"inv_freq={inv_freq!r}") if inv_freq in ("add", "verify") else None
     the_plan = plan(ckpt, dst_fmt, dst_layout, inv_freq, the_spec, meta_generation)
     if getattr(ckpt, "layout_guessed", False) and dst_layout != ckpt.layout:
         log(f"source layout: {ckpt.layout} (from the tensor names; pass src_layout= to say otherwise)")
@@ -219,18 +205,40 @@ def convert(
     options["meta_generation"] = meta_generation
     _write(ckpt, dst, dst_fmt, dst_layout, the_plan, report, options)
     report.seconds = time.perf_counter() - t0
+    _log_summary(report, log)
+    if verify:
+        _verify_output(ckpt, dst, spec, the_spec, config, the_plan, report, log)
+    return report
+
+
+def _guard_paths(src: Path, dst: Path, *, force: bool, dry_run: bool, log) -> tuple[Path, Path]:
+    """Refuse before any checkpoint byte is read: a missing SRC, links or special files in SRC, a DST
+    that overlaps SRC, an existing DST without force=True (after finishing what a killed run left)."""
+    if not (src.exists() or src.is_symlink()):
+        raise FileNotFoundError(f"src={str(src)!r} does not exist")
+    from .source import check_tree
+
+    check_tree(src)
+    check_paths(src, dst)
+    if not dry_run:  # a run killed between two renames left the old DST aside: put it back first
+        try:
+            for line in clean_stale(dst):
+                log(line)
+        except OSError as exc:
+            raise RopeCheckpointError(f"dst={str(dst)!r}: cannot clean up {exc.filename}: {exc.strerror}") from None
+    check_free(dst, force or dry_run)  # a dry run writes nothing: an existing DST is only reported
+    return src, dst
+
+
+def _log_summary(report: ConvertReport, log) -> None:
+    """What the conversion did, for the log: its notes, then one line of counts, bytes and time."""
     for note in report.notes:
         log(note)
     log(
-        f"converted {ckpt.fmt} ({ckpt.layout}) -> {dst_fmt} ({dst_layout}): {report.permuted} permuted, "
-        f"{report.copied} copied, {report.added} added, {report.dropped} dropped; "
+        f"converted {report.src_format} ({report.src_layout}) -> {report.dst_format} ({report.dst_layout}): "
+        f"{report.permuted} permuted, {report.copied} copied, {report.added} added, {report.dropped} dropped; "
         f"{report.bytes_written / 2**20:.1f} MiB in {report.seconds:.2f} s"
     )
-    if verify:
-        copies = [(s.src, s.dst) for s in the_plan.steps() if s.action == "copy"]
-        file_layout = dst_layout if dst_fmt == "state_dict" else None
-        _verify_output(ckpt, dst, spec, the_spec, config, file_layout, copies, report, log)
-    return report
 
 
 def _verify_stored_frequencies(ckpt, spec, report, log) -> None:
@@ -244,8 +252,12 @@ def _verify_stored_frequencies(ckpt, spec, report, log) -> None:
         log("inv_freq verify: the checkpoint stores no inv_freq tensors; nothing to check")
 
 
-def _verify_output(ckpt, dst: Path, spec, the_spec, config, file_layout, copies, report, log) -> None:
+def _verify_output(ckpt, dst: Path, spec, the_spec, config, the_plan: Plan, report, log) -> None:
+    """verify=True: re-read DST independently and compare its attention scores with SRC's."""
     from .verify import check_conversion
+
+    copies = [(s.src, s.dst) for s in the_plan.steps() if s.action == "copy"]
+    file_layout = report.dst_layout if report.dst_format == "state_dict" else None
 
     spec_v = the_spec
     if spec_v is None:
@@ -255,13 +267,15 @@ def _verify_output(ckpt, dst: Path, spec, the_spec, config, file_layout, copies,
             g = ckpt.geometry
             spec_v = RopeSpec(head_dim=g.head_dim, rotary_dim=g.rotary_dim)
             log(
-                f"verify: no model spec ({str(exc).split(';')[0]}); using base 10000 for the check (layout errors show with any frequencies)"
+                f"verify: no model spec ({str(exc).split(';')[0]}); using base 10000 for the check "
+                "(layout errors show with any frequencies)"
             )
     explicit = spec is not None
     max_abs, max_rel, per_layer = check_conversion(ckpt, dst, spec_v, config, file_layout, explicit, copies)
     report.verify_max_abs, report.verify_max_rel = max_abs, max_rel
     log(
-        f"verify: attention scores q.k on random inputs, {len(per_layer)} layer(s): max |diff| {max_abs:.3e} (relative {max_rel:.3e})"
+        f"verify: attention scores q.k on random inputs, {len(per_layer)} layer(s): "
+        f"max |diff| {max_abs:.3e} (relative {max_rel:.3e})"
     )
     if max_rel > 1e-9:
         worst = max(per_layer, key=lambda kv: kv[1])

@@ -75,8 +75,11 @@ def compare_scores(a: Checkpoint, b: Checkpoint, spec: RopeSpec, tokens: int = 1
         if set(qa) != set(qb):
             raise RopeCheckpointError(f"layer {layer}: {a.path} has {sorted(qa)} but {b.path} has {sorted(qb)}")
         x = torch.randn(tokens, qa["wq"].shape[1], generator=gen, dtype=torch.float64)
-        sa = scores(qa, x, cos, sin, a.layout, g.n_heads, g.n_kv_heads, g.head_dim)
-        sb = scores(qb, x, cos_b, sin_b, b.layout, g.n_heads, g.n_kv_heads, g.head_dim)
+        # k's heads as stored: GPT-NeoX's fused qkv holds one k head per q head whatever a
+        # num_key_value_heads key in its config says (transformers ignores that key there too)
+        n_kv = qa["wk"].shape[0] // g.head_dim
+        sa = scores(qa, x, cos, sin, a.layout, g.n_heads, n_kv, g.head_dim)
+        sb = scores(qb, x, cos_b, sin_b, b.layout, g.n_heads, n_kv, g.head_dim)
         diff = (sa - sb).abs().max().item()
         per_layer.append((layer, diff))
         worst_abs = max(worst_abs, diff)

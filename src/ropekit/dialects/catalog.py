@@ -130,6 +130,30 @@ _PHI35_SHORT = [
     2.8399994373321533,
 ]
 
+
+def _deepseek_mla(model_type: str, hidden_size: int, heads: int, mscale: float) -> dict[str, Any]:
+    """A DeepSeek-V2/V3 config: both rotate 64 of each MLA head's dims with the same yarn block, and
+    differ (for RoPE) only in width, head count and the yarn mscale (= mscale_all_dim)."""
+    return {
+        "model_type": model_type,
+        "hidden_size": hidden_size,
+        "num_attention_heads": heads,
+        "qk_rope_head_dim": 64,
+        "qk_nope_head_dim": 128,
+        "max_position_embeddings": 163840,
+        "rope_theta": 10000,
+        "rope_scaling": {
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "factor": 40,
+            "mscale": mscale,
+            "mscale_all_dim": mscale,
+            "original_max_position_embeddings": 4096,
+            "type": "yarn",
+        },
+    }
+
+
 #: name -> the RoPE-relevant part of that checkpoint's config file
 CATALOG: dict[str, dict[str, Any]] = {
     "Llama-2-7B": {
@@ -263,42 +287,8 @@ CATALOG: dict[str, dict[str, Any]] = {
             "sliding_window": 1024,
         },
     },
-    "DeepSeek-V3": {
-        "model_type": "deepseek_v3",
-        "hidden_size": 7168,
-        "num_attention_heads": 128,
-        "qk_rope_head_dim": 64,
-        "qk_nope_head_dim": 128,
-        "max_position_embeddings": 163840,
-        "rope_theta": 10000,
-        "rope_scaling": {
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "factor": 40,
-            "mscale": 1.0,
-            "mscale_all_dim": 1.0,
-            "original_max_position_embeddings": 4096,
-            "type": "yarn",
-        },
-    },
-    "DeepSeek-V2-Lite": {
-        "model_type": "deepseek_v2",
-        "hidden_size": 2048,
-        "num_attention_heads": 16,
-        "qk_rope_head_dim": 64,
-        "qk_nope_head_dim": 128,
-        "max_position_embeddings": 163840,
-        "rope_theta": 10000,
-        "rope_scaling": {
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "factor": 40,
-            "mscale": 0.707,
-            "mscale_all_dim": 0.707,
-            "original_max_position_embeddings": 4096,
-            "type": "yarn",
-        },
-    },
+    "DeepSeek-V3": _deepseek_mla("deepseek_v3", hidden_size=7168, heads=128, mscale=1.0),
+    "DeepSeek-V2-Lite": _deepseek_mla("deepseek_v2", hidden_size=2048, heads=16, mscale=0.707),
     "Command-R-v01": {
         "model_type": "cohere",
         "hidden_size": 8192,

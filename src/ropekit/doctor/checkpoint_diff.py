@@ -121,7 +121,7 @@ def diff_checkpoints(a, b, geometry: Geometry, *, layers=None) -> CheckpointDiff
     """Compare two checkpoints of one model (state dicts, model directories or GGUF files) q/k tensor
     by q/k tensor.  Returns a :class:`CheckpointDiff`."""
     out = CheckpointDiff()
-    layers_a, layers_b = list(qk_layers(a, layers)), list(qk_layers(b, layers))
+    layers_a, layers_b = list(qk_layers(a, layers, geometry)), list(qk_layers(b, layers, geometry))
     if len(layers_a) != len(layers_b):
         raise RopeCheckpointError(
             f"A has {len(layers_a)} layers with q/k projections, B has {len(layers_b)}: not two checkpoints of one model"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import MissingDependencyError, RopeError
-from .weights import is_gguf, read_json
+from .weights import has_qk_weights, is_gguf, read_json
 
 __all__ = ["Finding", "Reading", "CheckpointReport", "doctor_checkpoint"]
 
@@ -71,23 +71,33 @@ def _ropekit_reading(path: str) -> Reading:
     return Reading("ropekit", spec, spec.describe())
 
 
-def _transformers_reading(path: str, max_position: int):
-    """(Reading, fn) of the installed transformers, or (Reading without spec, None)."""
-    from .installed_transformers import transformers_rope_fn
+def _measured_reading(framework: str, build, source, max_position: int):
+    """(Reading, fn) of a framework measured through its own code: ``build(source)`` gives
+    ``(fn, head_dim, version)``; (Reading without spec, None) when it is missing or refuses."""
     from .probe import fingerprint
 
     try:
-        fn, head_dim, version = transformers_rope_fn(path)
+        fn, head_dim, version = build(source)
     except MissingDependencyError:
-        return Reading("transformers", None, "not installed"), None
+        return Reading(framework, None, "not installed"), None
     except RopeError as exc:
-        return Reading("transformers", None, f"cannot build: {exc}"), None
+        return Reading(framework, None, f"cannot build: {exc}"), None
     fp = fingerprint(fn, head_dim, max_position=max_position)
-    name = f"transformers {version}"
-    return Reading(name, fp.spec, fp.summary() if fp.spec is not None else f"no RoPE: {fp.reason}"), fn
+    text = fp.summary() if fp.spec is not None else f"no RoPE: {fp.reason}"
+    return Reading(f"{framework} {version}", fp.spec, text), fn
 
 
-def _compare_readings(report: CheckpointReport, ropekit: Reading, hf: Reading, hf_fn, max_position: int) -> None:
+def _transformers_reading(path: str, max_position: int):
+    """(Reading, fn) of the installed transformers, or (Reading without spec, None)."""
+    from .installed_transformers import transformers_rope_fn
+
+    return _measured_reading("transformers", transformers_rope_fn, path, max_position)
+
+
+def compare_readings(
+    report: CheckpointReport, ropekit: Reading, hf: Reading, hf_fn, max_position: int, *, what: str = "ropekit"
+) -> None:
+    """A finding when framework ``hf`` (measured as ``hf_fn``) and the spec ``ropekit`` part."""
     from .comparison import compare
     from .verification import spec_rope_fn
 
@@ -98,16 +108,32 @@ def _compare_readings(report: CheckpointReport, ropekit: Reading, hf: Reading, h
         spec_rope_fn(ropekit.spec, precision="hf"),
         ropekit.spec.head_dim,
         max_position=max_position,
-        names=(hf.framework, "ropekit"),
+        names=(hf.framework, what),
     )
-    if not rep.equivalent:
-        report.findings.append(
-            Finding(
-                "disagreement",
-                f"{hf.framework} and ropekit compute different RoPEs for this config: {rep.explanation}",
-                rep.fix,
-            )
+    if rep.equivalent:
+        return
+    if _same_frequencies(hf.spec, ropekit.spec):
+        text = (
+            f"{hf.framework} and {what} describe the same RoPE (frequencies equal to 1e-6) but their float32 "
+            f"tables differ by up to {rep.max_abs_err:.2g} over positions 0..{max_position}: the arithmetic, "
+            "not the RoPE"
         )
+        fix = f"none for the RoPE's meaning; to reproduce {hf.framework} bit for bit, run it with {hf.framework}"
+        report.findings.append(Finding("precision", text, fix, problem=False))
+        return
+    text = f"{hf.framework} and {what} compute different RoPEs for this config: {rep.explanation}"
+    fix = rep.fix
+    report.findings.append(Finding("disagreement", text, fix))
+
+
+def _same_frequencies(a, b) -> bool:
+    """Same rotating dims, layout and inverse frequencies (relative 1e-6) and attention factor."""
+    from ..frequencies import inv_freq
+
+    if (a.head_dim, a.rotary_dim, a.layout) != (b.head_dim, b.rotary_dim, b.layout):
+        return False
+    (fa, aa), (fb, ab) = inv_freq(a), inv_freq(b)
+    return bool(((fa - fb).abs() <= 1e-6 * fb.abs()).all()) and abs(aa - ab) <= 1e-6 * abs(ab)
 
 
 def _config_findings(report: CheckpointReport, cfg: dict, hf: Reading) -> None:
@@ -180,7 +206,7 @@ def _layout_finding(report: CheckpointReport, path: str, cfg_source, spec) -> No
     if res.layout == "unknown":
         text = f"the q/k weights show no layout: {res.reason}"
     else:
-        text = f"the trained q/k weights are in the {res.layout} layout ({res.summary()})"
+        text = f"the trained q/k weights: {res.summary()}"
     problem = res.layout not in ("unknown", expected)
     fix = None
     if problem:
@@ -190,6 +216,43 @@ def _layout_finding(report: CheckpointReport, path: str, cfg_source, spec) -> No
             f"(ropekit_layout)"
         )
     report.findings.append(Finding("layout", text, fix, problem=problem))
+    if res.contradiction:
+        report.findings.append(
+            Finding(
+                "rotary_dim",
+                f"the trained q/k weights contradict the config: {res.contradiction} ({res.rotary_dim_note})",
+                "check partial_rotary_factor / rotary_dim in the config against how the model was trained",
+            )
+        )
+
+
+def _litgpt_reading(path: str, max_position: int):
+    """(Reading, fn) of the installed LitGPT for a LitGPT directory (``framework_readings``)."""
+    from .framework_readings import litgpt_rope_fn
+
+    return _measured_reading("litgpt", litgpt_rope_fn, path, max_position)
+
+
+def _gguf_report(report: CheckpointReport, path: str, max_position: int, weights: bool) -> None:
+    """A GGUF file: the RoPE its metadata states, the one transformers' gguf loader runs for it."""
+    from .framework_readings import gguf_metadata_spec, gguf_transformers_config
+    from .installed_transformers import transformers_rope_fn
+    from .weights import gguf_metadata
+
+    try:
+        spec = gguf_metadata_spec(gguf_metadata(path))
+        stated = Reading("GGUF metadata", spec, spec.describe() + " (llama.cpp rotates its stored rows interleaved)")
+    except RopeError as exc:
+        stated = Reading("GGUF metadata", None, f"cannot read: {exc}")
+    report.readings.append(stated)
+    hf, fn = _measured_reading(
+        "transformers", lambda p: transformers_rope_fn(gguf_transformers_config(p)), path, max_position
+    )
+    hf.framework += " (gguf loader)"
+    report.readings.append(hf)
+    compare_readings(report, stated, hf, fn, max_position, what="the GGUF metadata")
+    if weights:
+        _layout_finding(report, path, None, None)
 
 
 def doctor_checkpoint(path, *, max_position: int = 2**16, weights: bool = True) -> CheckpointReport:
@@ -197,13 +260,7 @@ def doctor_checkpoint(path, *, max_position: int = 2**16, weights: bool = True) 
     path = os.fspath(path)
     report = CheckpointReport(path)
     if is_gguf(path):
-        from .weights import geometry_of
-
-        g = geometry_of(path)
-        text = f"rotary_dim={g.rotary_dim}/{g.head_dim} base={g.base:g} context={g.context} (llama.cpp rotates)"
-        report.readings.append(Reading("GGUF metadata", None, text))
-        if weights:
-            _layout_finding(report, path, None, None)
+        _gguf_report(report, path, max_position, weights)
         return report
     cfg_path = os.path.join(path, "config.json") if os.path.isdir(path) else path
     ropekit = _ropekit_reading(path)
@@ -212,10 +269,14 @@ def doctor_checkpoint(path, *, max_position: int = 2**16, weights: bool = True) 
     if "model_type" in cfg:
         hf, hf_fn = _transformers_reading(cfg_path, max_position)
         report.readings.append(hf)
-        _compare_readings(report, ropekit, hf, hf_fn, max_position)
+        compare_readings(report, ropekit, hf, hf_fn, max_position)
         _config_findings(report, cfg, hf)
+    if os.path.isfile(os.path.join(path, "model_config.yaml")):
+        lit, lit_fn = _litgpt_reading(path, max_position)
+        report.readings.append(lit)
+        compare_readings(report, ropekit, lit, lit_fn, max_position)
     if os.path.isdir(path) and ropekit.spec is not None:
         _inv_freq_findings(report, path, ropekit.spec)
-        if weights and any(f.endswith(".safetensors") for f in os.listdir(path)):
+        if weights and has_qk_weights(path):
             _layout_finding(report, path, path, ropekit.spec)
     return report

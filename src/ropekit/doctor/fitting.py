@@ -17,6 +17,7 @@ two precision bugs (frequencies or angles rounded to bf16/fp16) before a longrop
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -150,16 +151,34 @@ def low_precision_fit(theta, theta_coarse, C, S, pos, offset, direction, r, D, l
 # ---------------------------------------------------------------------------------------------
 
 
-def candidates(theta: torch.Tensor, r: int, head_dim: int, layout: str, af: float, last_p: float, eps: float):
-    """Yield (spec, family, notes), simplest first."""
+@dataclass(frozen=True)
+class _Fit:
+    """What every stage of ``candidates`` reads: the measured frequencies and their precision."""
+
+    theta: torch.Tensor  # measured inverse frequencies, one per pair
+    x: torch.Tensor  # exponents 2i / r
+    ell: torch.Tensor  # -log theta
+    sigma: float  # absolute precision of each theta: angle noise over the longest probed position
+    usable: torch.Tensor  # pairs measured well above their noise
+    af: float  # measured attention factor
+    af_cands: list  # attention factors to try (None: the spec's own)
+    af_spec: float | None
+    eps: float
+    r: int
+
+
+def _measurements(theta, r, af, last_p, eps) -> _Fit:
     n = theta.numel()
-    x = torch.arange(n, dtype=torch.float64) * 2 / r  # exponents 2i / r
-    # precision of each theta (absolute): angle noise over the longest probed position
+    x = torch.arange(n, dtype=torch.float64) * 2 / r
     sigma = (4 * eps + 1e-12) / last_p
-    ell = -torch.log(theta.clamp_min(1e-300))
-    usable = theta > 8 * sigma
     af_spec = None if abs(af - 1.0) <= 2 * eps else af
     af_cands = [None] if af_spec is None else [float(c) for c in nice(af)]
+    ell = -torch.log(theta.clamp_min(1e-300))
+    return _Fit(theta, x, ell, sigma, theta > 8 * sigma, af, af_cands, af_spec, eps, r)
+
+
+def _spec_maker(head_dim: int, r: int, layout: str):
+    """spec(base, scaling, attention) -> RopeSpec, or None where the fields are not a valid spec."""
 
     def spec(base, scaling=None, attention=None):
         try:
@@ -169,74 +188,91 @@ def candidates(theta: torch.Tensor, r: int, head_dim: int, layout: str, af: floa
         except RopeError:
             return None
 
-    # plain: theta_0 = 1 and log theta linear in x through the origin
-    w = (theta / sigma).clamp_max(1e12) * usable
-    if n == 1:
-        return
-    if usable[1:].any():
-        L = (w[1:] * x[1:] * ell[1:]).sum() / (w[1:] * x[1:] ** 2).sum()
-        base_plain = math.exp(L.item())
-    else:
-        base_plain = None
-    # prefix fit (pairs that keep their frequency: llama3 / yarn high-frequency band)
-    base_prefix, prefix = _prefix_base(theta, x, ell, sigma)
+    return spec
 
-    def emit(s, family, notes=()):
-        return (s, family, list(notes)) if s is not None else None
 
+def _plain_and_linear(spec, f: _Fit) -> list:
+    """plain (theta_0 = 1, log theta linear in x through the origin) and linear (theta = base^-x / factor)."""
+    theta, x, ell, usable = f.theta, f.x, f.ell, f.usable
+    w = (theta / f.sigma).clamp_max(1e12) * usable
     out = []
-    if base_plain and abs(theta[0].item() - 1) <= 16 * sigma:
-        for bc in nice(base_plain):
-            for ac in af_cands:
-                out.append(emit(spec(bc, None, ac), "plain"))
-    # linear: theta = base^-x / factor
-    if usable.sum() >= 2 and theta[0].item() < 1 - 16 * sigma:
+    if usable[1:].any() and abs(theta[0].item() - 1) <= 16 * f.sigma:
+        base_plain = math.exp(((w[1:] * x[1:] * ell[1:]).sum() / (w[1:] * x[1:] ** 2).sum()).item())
+        out += [(spec(bc, None, ac), "plain") for bc in nice(base_plain) for ac in f.af_cands]
+    if usable.sum() >= 2 and theta[0].item() < 1 - 16 * f.sigma:
         A = torch.stack((torch.ones_like(x), x), 1)[usable]
         sol = torch.linalg.lstsq(A * w[usable, None], (ell * w)[usable, None]).solution.flatten()
         factor, base_lin = math.exp(sol[0].item()), math.exp(sol[1].item())
         for bc in nice(base_lin)[:6]:
             for fc in nice(factor)[:6]:
-                for ac in af_cands:
-                    out.append(emit(spec(bc, Linear(factor=fc) if fc >= 1 else None, ac), "linear"))
-    out = [o for o in out if o is not None]
-    yield from out
-    if base_prefix is None:
-        # no unscaled leading pairs (LitGPT's mirrored yarn divides pair 0): per-pair divisors over
-        # the base the slowest pairs follow, when they keep their frequency
-        if n >= 3 and theta[-1].item() > 8 * sigma and theta[-2].item() > 8 * sigma:
-            suffix = math.exp(((ell[-1] - ell[-2]) / (x[-1] - x[-2])).item())
-            yield from _longrope_like(spec, nice(suffix)[0], x, theta, af_spec)
-        return
-    # bases that reproduce the unscaled leading pairs to their precision, shortest first
+                out += [(spec(bc, Linear(factor=fc) if fc >= 1 else None, ac), "linear") for ac in f.af_cands]
+    return [(s, family, []) for s, family in out if s is not None]
+
+
+def _prefix_bases(f: _Fit, base_prefix: float, prefix: int) -> list[float]:
+    """Bases that reproduce the unscaled leading pairs to their precision, shortest first."""
+    theta, x = f.theta[:prefix], f.x[:prefix]
     bases = [
         bc
         for bc in nice(base_prefix)
-        if ((torch.pow(bc, -x[:prefix]) - theta[:prefix]).abs() <= 16 * sigma + 4 * _F32_EPS * theta[:prefix]).all()
+        if ((torch.pow(bc, -x) - theta).abs() <= 16 * f.sigma + 4 * _F32_EPS * theta).all()
     ]
-    bases = bases or [base_prefix]
+    return bases or [base_prefix]
+
+
+def _scaled(spec, f: _Fit, base: float):
+    """llama3 and yarn candidates over ``base``: the factor from the fully scaled pairs (or, for a yarn
+    ramp that ends before any pair is fully scaled, from yarn's default attention factor)."""
+    inv0 = torch.pow(base, -f.x)
+    rho = f.theta / inv0
+    fac = _tail_factor(rho, f.theta, f.sigma)
+    factors = nice(fac)[:6] if fac > 1 + 1e-6 else []
+    yarn_only = []
+    if f.af > 1 + 2 * f.eps:
+        # af is measured to ~eps, so f = exp(10 (af - 1)) only to ~10 eps relative
+        implied = nice(math.exp((f.af - 1) / 0.1), rel_tol=max(1e-3, 20 * f.eps * f.af))
+        yarn_only = [c for c in implied[:6] if c > 1 and c not in factors]
+    for fc in factors + yarn_only:
+        g = (rho - 1.0 / fc) / (1 - 1.0 / fc)
+        # a pair is inside the blend band only if it is there beyond its own measurement noise
+        noise = (8 * f.sigma / f.theta.clamp_min(1e-300)) * rho / (1 - 1.0 / fc)
+        band = (g > noise.clamp_min(1e-4)) & (g < 1 - noise.clamp_min(1e-4)) & f.usable
+        if fc in factors:
+            yield from _llama3_candidates(spec, base, fc, g, band, inv0, f.af_cands)
+        yield from _yarn_candidates(spec, base, fc, g, band, f.r, f.af, f.af_cands, 2 * f.eps * max(1.0, f.af))
+
+
+def candidates(theta: torch.Tensor, r: int, head_dim: int, layout: str, af: float, last_p: float, eps: float):
+    """Yield (spec, family, notes), simplest first."""
+    if theta.numel() == 1:
+        return
+    f = _measurements(theta, r, af, last_p, eps)
+    spec = _spec_maker(head_dim, r, layout)
+    yield from _plain_and_linear(spec, f)
+    # prefix fit (pairs that keep their frequency: llama3 / yarn high-frequency band)
+    base_prefix, prefix = _prefix_base(theta, f.x, f.ell, f.sigma)
+    if base_prefix is None:
+        # no unscaled leading pairs (LitGPT's mirrored yarn divides pair 0): per-pair divisors over
+        # the base the slowest pairs follow, when they keep their frequency
+        n = theta.numel()
+        if n >= 3 and theta[-1].item() > 8 * f.sigma and theta[-2].item() > 8 * f.sigma:
+            suffix = math.exp(((f.ell[-1] - f.ell[-2]) / (f.x[-1] - f.x[-2])).item())
+            yield from _longrope_like(spec, nice(suffix)[0], f.x, theta, f.af_spec)
+        return
+    bases = _prefix_bases(f, base_prefix, prefix)
     for bc in bases[:3]:
-        inv0 = torch.pow(bc, -x)
-        rho = theta / inv0
-        fac = _tail_factor(rho, theta, sigma)
-        factors = nice(fac)[:6] if fac > 1 + 1e-6 else []
-        # a yarn ramp can end before any pair is fully scaled; then the slowest pair does not show
-        # the factor, but yarn's default attention factor (0.1 ln f + 1) still does
-        yarn_only = []
-        if af > 1 + 2 * eps:
-            # af is measured to ~eps, so f = exp(10 (af - 1)) only to ~10 eps relative
-            implied = nice(math.exp((af - 1) / 0.1), rel_tol=max(1e-3, 20 * eps * af))
-            yarn_only = [f for f in implied[:6] if f > 1 and f not in factors]
-        for fc in factors + yarn_only:
-            g = (rho - 1.0 / fc) / (1 - 1.0 / fc)
-            # a pair is inside the blend band only if it is there beyond its own measurement noise
-            noise = (8 * sigma / theta.clamp_min(1e-300)) * rho / (1 - 1.0 / fc)
-            band = (g > noise.clamp_min(1e-4)) & (g < 1 - noise.clamp_min(1e-4)) & usable
-            if fc in factors:
-                yield from _llama3_candidates(spec, bc, fc, g, band, inv0, af_cands)
-            yield from _yarn_candidates(spec, bc, fc, g, band, r, af, af_cands, 2 * eps * max(1.0, af))
+        yield from _scaled(spec, f, bc)
     # longrope-like, last: one divisor per pair explains any frequency set, so it must not shadow
     # a family with fewer parameters
-    yield from _longrope_like(spec, bases[0], x, theta, af_spec)
+    yield from _longrope_like(spec, bases[0], f.x, theta, f.af_spec)
+
+
+def _with_attention(spec, base, scaling, af_cands, family: str, note: str):
+    """(spec, family, [note]) for each attention factor that makes a valid spec."""
+    for ac in af_cands:
+        s = spec(base, scaling, ac)
+        if s is not None:
+            yield s, family, [note]
 
 
 def _longrope_like(spec, base, x, theta, af_spec):
@@ -319,17 +355,11 @@ def _llama3_candidates(spec, base, factor, g, band, inv0, af_cands):
                     )
                 except RopeError:
                     continue
-                for ac in af_cands:
-                    s = spec(base, sc, ac)
-                    if s is not None:
-                        yield (
-                            s,
-                            "llama3",
-                            [
-                                "llama3's original_max_position_embeddings, low_freq_factor and high_freq_factor "
-                                f"are identifiable only as ratios; chose original_max_position_embeddings={orig}"
-                            ],
-                        )
+                note = (
+                    "llama3's original_max_position_embeddings, low_freq_factor and high_freq_factor "
+                    f"are identifiable only as ratios; chose original_max_position_embeddings={orig}"
+                )
+                yield from _with_attention(spec, base, sc, af_cands, "llama3", note)
 
 
 def _yarn_candidates(spec, base, factor, g, band, r, af, af_cands, af_tol):
@@ -358,15 +388,8 @@ def _yarn_candidates(spec, base, factor, g, band, r, af, af_cands, af_tol):
                 continue
             implied = spec_attention_factor(RopeSpec(head_dim=r, base=base, scaling=sc))
             attn = [None] if abs(implied - af) <= af_tol else af_cands
-            for ac in attn:
-                s = spec(base, sc, ac)
-                if s is not None:
-                    yield (
-                        s,
-                        "yarn",
-                        [
-                            "yarn's beta_fast/beta_slow/original_max_position_embeddings are "
-                            f"identifiable only through the ramp bounds; chose beta 32/1 and "
-                            f"original_max_position_embeddings={orig}"
-                        ],
-                    )
+            note = (
+                "yarn's beta_fast/beta_slow/original_max_position_embeddings are identifiable only through "
+                f"the ramp bounds; chose beta 32/1 and original_max_position_embeddings={orig}"
+            )
+            yield from _with_attention(spec, base, sc, attn, "yarn", note)

@@ -1,57 +1,71 @@
-"""infer_layout: which layout a checkpoint's q/k rows are in, from the trained weights alone.
+"""infer_layout: which layout a checkpoint's q/k rows are in, and their rotary_dim, from the trained
+weights alone.
 
-The signal.  For one head, ``C = W_q W_k^T`` (k's head shared under GQA) is the bilinear form
-attention applies between the rotated query and key.  On a true rotation pair (a, b) RoPE rotates
-both by the same angle, so only the part of the 2x2 block ``C[[a, b]][:, [a, b]]`` that commutes
-with rotations — ``I`` and the generator ``J`` — acts as a function of *relative* position; its
-other part turns with *absolute* position and is useless to the model.  Training therefore builds
-the antisymmetric cross coupling ``(C_ba - C_ab)`` (the ``J`` part) and not the symmetric one
-``(C_ab + C_ba)``.  Two dims that are not a pair (different frequencies) have no such reason: their
-cross couplings are symmetric and antisymmetric alike.  Per pair and head the statistic is
-``s = (J - L) / (J + L)`` with ``J = (C_ba - C_ab)^2``, ``L = (C_ab + C_ba)^2``.
+The signal (``pair_signal``): on a true rotation pair the trained q/k coupling ``W_q W_k^T`` is
+antisymmetric (it turns with relative position), on any other two dims it is not.  Every candidate
+(layout, rotary_dim) predicts which dim pairs those are — its pairs that turn at least once over
+the trained context — and is scored by a z-score against all other dim pairs of the same heads.
 
-Only pairs that turn at least once over the trained context count (``theta_i * context >= 2 pi``):
-a pair that barely turns is nearly position-free and carries no signal.  The mean of s over a
-candidate pairing is judged against random pairings of the same dims (a permutation test): the
-result is a z-score per layout and per layer.  On SmolLM2-135M (30 layers, 9 heads) the true layout
-scores z = 13.1 (GGUF order) and 13.2 (HF order), the other 2.5 and -3.2; a random-init model of the
-same shape scores -0.1 and -0.6 and is reported "unknown" — never a guess.  One layer alone is a
-weaker test (9 heads): about half of SmolLM2's layers decide on their own, none the wrong way.
+- **layout**: the best candidate of one layout must reach ``MIN_Z`` and beat the other layout's
+  best by ``MIN_MARGIN``; else "unknown" (untrained weights, or a layout that is neither).
+- **rotary_dim, half layout**: the pairing (i, i + r/2) depends on r, so the weights name r when the
+  best r beats the next best by ``MIN_MARGIN``; else the range of r that come close.
+- **rotary_dim, interleaved layout**: the pairs (2i, 2i+1) are the same for every r.  Only where the
+  signal ends tells, and it ends early in a full-rotary model too (low-frequency pairs barely turn
+  over the context and look unrotated: SmolLM2-135M's last 5 of 32 pairs), so the weights give a
+  lower bound: the end of the last window of ``WINDOW`` pairs whose z reaches ``WINDOW_Z``, less the
+  window (one pair of it is enough for the window to score).  rotary_dim is then the config's when it
+  lies in that range, with ``rotary_dim_source`` saying so; a config below it is a contradiction.
+
+On SmolLM2-135M (30 layers, 9 heads; tests/doctor/test_smollm2.py) the true layout scores z = 14
+in either order and the other one below 3; random init of the same shape stays below 3 and is
+"unknown".
 
 >>> import torch, ropekit as rk
 >>> sd = {f"model.layers.0.self_attn.{n}_proj.weight": torch.randn(64, 32) for n in "qk"}
 >>> res = rk.infer_layout(sd, {"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4,
 ...                            "head_dim": 16, "max_position_embeddings": 4096})
->>> res.layout
-'unknown'
+>>> res.layout, res.rotary_dim
+('unknown', None)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from ..errors import RopeCheckpointError
-from .structure import pair_dims
+from .pair_signal import candidate_pairs, null_of, pair_matrix, pair_profile, pairing_z
 from .weights import Geometry, geometry_of, qk_layers
 
-__all__ = ["infer_layout", "LayoutResult", "LayerLayout", "MIN_Z", "MIN_MARGIN"]
+__all__ = ["infer_layout", "LayoutResult", "LayerLayout", "Candidate", "MIN_Z", "MIN_MARGIN"]
 
-#: the winning layout's z-score must reach this (random init stays below ~2.5 on SmolLM2) ...
+#: the winning candidate's z-score must reach this (random init stays below ~3 on SmolLM2) ...
 MIN_Z = 6.0
-#: ... and beat the other layout's by this much (z-scores of two independent tests: sd sqrt 2)
+#: ... and beat the other layout's (and, for a half rotary_dim, the next r's) by this much
 MIN_MARGIN = 4.0
 #: per-layer decisions (fewer heads, weaker): the same rule with lower bars
 LAYER_MIN_Z, LAYER_MIN_MARGIN = 4.0, 3.0
-_NULL_TRIALS = 256
+#: the interleaved lower bound: windows of this many consecutive pairs, significant at this z
+WINDOW, WINDOW_Z = 4, 4.0
 LAYOUTS = ("half", "interleaved")
 
 
 @dataclass
+class Candidate:
+    """One (layout, rotary_dim) hypothesis and the z-score of the pairs it predicts."""
+
+    layout: str
+    rotary_dim: int
+    z: float
+    pairs: int
+
+
+@dataclass
 class LayerLayout:
-    """One layer's evidence: z-score of each layout's pairing, and the layer's own verdict."""
+    """One layer's evidence: z-score of each layout's best candidate, and the layer's own verdict."""
 
     layer: int
     z: dict[str, float]
@@ -60,48 +74,52 @@ class LayerLayout:
 
 @dataclass
 class LayoutResult:
-    """What ``infer_layout`` found: ``layout`` ("half" | "interleaved" | "unknown"), ``rotary_dim``,
-    ``confidence`` (0..1), ``margin`` (winning z minus the other's), per-layer detail in ``layers``."""
+    """What ``infer_layout`` found.
+
+    ``layout``: "half" | "interleaved" | "unknown"; ``confidence`` (0..1) and ``margin`` (winning z
+    minus the other layout's); ``z``: each layout's best z.  ``rotary_dim``: the weights' when they
+    decide it, else the config's when the weights allow it, else None; ``rotary_dim_source``:
+    "weights" | "config" | "unknown"; ``rotary_dim_range``: (lo, hi) the weights allow; ``contradiction``: how the weights
+    contradict the config's rotary_dim ("" when they do not).  ``layers``: per-layer detail."""
 
     layout: str
-    rotary_dim: int
+    rotary_dim: int | None
     confidence: float
     margin: float
     z: dict[str, float]
+    rotary_dim_source: str = "unknown"
+    rotary_dim_range: tuple[int, int] | None = None
+    rotary_dim_note: str = ""
+    config_rotary_dim: int | None = None
+    contradiction: str = ""
     layers: list[LayerLayout] = field(default_factory=list)
-    pairs_used: int = 0
+    candidates: list[Candidate] = field(default_factory=list)
     geometry: Geometry | None = None
     reason: str = ""
 
     def summary(self) -> str:
         """One line for people."""
         zs = ", ".join(f"{k} z={v:.1f}" for k, v in self.z.items())
-        agree = sum(1 for layer in self.layers if layer.layout == self.layout)
         if self.layout == "unknown":
             return f"layout unknown: {self.reason} ({zs})"
-        return (
-            f"{self.layout} (rotary_dim={self.rotary_dim}; {zs}; margin {self.margin:.1f}, confidence "
-            f"{self.confidence:.3f}; {agree}/{len(self.layers)} layers agree on their own)"
+        agree = sum(1 for layer in self.layers if layer.layout == self.layout)
+        lo, hi = self.rotary_dim_range
+        r = {
+            "weights": f"rotary_dim={self.rotary_dim} from the weights",
+            "config": f"rotary_dim={self.rotary_dim} from the config; the weights allow {lo}..{hi}",
+        }.get(self.rotary_dim_source, f"rotary_dim unknown; the weights allow {lo}..{hi}")
+        text = (
+            f"{self.layout} ({r}; {zs}; margin {self.margin:.1f}, confidence {self.confidence:.3f}; "
+            f"{agree}/{len(self.layers)} layers agree on their own)"
         )
+        return text + (f"; CONTRADICTION: {self.contradiction}" if self.contradiction else "")
 
     def to_dict(self) -> dict:
-        return {
-            "layout": self.layout,
-            "rotary_dim": self.rotary_dim,
-            "confidence": self.confidence,
-            "margin": self.margin,
-            "z": dict(self.z),
-            "pairs_used": self.pairs_used,
-            "reason": self.reason,
-            "layers": [{"layer": x.layer, "z": dict(x.z), "layout": x.layout} for x in self.layers],
-        }
-
-
-def turning_pairs(g: Geometry) -> int:
-    """How many of the fastest pairs turn at least once over the trained context."""
-    i = torch.arange(g.rotary_dim // 2, dtype=torch.float64)
-    theta = g.base ** (-2 * i / g.rotary_dim)
-    return int((theta * g.context >= 2 * math.pi).sum())
+        out = {k: v for k, v in asdict(self).items() if k not in ("geometry", "layers", "candidates")}
+        out["rotary_dim_range"] = None if self.rotary_dim_range is None else list(self.rotary_dim_range)
+        out["layers"] = [asdict(x) for x in self.layers]
+        out["candidates"] = [asdict(c) for c in self.candidates]
+        return out
 
 
 def couplings(wq: torch.Tensor, wk: torch.Tensor, g: Geometry) -> torch.Tensor:
@@ -117,24 +135,20 @@ def couplings(wq: torch.Tensor, wk: torch.Tensor, g: Geometry) -> torch.Tensor:
     return q @ k.transpose(1, 2)
 
 
-def _antisymmetry(C: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean over heads and pairs of (J - L) / (J + L)."""
-    cab, cba = C[..., a, b], C[..., b, a]
-    J, L = (cba - cab) ** 2, (cab + cba) ** 2
-    return ((J - L) / (J + L).clamp_min(1e-300)).mean((-2, -1))
-
-
-def _z_scores(C: torch.Tensor, g: Geometry, m: int, gen: torch.Generator) -> dict[str, float]:
-    """z-score of each layout's pairing of the m fastest pairs against random pairings."""
-    perms = torch.argsort(torch.rand(_NULL_TRIALS, g.rotary_dim, generator=gen), -1)
-    null = torch.stack([_antisymmetry(C, p[:m], p[m : 2 * m]) for p in perms])
-    mu, sd = null.mean().item(), max(null.std().item(), 1e-12)
-    out = {}
+def search(t: torch.Tensor, g: Geometry) -> list[Candidate]:
+    """Every (layout, rotary_dim) candidate with at least 2 turning pairs, best first."""
+    null = null_of(t)
+    out = []
     for layout in LAYOUTS:
-        pairs = pair_dims(layout, g.rotary_dim)[:m]
-        a, b = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
-        out[layout] = (_antisymmetry(C, a, b).item() - mu) / sd
-    return out
+        for r in range(4, g.head_dim + 1, 2):
+            pairs = candidate_pairs(layout, r, g.base, g.context)
+            if len(pairs) >= 2:
+                out.append(Candidate(layout, r, pairing_z(t, pairs, null), len(pairs)))
+    return sorted(out, key=lambda c: -c.z)
+
+
+def _best(candidates: list[Candidate], layout: str) -> Candidate:
+    return next(c for c in candidates if c.layout == layout)
 
 
 def _verdict(z: dict[str, float], min_z: float, min_margin: float) -> tuple[str, float]:
@@ -143,32 +157,106 @@ def _verdict(z: dict[str, float], min_z: float, min_margin: float) -> tuple[str,
     return (best if z[best] >= min_z and margin >= min_margin else "unknown"), margin
 
 
-def infer_layout(checkpoint, config=None, *, layers=None, seed: int = 0) -> LayoutResult:
-    """Infer from trained weights whether a checkpoint's q/k rows are in the half or interleaved layout.
+def half_rotary_dim(candidates: list[Candidate]) -> tuple[int | None, tuple[int, int], str]:
+    """The half layout's rotary_dim: the best r when it beats the next by MIN_MARGIN, else the range
+    of r that come within MIN_MARGIN of it."""
+    ranked = [c for c in candidates if c.layout == "half"]
+    best, second = ranked[0], ranked[1]
+    if best.z - second.z >= MIN_MARGIN:
+        note = (
+            f"the pairing (i, i + r/2) scores z={best.z:.1f} at r={best.rotary_dim}; the next best r="
+            f"{second.rotary_dim} z={second.z:.1f}"
+        )
+        return best.rotary_dim, (best.rotary_dim, best.rotary_dim), note
+    close = [c.rotary_dim for c in ranked if c.z >= best.z - MIN_MARGIN]
+    note = f"rotary_dims {sorted(close)} score within {MIN_MARGIN:g} of the best (z={best.z:.1f}): the weights do not decide"
+    return None, (min(close), max(close)), note
+
+
+def interleaved_floor(t: torch.Tensor, head_dim: int) -> tuple[int, list[float]]:
+    """The smallest rotary_dim the interleaved pairs' signal allows, and the per-pair z profile."""
+    profile = pair_profile(t, [(2 * i, 2 * i + 1) for i in range(head_dim // 2)])
+    floor = 2
+    for end in range(WINDOW, len(profile) + 1):
+        if sum(profile[end - WINDOW : end]) / math.sqrt(WINDOW) >= WINDOW_Z:
+            floor = 2 * (end - WINDOW + 1)  # one significant pair of the window is enough
+    return floor, profile
+
+
+def interleaved_rotary_dim(t: torch.Tensor, head_dim: int) -> tuple[int | None, tuple[int, int], str]:
+    floor, profile = interleaved_floor(t, head_dim)
+    quiet = next((i for i in range(len(profile) - 1, -1, -1) if profile[i] >= 2.0), -1) + 1
+    note = (
+        f"interleaved pairs (2i, 2i+1) are the same for every rotary_dim: only where the signal ends "
+        f"tells, and low-frequency pairs look unrotated in a full-rotary model too; here pairs "
+        f"{quiet}..{head_dim // 2 - 1} show none (per-pair z: {', '.join(f'{z:.1f}' for z in profile)})"
+    )
+    return (head_dim if floor == head_dim else None), (floor, head_dim), note
+
+
+def _settle_rotary_dim(res: LayoutResult, value: int | None, config_r: int) -> None:
+    """rotary_dim, its source and any contradiction with the config's ``config_r``."""
+    lo, hi = res.rotary_dim_range
+    res.config_rotary_dim = config_r
+    if value is not None:
+        res.rotary_dim, res.rotary_dim_source = value, "weights"
+        if value != config_r:
+            res.contradiction = (
+                f"the config gives rotary_dim={config_r}, the weights' {res.layout} pairing shows rotary_dim={value}"
+            )
+    elif lo <= config_r <= hi:
+        res.rotary_dim, res.rotary_dim_source = config_r, "config"
+    else:
+        res.rotary_dim, res.rotary_dim_source = None, "unknown"
+        res.contradiction = (
+            f"the config gives rotary_dim={config_r}, but the weights show {res.layout} pairs up to dim {lo}"
+        )
+
+
+def _layer_evidence(layer_t: list[tuple[int, torch.Tensor]], best: dict[str, Candidate], g) -> list[LayerLayout]:
+    out = []
+    for i, t in layer_t:
+        null = null_of(t)
+        z = {
+            layout: pairing_z(t, candidate_pairs(layout, c.rotary_dim, g.base, g.context), null)
+            for layout, c in best.items()
+        }
+        out.append(LayerLayout(i, z, _verdict(z, LAYER_MIN_Z, LAYER_MIN_MARGIN)[0]))
+    return out
+
+
+def infer_layout(checkpoint, config=None, *, layers=None) -> LayoutResult:
+    """Infer from trained weights whether a checkpoint's q/k rows are half-split or interleaved, and
+    their rotary_dim.
 
     ``checkpoint``: a state dict, a transformers model directory, or a GGUF file; ``config``: its
-    config (anything ``ropekit.from_config`` reads; a GGUF file's own metadata when None);
-    ``layers``: which layers to read (default all).  Returns a :class:`LayoutResult`; ``layout`` is
+    config (anything ``ropekit.from_config`` reads; a GGUF file's own metadata when None) — for the
+    head counts, base and context; its rotary_dim is only checked against the weights.  ``layers``:
+    which layers to read (default all).  Returns a :class:`LayoutResult`; ``layout`` is
     ``"unknown"`` when the weights carry no signal (random init), never a guess.
     """
     g = geometry_of(checkpoint, config)
-    m = turning_pairs(g)
-    if m < 2:
-        return LayoutResult("unknown", g.rotary_dim, 0.0, 0.0, {}, geometry=g, reason="fewer than 2 pairs turn")
-    gen = torch.Generator().manual_seed(seed)
-    per_layer, all_c = [], []
-    for i, wq, wk in qk_layers(checkpoint, layers):
-        C = couplings(wq, wk, g)
-        all_c.append(C)
-        z = _z_scores(C, g, m, gen)
-        per_layer.append(LayerLayout(i, z, _verdict(z, LAYER_MIN_Z, LAYER_MIN_MARGIN)[0]))
-    z = _z_scores(torch.cat(all_c), g, m, gen)
+    layer_t = [(i, pair_matrix(couplings(wq, wk, g))) for i, wq, wk in qk_layers(checkpoint, layers, g)]
+    t = torch.stack([x for _, x in layer_t]).mean(0)  # every layer has the same number of heads
+    candidates = search(t, g)
+    if not candidates:
+        return LayoutResult("unknown", None, 0.0, 0.0, {}, geometry=g, reason="fewer than 2 pairs turn")
+    best = {layout: _best(candidates, layout) for layout in LAYOUTS}
+    z = {layout: c.z for layout, c in best.items()}
     layout, margin = _verdict(z, MIN_Z, MIN_MARGIN)
     confidence = 0.5 * math.erfc(-margin / 2) if layout != "unknown" else 0.0  # P(null margin < observed)
-    reason = ""
+    res = LayoutResult(layout, None, confidence, margin, z, candidates=candidates[:8], geometry=g)
+    res.layers = _layer_evidence(layer_t, best, g)
     if layout == "unknown":
-        reason = (
-            f"neither pairing shows the antisymmetric q/k coupling trained RoPE weights have (needs z >= "
+        res.reason = (
+            f"neither layout shows the antisymmetric q/k coupling trained RoPE weights have (needs z >= "
             f"{MIN_Z:g} and a margin >= {MIN_MARGIN:g}): untrained weights, or a layout that is neither"
         )
-    return LayoutResult(layout, g.rotary_dim, confidence, margin, z, per_layer, m, g, reason)
+        res.rotary_dim_note = "no layout, so no rotary_dim"
+        return res
+    if layout == "half":
+        value, res.rotary_dim_range, res.rotary_dim_note = half_rotary_dim(candidates)
+    else:
+        value, res.rotary_dim_range, res.rotary_dim_note = interleaved_rotary_dim(t, g.head_dim)
+    _settle_rotary_dim(res, value, g.rotary_dim)
+    return res

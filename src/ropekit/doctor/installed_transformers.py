@@ -1,11 +1,12 @@
 """installed_transformers: the RoPE the installed transformers would run for a config, measured.
 
-No table of releases: the family's own modeling code is imported from the installed transformers,
-its rotary module is built from the config (no weights loaded) and, with the family's
-``apply_rotary_pos_emb``, wrapped as a black box ``fn(x[n, head_dim], positions[n])`` for
-``ropekit.fingerprint``.  Whatever that release does with the config — keys it ignores, rules of its
-own — is in the measurement.  Releases whose rotary module takes ``config`` (4.45+) and older ones
-that build it inside the attention module (4.3x) are both handled.
+No table of releases: the family's rotary module and apply function are found and built from the
+config (no weights loaded) by ``ropekit.dialects.measured`` (its ``Probe``: the one place that
+knows how to find them in a modeling module), and wrapped here as a black box
+``fn(x[n, head_dim], positions[n])`` for ``ropekit.fingerprint``.  Whatever that release does with
+the config — keys it ignores, rules of its own — is in the measurement.  Releases whose rotary
+module does not take the config (before 4.48) build it inside the attention module: for those the
+attention module of the family builds it here.
 
 >>> fn, head_dim, version = transformers_rope_fn({"model_type": "llama", "hidden_size": 64,
 ...                                               "num_attention_heads": 4})
@@ -61,22 +62,33 @@ def _family_module(cfg):
         raise RopeConfigError(f"the installed transformers has no modeling code for {model_type!r} ({exc})") from None
 
 
-def _rotary_module(module, cfg):
-    classes = [c for n, c in vars(module).items() if n.endswith("RotaryEmbedding") and isinstance(c, type)]
-    base = [c for c in classes if not any(w in c.__name__ for w in ("Linear", "Dynamic", "Yarn", "LongRope"))]
-    if not base:
-        raise RopeConfigError(f"{module.__name__} defines no rotary embedding module")
-    cls = base[0]
-    if "config" in inspect.signature(cls.__init__).parameters:
-        return cls(config=cfg)
-    # 4.3x: the attention module picks (and builds) the scaled variant from the config
+def _attention_built(cfg):
+    """(rotary module, apply function) of a release whose rotary module does not take the config:
+    the family's attention module builds it from the config (4.3x)."""
+    module = _family_module(cfg)
     attention = next(
         (c for n, c in vars(module).items() if n.endswith("Attention") and isinstance(c, type) and "Flash" not in n),
         None,
     )
-    if attention is None:
-        raise RopeConfigError(f"{module.__name__}: no attention module to build the rotary embedding from")
-    return attention(cfg, layer_idx=0).rotary_emb
+    apply = getattr(module, "apply_rotary_pos_emb", None)
+    if attention is None or apply is None:
+        raise RopeConfigError(f"{module.__name__}: no attention module and apply function to build the RoPE from")
+    try:
+        built = attention(cfg, layer_idx=0)
+    except TypeError:  # releases whose attention modules take no layer index
+        built = attention(cfg)
+    return built.rotary_emb, apply
+
+
+def _rotary_and_apply(cfg):
+    """The family's rotary module (built from ``cfg``) and apply function."""
+    from ..dialects.measured import Probe, pick_rotary
+
+    cls, _ = pick_rotary(cfg)
+    if cls is None:  # rotary classes that do not take a config: an older release
+        return _attention_built(cfg)
+    probe = Probe(cfg)
+    return probe.rotary_class(probe.config), probe.apply_fn
 
 
 def transformers_rope_fn(config):
@@ -84,12 +96,9 @@ def transformers_rope_fn(config):
     ``config`` (a dict, a config.json path or model directory, or a PretrainedConfig) as a black box."""
     transformers = require("transformers", "hf")
     cfg = _config_object(config)
-    module = _family_module(cfg)
-    apply = getattr(module, "apply_rotary_pos_emb", None)
-    if apply is None:
-        raise RopeConfigError(f"{module.__name__} has no apply_rotary_pos_emb")
     with torch.device("cpu"):
-        rotary = _rotary_module(module, cfg).eval()
+        rotary, apply = _rotary_and_apply(cfg)
+    rotary = rotary.eval()
     takes_ids = "position_ids" in inspect.signature(rotary.forward).parameters
     apply_takes_ids = "position_ids" in inspect.signature(apply).parameters
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -99,10 +108,12 @@ def transformers_rope_fn(config):
         with torch.no_grad():
             if takes_ids:
                 cos, sin = rotary(q, positions[None])
-                y, _ = apply(q, q, cos, sin)
             else:  # 4.3x: full tables up to the longest position, gathered by position_ids
                 cos, sin = rotary(q, seq_len=int(positions.max()) + 1)
-                y, _ = apply(q, q, cos, sin, positions[None]) if apply_takes_ids else apply(q, q, cos, sin)
-        return y[0, 0].to(x.dtype)
+            # partial rotary in releases whose attention slices the rotary dims itself (gpt_neox 4.x)
+            rot = q[..., : cos.shape[-1]]
+            extra = (positions[None],) if not takes_ids and apply_takes_ids else ()
+            y, _ = apply(rot, rot, cos, sin, *extra)
+        return torch.cat((y, q[..., cos.shape[-1] :]), -1)[0, 0].to(x.dtype)
 
     return fn, int(head_dim), transformers.__version__

@@ -19,14 +19,27 @@ import functools
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
+from ..conversion.formats.base import Geometry  # the one home of the attention shape
 from ..dialects.reading import read_json_file
 from ..errors import RopeCheckpointError, RopeConfigError, require
 
-__all__ = ["Geometry", "qk_layers", "geometry_of", "is_gguf", "gguf_metadata", "gguf_tensors", "QK_NAMES"]
+__all__ = [
+    "Geometry",
+    "qk_layers",
+    "geometry_of",
+    "geometry_from_gguf_metadata",
+    "is_gguf",
+    "has_qk_weights",
+    "gguf_metadata",
+    "gguf_tensors",
+    "QK_NAMES",
+]
+
+#: the layer index in a tensor name (transformers, Meta, GGUF, falcon's transformer.h, dbrx's blocks)
+_LAYER = re.compile(r"(^|\.)(layers|blk|h|blocks)\.(\d+)\.")
 
 #: (q name, k name) patterns of one layer, per naming scheme; ``{i}`` is the layer index
 QK_NAMES = (
@@ -34,18 +47,6 @@ QK_NAMES = (
     ("layers.{i}.attention.wq.weight", "layers.{i}.attention.wk.weight"),  # Meta
     ("blk.{i}.attn_q.weight", "blk.{i}.attn_k.weight"),  # GGUF (llama.cpp)
 )
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """What the detector needs to know about the attention: heads, sizes, frequencies, context."""
-
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    rotary_dim: int
-    base: float
-    context: int  # positions the model was trained on (max_position_embeddings)
 
 
 def is_gguf(path) -> bool:
@@ -84,7 +85,8 @@ def gguf_metadata(path: str) -> dict:
     return out
 
 
-def _from_gguf_metadata(meta: dict) -> Geometry:
+def geometry_from_gguf_metadata(meta: dict) -> Geometry:
+    """The attention shape a GGUF file's metadata states (``{arch}.attention.head_count`` ...)."""
     arch = meta.get("general.architecture", "llama")
 
     def get(key, default=None):
@@ -100,6 +102,7 @@ def _from_gguf_metadata(meta: dict) -> Geometry:
         n_kv_heads=int(get("attention.head_count_kv", n_heads)),
         head_dim=head_dim,
         rotary_dim=int(get("rope.dimension_count", head_dim)),
+        family=str(arch),
         base=float(get("rope.freq_base", 10000.0)),
         context=int(get("context_length", 4096)),
     )
@@ -109,11 +112,13 @@ def geometry_of(checkpoint, config=None) -> Geometry:
     """The attention shape from ``config`` (anything ``ropekit.from_config`` reads), else from the
     checkpoint itself (a GGUF file's metadata, a model directory's config.json)."""
     from ..dialects import from_config
+    from ..dialects.litgpt import looks_like_litgpt
     from ..dialects.reading import load
+    from .fused_qkv import falcon_kv_heads
 
     if config is None:
         if is_gguf(checkpoint):
-            return _from_gguf_metadata(gguf_metadata(os.fspath(checkpoint)))
+            return geometry_from_gguf_metadata(gguf_metadata(os.fspath(checkpoint)))
         if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
             config = checkpoint
         else:
@@ -125,10 +130,15 @@ def geometry_of(checkpoint, config=None) -> Geometry:
     if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads < 1:
         raise RopeConfigError(f"config: the number of attention heads is {n_heads!r}; it must be a positive integer")
     n_kv = next((data[k] for k in ("num_key_value_heads", "n_kv_heads", "n_query_groups") if data.get(k)), n_heads)
+    if data.get("model_type") == "falcon":
+        n_kv = falcon_kv_heads(data, n_heads)
     if not isinstance(n_kv, int) or isinstance(n_kv, bool) or n_kv < 1 or n_heads % n_kv:
         raise RopeConfigError(f"config: {n_kv!r} KV heads do not divide {n_heads} heads")
-    context = spec.max_position_embeddings or data.get("max_position_embeddings") or 4096
-    return Geometry(n_heads, n_kv, spec.head_dim, spec.rotary_dim, float(spec.base), int(context))
+    context = spec.max_position_embeddings or data.get("max_position_embeddings") or data.get("block_size") or 4096
+    family = "litgpt" if looks_like_litgpt(data) else str(data.get("model_type", "llama"))
+    return Geometry(
+        n_heads, n_kv, spec.head_dim, spec.rotary_dim, family=family, base=float(spec.base), context=int(context)
+    )
 
 
 def _match(names, i: int):
@@ -140,23 +150,36 @@ def _match(names, i: int):
 
 
 def _layer_count(names) -> int:
-    found = {int(m.group(1)) for n in names if (m := re.search(r"(?:layers|blk)\.(\d+)\.", n))}
+    found = {int(m.group(3)) for n in names if (m := _LAYER.search(n))}
     return max(found) + 1 if found else 0
 
 
-def qk_layers(checkpoint, layers=None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """(layer, w_q, w_k) for each layer (``layers``: an iterable of indices, default all)."""
+def qk_layers(
+    checkpoint, layers=None, geometry: Geometry | None = None
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(layer, w_q, w_k) for each layer (``layers``: an iterable of indices, default all).  A fused
+    q/k/v projection is split by its family's row order (``fused_qkv``), which needs ``geometry``."""
+    from .fused_qkv import fused_name, split_qk
+
     getter, names = _tensor_source(checkpoint)
     n = _layer_count(names)
     if n == 0:
         raise RopeCheckpointError(
-            "no q/k projections found (looked for transformers' q_proj/k_proj, Meta's wq/wk, GGUF's attn_q/attn_k)"
+            "no q/k projections found (looked for transformers' q_proj/k_proj, Meta's wq/wk, GGUF's attn_q/attn_k "
+            "and the fused projections of phi3, gpt_neox, persimmon and falcon)"
         )
+    family = geometry.family if geometry is not None else ""
     for i in range(n) if layers is None else layers:
         pair = _match(names, i)
-        if pair is None:
+        if pair is not None:
+            yield i, getter(pair[0]), getter(pair[1])
+            continue
+        fused = fused_name(names, i, family)
+        if fused is None:
             raise RopeCheckpointError(f"layer {i}: no q/k projection pair (the checkpoint has {n} layers)")
-        yield i, getter(pair[0]), getter(pair[1])
+        if geometry is None:
+            raise RopeCheckpointError(f"{fused[0]} is a fused q/k/v projection: splitting it needs the geometry")
+        yield (i, *split_qk(getter(fused[0]), fused[1], geometry))
 
 
 def _tensor_source(checkpoint):
@@ -165,10 +188,43 @@ def _tensor_source(checkpoint):
     if is_gguf(checkpoint):
         return _gguf_source(os.fspath(checkpoint))
     if isinstance(checkpoint, (str, os.PathLike)) and os.path.isdir(checkpoint):
-        return _safetensors_source(os.fspath(checkpoint))
+        path = os.fspath(checkpoint)
+        pth = _pth_source(path)
+        return pth if pth is not None else _safetensors_source(path)
     raise RopeCheckpointError(
-        f"checkpoint={checkpoint!r}: pass a state dict, a model directory with *.safetensors, or a .gguf file"
+        f"checkpoint={checkpoint!r}: pass a state dict, a model directory (*.safetensors, Meta's consolidated.*.pth, "
+        "LitGPT's lit_model.pth) or a .gguf file"
     )
+
+
+def has_qk_weights(path) -> bool:
+    """A GGUF file, or a directory with safetensors, Meta's consolidated.*.pth or LitGPT's lit_model.pth."""
+    if is_gguf(path):
+        return True
+    if not (isinstance(path, (str, os.PathLike)) and os.path.isdir(path)):
+        return False
+    names = os.listdir(path)
+    return any(n.endswith(".safetensors") or re.fullmatch(r"consolidated\.\d+\.pth", n) for n in names) or (
+        "lit_model.pth" in names
+    )
+
+
+def _pth_source(path: str):
+    """A Meta directory (params.json + consolidated.NN.pth) or a LitGPT one (lit_model.pth), read by
+    the converter's readers (no unpickling with code execution); None for any other directory."""
+    from pathlib import Path
+
+    from ..conversion.formats.meta_dir import MetaCheckpoint, is_meta_dir
+    from ..conversion.formats.pth_file import PthFile
+
+    if is_meta_dir(Path(path)):
+        ck = MetaCheckpoint(Path(path))
+        return ck.tensor, set(ck.names())
+    lit = os.path.join(path, "lit_model.pth")
+    if os.path.isfile(lit) and os.path.isfile(os.path.join(path, "model_config.yaml")):
+        pf = PthFile(lit)
+        return pf.tensor, set(pf.names())
+    return None
 
 
 def _gguf_source(path: str):

@@ -27,6 +27,7 @@ Threads: ctypes releases the GIL during the call, so big tensors are split by to
 
 from __future__ import annotations
 
+import array
 import ctypes
 import hashlib
 import logging
@@ -40,9 +41,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .native_code import C_SOURCE
+from ..errors import RopeArgumentError, RopePositionError
+from .native_code import ARGS, C_SOURCE, MAX_PAIRS, PER_TENSOR
 
-__all__ = ["ensure", "status", "rotate_native", "supports", "FLAGS"]
+__all__ = ["ensure", "status", "rotate_native", "supports", "FLAGS", "MAX_PAIRS", "PositionOutOfTable"]
 
 log = logging.getLogger("ropekit")
 
@@ -52,13 +54,9 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-share
 #: below this many elements one thread does the whole call (a pool hand-off costs ~30 us)
 PARALLEL_MIN_NUMEL = 1 << 19
 
-_SYMBOLS = {
-    torch.float32: "rope_f32",
-    torch.bfloat16: "rope_bf16",
-    torch.float16: "rope_f16",
-    torch.float64: "rope_f64",
-}
-_STATE: dict = {"state": "not built", "reason": None, "cache": None, "lib": None, "thread": None, "fns": {}}
+#: the dtype codes of native_code's rope_run
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
+_STATE: dict = {"state": "not built", "reason": None, "cache": None, "lib": None, "thread": None, "run": None}
 _LOCK = threading.Lock()
 _POOL: dict = {}
 
@@ -113,13 +111,10 @@ def _build(path: str, cc: str) -> None:
 
 def _load(path: str) -> None:
     lib = ctypes.CDLL(path)
-    fns = {}
-    for dtype, name in _SYMBOLS.items():
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int64
-        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 20
-        fns[dtype] = fn
-    _STATE.update(lib=lib, fns=fns, state="ready", reason=None)
+    run = lib.rope_run
+    run.restype = ctypes.c_int64
+    run.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    _STATE.update(lib=lib, run=run, state="ready", reason=None)
 
 
 def _build_and_load(path: str, cc: str) -> None:
@@ -168,7 +163,7 @@ def status() -> dict:
 
 def supports(x: torch.Tensor, cos: torch.Tensor) -> bool:
     """Whether the kernel handles x's dtype and this many pairs."""
-    return x.dtype in _SYMBOLS and x.device.type == "cpu" and cos.shape[-1] <= 4096
+    return x.dtype in _DTYPES and x.device.type == "cpu" and cos.shape[-1] <= MAX_PAIRS
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
@@ -177,54 +172,70 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return _POOL["pool"]
 
 
-def _args(x4, o4, cos, sin, pos):
-    B, S, H, D = x4.shape
-    return (
-        [x4.data_ptr(), o4.data_ptr(), cos.data_ptr(), sin.data_ptr(), pos.data_ptr(), cos.shape[0], S, H]
-        + [cos.shape[1], D],
-        [*x4.stride(), *o4.stride(), *pos.stride()],
-    )
+class PositionOutOfTable(RopePositionError):
+    """A token's position is outside the table (raised before anything is written): ``row`` is the
+    flat token row, ``position`` its table row."""
+
+    def __init__(self, row: int, position: int, rows: int):
+        super().__init__(f"a token needs table row {position} but cos/sin have {rows} rows (positions must be >= 0)")
+        self.row, self.position = row, position
 
 
-def rotate_native(pairs, cos, sin, pos, *, interleaved: bool, inverse: bool) -> None:
-    """Rotate each ``(x4, out4)`` (``[B, S, H, D]`` views, ``out4`` may be ``x4``: in place) by
-    tables ``cos``/``sin`` ``[P, R]`` at rows ``pos`` ``[B, S]``.  Needs ``ensure()`` first."""
-    math = torch.float64 if pairs[0][0].dtype == torch.float64 else torch.float32
-    cos = cos.to(math).contiguous()  # the reference rounds the tables to the math dtype too
-    sin = sin.to(math).contiguous()
-    pos = pos.to(torch.int64)
-    B, S = pairs[0][0].shape[:2]
-    rows = B * S
-    numel = sum(x.numel() for x, _ in pairs)
-    n = torch.get_num_threads() if numel >= PARALLEL_MIN_NUMEL else 1
-    n = max(1, min(n, rows))
-    calls = []
+def _pack(pairs, cos, sin, pos, start: int, interleaved: bool, inverse: bool, B: int, S: int):
+    """The int64 argument array of ``rope_run`` (layout: native_code.ARGS, then PER_TENSOR each).
+    Each tensor attribute is read once: on a decode step this packing is a good part of the call."""
+    P, R = cos.shape
+    if pos is None:  # rows start, start + 1, ... for every sequence: no position tensor at all
+        vals = [_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), 0, P, B, S, R, start, 0]
+    else:  # [B, S] or [1, S] (one row of positions for every sequence: batch stride 0)
+        pb, ps = pos.stride()
+        pb = pb if pos.shape[0] != 1 else 0
+        vals = [_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), pos.data_ptr(), P, B, S, R]
+        vals += [pb, ps]
+    vals += [int(interleaved), int(inverse)]
     for x4, o4 in pairs:
-        fn = _STATE["fns"][x4.dtype]
-        head, strides = _args(x4, o4, cos, sin, pos)
-        flags = [int(interleaved), int(inverse), int(o4 is not x4 and 2 * cos.shape[1] < x4.shape[-1])]
-        calls.append((fn, head, strides, flags))
+        shape = x4.shape
+        tail = int(o4 is not x4 and 2 * R < shape[3])
+        vals += [x4.data_ptr(), o4.data_ptr(), shape[2], shape[3], *x4.stride(), *o4.stride(), tail]
+    return array.array("q", vals)  # ~20x cheaper to build than a ctypes array; rope_run reads its buffer
 
-    def work(r0, r1):
-        for fn, head, strides, flags in calls:
-            bad = fn(*head, r0, r1, *strides, *flags)
-            if bad:
-                return bad
-        return 0
 
-    bounds = [rows * i // n for i in range(n + 1)]
+assert len(ARGS) == 13 and len(PER_TENSOR) == 13  # _pack writes them in this order
+
+
+def rotate_native(pairs, cos, sin, pos, *, interleaved: bool, inverse: bool, start: int = 0) -> None:
+    """Rotate each ``(x4, out4)`` (``[B, S, H, D]`` views of one dtype, ``out4`` may be ``x4``: in
+    place) by tables ``cos``/``sin`` ``[P, R]`` at rows ``pos`` (``[B, S]`` or ``[1, S]``; None:
+    rows ``start + s``).  Needs ``ensure()`` first.  Every position is checked before anything
+    is written (``PositionOutOfTable``)."""
+    x0 = pairs[0][0]
+    math = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    if cos.dtype != math or not cos.is_contiguous():
+        cos = cos.to(math).contiguous()  # the reference rounds the tables to the math dtype too
+    if sin.dtype != math or not sin.is_contiguous():
+        sin = sin.to(math).contiguous()
+    if pos is not None and pos.dtype != torch.int64:
+        pos = pos.to(torch.int64)
+    shape = x0.shape
+    B, S = shape[0], shape[1]
+    rows = B * S
+    packed = _pack(pairs, cos, sin, pos, start, interleaved, inverse, B, S)  # pointers: all live to the end
+    args = packed.buffer_info()[0]  # the address; ``packed`` stays alive until the calls return
+    run = _STATE["run"]
+    # one thread below PARALLEL_MIN_NUMEL (x0's size decides: k is smaller than q)
+    n = 1 if len(pairs) * x0.numel() < PARALLEL_MIN_NUMEL else max(1, min(torch.get_num_threads(), rows))
     if n == 1:
-        results = [work(0, rows)]
+        bad = run(args, 0, rows, 1)
     else:
-        futures = [_pool(n - 1).submit(work, bounds[i], bounds[i + 1]) for i in range(1, n)]
-        results = [work(bounds[0], bounds[1])] + [f.result() for f in futures]
-    bad = next((r for r in results if r), 0)
+        bad = run(args, 0, 0, 1)  # positions first, on this thread: no worker writes a row before it
+        if not bad:
+            bounds = [rows * i // n for i in range(n + 1)]
+            futures = [_pool(n - 1).submit(run, args, bounds[i], bounds[i + 1], 0) for i in range(1, n)]
+            results = [run(args, bounds[0], bounds[1], 0)] + [f.result() for f in futures]
+            bad = next((r for r in results if r), 0)
+    if bad < 0:
+        raise RopeArgumentError(f"rotary pairs {cos.shape[1]} exceed the native kernel's {MAX_PAIRS}")
     if bad:
-        from ..errors import RopePositionError
-
-        if bad < 0:
-            raise RopePositionError(f"rotary pairs {cos.shape[1]} exceed the native kernel's 4096")
         b, s = divmod(bad - 1, S)
-        raise RopePositionError(
-            f"a token needs table row {int(pos[b, s])} but cos/sin have {cos.shape[0]} rows (positions must be >= 0)"
-        )
+        position = start + s if pos is None else int(pos[b if pos.shape[0] != 1 else 0, s])
+        raise PositionOutOfTable(bad - 1, position, cos.shape[0])

@@ -9,26 +9,41 @@ Numerics: exactly the reference's arithmetic.  Each output is ``x1 * c - x2 * s`
 rounds twice), then rounded once into x's dtype (bf16 by round-to-nearest-even as torch does,
 fp16 by the hardware conversion).  So the output is bit for bit the reference's (tested).
 
+One exported entry, ``rope_run(args, row0, row1, check)``, rotates one or more tensors (q and k)
+by the same positions: ``args`` is one int64 array (layout in ``ARGS``/``PER_TENSOR``, packed by
+``kernels.native``), so a call from Python is one foreign call of four arguments, not one of
+twenty-five per tensor.  With ``check`` it first reads every position and returns before writing
+anything when one lies outside the table: an in-place call never half-rotates its input.
+
 Each (token, head) row is first read into two local arrays of the math dtype (de-interleaved
 for the interleaved layout): the rotation then reads nothing it writes, so in place is one pass
 with no scratch buffer, and any stride of x is handled by the same loop.
 """
+
+#: the most rotary pairs of one row (the kernel stages a row in arrays of this size on its stack)
+MAX_PAIRS = 4096
+
+#: the header of ``args``: dtype code (0 fp32, 1 bf16, 2 fp16, 3 fp64), tensors, table and position
+#: pointers, table rows P, batch B, sequence S, pairs R, position strides, flags
+ARGS = ("dtype", "n", "cos", "sin", "pos", "P", "B", "S", "R", "pb", "ps", "interleaved", "inverse")
+#: (pos 0: no position tensor, token s of every sequence takes row pb + s)
+#: then, per tensor: its pointers, heads, head dim, strides of x and out, copy_tail
+PER_TENSOR = ("x", "o", "H", "D", "xb", "xs", "xh", "xd", "ob", "os", "oh", "od", "copy_tail")
 
 C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 
 typedef int64_t i64;
-#define MAX_PAIRS 4096
+#define MAX_PAIRS @MAX_PAIRS@
 
 static inline float bf16_load(const uint16_t *p) {
     uint32_t u = (uint32_t)(*p) << 16; float f; memcpy(&f, &u, 4); return f;
 }
 static inline void bf16_store(uint16_t *p, float f) {
     uint32_t u; memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) { *p = 0x7fc0; return; }  /* NaN, as torch writes it */
-    u += 0x7fffu + ((u >> 16) & 1u);                               /* round to nearest even */
-    *p = (uint16_t)(u >> 16);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;   /* round to nearest even */
+    *p = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded); /* NaN, as torch writes it */
 }
 static inline float f16_load(const _Float16 *p) { return (float)(*p); }
 static inline void f16_store(_Float16 *p, float f) { *p = (_Float16)f; }
@@ -37,10 +52,30 @@ static inline void f32_store(float *p, float f) { *p = f; }
 static inline double f64_load(const double *p) { return *p; }
 static inline void f64_store(double *p, double f) { *p = f; }
 
+/* one contiguous half-layout row (pairs i, R + i), out of place (restrict: x and o never overlap,
+   so the loop vectorizes without alias checks) or in place (one pointer: each iteration reads its
+   two elements before it writes them) */
+#define DEFINE_ROWS(NAME, T, M, LOAD, STORE)                                                       \
+static inline void NAME##_row(const T *restrict x, T *restrict o, const M *restrict c,              \
+                              const M *restrict sn, i64 R) {                                       \
+    for (i64 i = 0; i < R; ++i) {                                                               \
+        const M a = LOAD(x + i), b = LOAD(x + R + i);                                           \
+        STORE(o + i, a * c[i] - b * sn[i]);                                                     \
+        STORE(o + R + i, b * c[i] + a * sn[i]);                                                 \
+    }                                                                                           \
+}                                                                                               \
+static inline void NAME##_row_inplace(T *y, const M *restrict c, const M *restrict sn, i64 R) {    \
+    for (i64 i = 0; i < R; ++i) {                                                               \
+        const M a = LOAD(y + i), b = LOAD(y + R + i);                                           \
+        STORE(y + i, a * c[i] - b * sn[i]);                                                     \
+        STORE(y + R + i, b * c[i] + a * sn[i]);                                                 \
+    }                                                                                           \
+}
+
 /* rows [row0, row1) of the B*S token rows; returns 0, or 1 + the row whose position is outside
    the table (nothing of that row is written) */
 #define DEFINE_ROPE(NAME, T, M, LOAD, STORE)                                                       \
-i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i64 P,                    \
+static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i64 P,                    \
          i64 S, i64 H, i64 R, i64 D, i64 row0, i64 row1,                                        \
          i64 xb, i64 xs, i64 xh, i64 xd, i64 ob, i64 os, i64 oh, i64 od, i64 pb, i64 ps,        \
          i64 interleaved, i64 inverse, i64 copy_tail) {                                         \
@@ -50,13 +85,21 @@ i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i64 P,   
     const i64 e1 = interleaved ? 2 : 1, e2 = interleaved ? 1 : R; /* pair i: e1*i, e1*i + e2 */ \
     for (i64 row = row0; row < row1; ++row) {                                                   \
         const i64 b = row / S, s = row % S;                                                     \
-        const i64 p = pos[b * pb + s * ps];                                                     \
+        const i64 p = pos ? pos[b * pb + s * ps] : pb + s; /* no pos: a run of rows from pb */  \
         if (p < 0 || p >= P) return 1 + row;                                                    \
         const M *c = cos + p * R;                                                               \
         for (i64 i = 0; i < R; ++i) sn[i] = sign * sin[p * R + i]; /* exact: a sign flip */     \
         for (i64 h = 0; h < H; ++h) {                                                           \
             const T *xr = x + b * xb + s * xs + h * xh;                                         \
             T *orow = o + b * ob + s * os + h * oh;                                             \
+            if (xd == 1 && od == 1 && !interleaved) { /* the common case: no staging arrays */      \
+                if (orow == xr) NAME##_row_inplace(orow, c, sn, R);                                 \
+                else {                                                                          \
+                    NAME##_row(xr, orow, c, sn, R);                                             \
+                    if (copy_tail) memcpy(orow + 2 * R, xr + 2 * R, (D - 2 * R) * sizeof(T));   \
+                }                                                                               \
+                continue;                                                                       \
+            }                                                                                   \
             if (xd == 1 && !interleaved) {                                                      \
                 for (i64 i = 0; i < R; ++i) { x1[i] = LOAD(xr + i); x2[i] = LOAD(xr + R + i); } \
             } else {                                                                            \
@@ -89,8 +132,47 @@ i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i64 P,   
     return 0;                                                                                   \
 }
 
+DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store)
+DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store)
+DEFINE_ROWS(rope_f16, _Float16, float, f16_load, f16_store)
+DEFINE_ROWS(rope_f64, double, double, f64_load, f64_store)
 DEFINE_ROPE(rope_f32, float, float, f32_load, f32_store)
 DEFINE_ROPE(rope_bf16, uint16_t, float, bf16_load, bf16_store)
 DEFINE_ROPE(rope_f16, _Float16, float, f16_load, f16_store)
 DEFINE_ROPE(rope_f64, double, double, f64_load, f64_store)
+
+enum { A_DTYPE, A_N, A_COS, A_SIN, A_POS, A_P, A_B, A_S, A_R, A_PB, A_PS, A_INTERLEAVED, A_INVERSE, A_HEAD };
+enum { T_X, T_O, T_H, T_D, T_XB, T_XS, T_XH, T_XD, T_OB, T_OS, T_OH, T_OD, T_COPY_TAIL, T_PER };
+
+#define CALL_ROPE(NAME, T, M)                                                                       \
+    NAME((const T *)(intptr_t)u[T_X], (T *)(intptr_t)u[T_O], (const M *)(intptr_t)a[A_COS],         \
+         (const M *)(intptr_t)a[A_SIN], pos, a[A_P], a[A_S], u[T_H], a[A_R], u[T_D], row0, row1,    \
+         u[T_XB], u[T_XS], u[T_XH], u[T_XD], u[T_OB], u[T_OS], u[T_OH], u[T_OD], a[A_PB], a[A_PS],  \
+         a[A_INTERLEAVED], a[A_INVERSE], u[T_COPY_TAIL])
+
+/* rows [row0, row1) of every tensor in args; 0, -1 (too many pairs), or 1 + the first row whose
+   position is outside the table (with check: found before anything is written) */
+i64 rope_run(const i64 *a, i64 row0, i64 row1, i64 check) {
+    const i64 *pos = (const i64 *)(intptr_t)a[A_POS];
+    if (check) {
+        for (i64 row = 0; row < a[A_B] * a[A_S]; ++row) {
+            const i64 s = row % a[A_S];
+            const i64 p = pos ? pos[(row / a[A_S]) * a[A_PB] + s * a[A_PS]] : a[A_PB] + s;
+            if (p < 0 || p >= a[A_P]) return 1 + row;
+        }
+    }
+    for (i64 t = 0; t < a[A_N]; ++t) {
+        const i64 *u = a + A_HEAD + t * T_PER;
+        i64 bad = -1;
+        switch (a[A_DTYPE]) {
+            case 0: bad = CALL_ROPE(rope_f32, float, float); break;
+            case 1: bad = CALL_ROPE(rope_bf16, uint16_t, float); break;
+            case 2: bad = CALL_ROPE(rope_f16, _Float16, float); break;
+            case 3: bad = CALL_ROPE(rope_f64, double, double); break;
+        }
+        if (bad) return bad;
+    }
+    return 0;
+}
 """
+C_SOURCE = C_SOURCE.replace("@MAX_PAIRS@", str(MAX_PAIRS))

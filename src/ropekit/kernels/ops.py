@@ -29,7 +29,16 @@ from torch import Tensor
 
 from .reference import rotate_reference
 
-__all__ = ["rope", "rope_", "rope_qk", "rope_qk_", "IMPLEMENTATIONS", "kernel_for", "rotate_inplace_differentiable"]
+__all__ = [
+    "rope",
+    "rope_",
+    "rope_qk",
+    "rope_qk_",
+    "IMPLEMENTATIONS",
+    "kernel_for",
+    "rotate",
+    "rotate_inplace_differentiable",
+]
 
 IMPLEMENTATIONS = ("reference", "cpu", "triton", "triton_freqs")
 
@@ -75,6 +84,12 @@ def _run_qk(q, k, cos, sin, pos, interleaved, inverse, backend, inplace):
         _run(q, cos, sin, pos, interleaved, inverse, backend, inplace),
         _run(k, cos, sin, pos, interleaved, inverse, backend, inplace),
     )
+
+
+def _run_many(xs, cos, sin, pos, interleaved, inverse, backend, inplace) -> list:
+    if len(xs) == 2:
+        return list(_run_qk(xs[0], xs[1], cos, sin, pos, interleaved, inverse, backend, inplace))
+    return [_run(xs[0], cos, sin, pos, interleaved, inverse, backend, inplace)]
 
 
 # --- out of place, differentiable -------------------------------------------------------------
@@ -162,6 +177,63 @@ def _(q, k, cos, sin, pos, interleaved, inverse, backend):
     return None
 
 
+# --- eager calls: the same kernels and autograd, without the custom-op dispatcher ------------
+# A custom op's first eager call imports torch._dynamo (torch wraps every op implementation in a
+# dynamo guard that it resolves on first use): 2-10 s on our machines, paid by the first
+# differentiable call of every process.  Outside torch.compile the ops are not needed (they exist
+# so that tracing sees one opaque node), so eager calls run the kernels directly, with this
+# autograd.Function: the same backward, the inverse rotation by the same kernel.
+
+
+class _Rotate(torch.autograd.Function):
+    """Out of place, one tensor or (q, k); differentiable in x (and again in its gradient: the
+    backward is itself this Function).  cos/sin never require grad here (``table_grad_route``
+    sends learnable tables to the plain-autograd reference)."""
+
+    @staticmethod
+    def forward(ctx, cos, sin, pos, interleaved, inverse, backend, *xs):
+        ctx.save_for_backward(cos, sin, pos)
+        ctx.interleaved, ctx.inverse, ctx.backend = interleaved, inverse, backend
+        return tuple(_run_many(xs, cos, sin, pos, interleaved, inverse, backend, inplace=False))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        cos, sin, pos = ctx.saved_tensors
+        gxs = _Rotate.apply(cos, sin, pos, ctx.interleaved, not ctx.inverse, ctx.backend, *grads)
+        return (None,) * 6 + tuple(gxs)
+
+
+def rotate(views, cos, sin, pos, interleaved: bool, inverse: bool, backend: str, inplace: bool) -> list:
+    """Rotate one tensor or (q, k) (``[B, S, H, D]`` views): the outputs (in place: the views).
+    Under torch.compile through the custom ops (one opaque node each); eagerly straight to the
+    kernels (no op dispatch, no dynamo import); autograd either way.
+
+    >>> import torch, ropekit as rk
+    >>> cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=4), 3)
+    >>> x = torch.randn(1, 3, 2, 4, requires_grad=True)
+    >>> (y,) = rotate([x], cos, sin, torch.arange(3)[None], False, False, "reference", False)
+    >>> y.sum().backward(); x.grad.shape
+    torch.Size([1, 3, 2, 4])
+    """
+    grad = torch.is_grad_enabled() and any(v.requires_grad for v in views)
+    if inplace and grad:
+        return list(rotate_inplace_differentiable(views, cos, sin, pos, interleaved, inverse, backend))
+    if not torch.compiler.is_compiling():
+        if grad:
+            return list(_Rotate.apply(cos, sin, pos, bool(interleaved), bool(inverse), backend, *views))
+        outs = _run_many(views, cos, sin, pos, interleaved, inverse, backend, inplace)
+        return list(views) if inplace else outs
+    if len(views) == 1:
+        if inplace:
+            rope_(views[0], cos, sin, pos, interleaved, inverse, backend)
+            return list(views)
+        return [rope(views[0], cos, sin, pos, interleaved, inverse, backend)]
+    if inplace:
+        rope_qk_(*views, cos, sin, pos, interleaved, inverse, backend)
+        return list(views)
+    return list(rope_qk(*views, cos, sin, pos, interleaved, inverse, backend))
+
+
 # --- in place, differentiable ----------------------------------------------------------------
 
 
@@ -179,7 +251,11 @@ class _RotateInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, cos, sin, pos, interleaved, inverse, backend):
-        rope_(x, cos, sin, pos, interleaved, inverse, backend)
+        ctx.eager = not torch.compiler.is_compiling()  # decided once: the backward follows the forward
+        if ctx.eager:
+            _run(x, cos, sin, pos, interleaved, inverse, backend, inplace=True)
+        else:
+            rope_(x, cos, sin, pos, interleaved, inverse, backend)
         ctx.mark_dirty(x)
         ctx.save_for_backward(cos, sin, pos)
         ctx.interleaved, ctx.inverse, ctx.backend = interleaved, inverse, backend
@@ -188,15 +264,9 @@ class _RotateInPlace(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         cos, sin, pos = ctx.saved_tensors
-        return (
-            rope(grad, cos, sin, pos, ctx.interleaved, not ctx.inverse, ctx.backend),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        args = (cos, sin, pos, ctx.interleaved, not ctx.inverse, ctx.backend)
+        gx = _Rotate.apply(*args, grad)[0] if ctx.eager else rope(grad, *args)
+        return (gx,) + (None,) * 6
 
 
 def rotate_inplace_differentiable(views, cos, sin, pos, interleaved: bool, inverse: bool, backend: str) -> tuple:

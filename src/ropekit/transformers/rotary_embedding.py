@@ -327,7 +327,8 @@ class LinearScalingRotaryEmbedding(RotaryEmbedding):
 
 
 class DynamicNTKScalingRotaryEmbedding(RotaryEmbedding):
-    """The legacy ``...DynamicNTKScalingRotaryEmbedding(dim, max_position_embeddings, base, device, scaling_factor)``."""
+    """The legacy ``...DynamicNTKScalingRotaryEmbedding(dim, max_position_embeddings, base, device,
+    scaling_factor)``."""
 
     _legacy_scaling = "dynamic"
 

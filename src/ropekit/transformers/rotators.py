@@ -95,6 +95,12 @@ def build_rotator(conv: Convention):
     return builders[conv.kind](conv)
 
 
+def _rotate_qk(q, k, cos, sin, unsqueeze_dim, *, layout: str, backend: str | None):
+    """What every q/k stand-in ends with, once it has one column per pair of each table."""
+    c, s = _shared(cos, sin)
+    return apply_rope_qk(q, k, c, s, layout=layout, format=_format(unsqueeze_dim), backend=backend)
+
+
 def _qk(conv: Convention):
     compact = _compactor(conv.duplicate)
     layout, backend = conv.layout, conv.backend
@@ -103,17 +109,13 @@ def _qk(conv: Convention):
 
         def rotate_indexed(q, k, cos, sin, position_ids, unsqueeze_dim=1):
             # the legacy table [S_max, D]: gather each token's row (what cos[position_ids] did)
-            fmt = _format(unsqueeze_dim)
             c, s = compact(cos)[position_ids], compact(sin)[position_ids]
-            c, s = _shared(c, s)
-            return apply_rope_qk(q, k, c, s, layout=layout, format=fmt, backend=backend)
+            return _rotate_qk(q, k, c, s, unsqueeze_dim, layout=layout, backend=backend)
 
         return rotate_indexed
 
     def rotate(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
-        fmt = _format(unsqueeze_dim)
-        c, s = _shared(compact(cos), compact(sin))
-        return apply_rope_qk(q, k, c, s, layout=layout, format=fmt, backend=backend)
+        return _rotate_qk(q, k, compact(cos), compact(sin), unsqueeze_dim, layout=layout, backend=backend)
 
     return rotate
 
@@ -123,9 +125,8 @@ def _qk_half_out(conv: Convention):
     backend = conv.backend
 
     def rotate_interleave_half_out(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
-        fmt = _format(unsqueeze_dim)
-        c, s = _shared(compact(cos), compact(sin))
-        q2, k2 = apply_rope_qk(q, k, c, s, layout="interleaved", format=fmt, backend=backend)
+        c, s = compact(cos), compact(sin)
+        q2, k2 = _rotate_qk(q, k, c, s, unsqueeze_dim, layout="interleaved", backend=backend)
         return _half_out(q2), _half_out(k2)
 
     return rotate_interleave_half_out
@@ -147,9 +148,7 @@ def _mrope(conv: Convention):
         return torch.cat([t[axis, ..., a:b] for axis, a, b in segments], dim=-1)
 
     def rotate_mrope(q, k, cos, sin, mrope_section=None, unsqueeze_dim=1):
-        fmt = _format(unsqueeze_dim)
-        c, s = _shared(select(cos), select(sin))
-        return apply_rope_qk(q, k, c, s, layout=layout, format=fmt, backend=backend)
+        return _rotate_qk(q, k, select(cos), select(sin), unsqueeze_dim, layout=layout, backend=backend)
 
     return rotate_mrope
 

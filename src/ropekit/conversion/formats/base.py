@@ -72,6 +72,9 @@ class Geometry:
     rotary_dim: int
     n_layers: int | None = None
     family: str = "llama"
+    #: the frequencies' base and the trained context: what ropekit.doctor's layout detector needs too
+    base: float = 10000.0
+    context: int = 4096
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -96,7 +99,8 @@ class Geometry:
             hidden = _int(cfg, "hidden_size", source)
             if hidden % n_heads:
                 raise RopeCheckpointError(
-                    f"{source}: hidden_size={hidden} is not divisible by num_attention_heads={n_heads} (and no head_dim)"
+                    f"{source}: hidden_size={hidden} is not divisible by num_attention_heads={n_heads} "
+                    "(and no head_dim)"
                 )
             head_dim = hidden // n_heads
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}

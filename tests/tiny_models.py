@@ -3,7 +3,10 @@
 One set of keyword arguments per family works on every release in the matrix (4.37.2 ... 5.x):
 a config class ignores nothing it does not know (unknown keys become attributes), and the sizes
 are small enough that a forward and backward pass costs milliseconds.  ``build(family)`` returns
-``(model, input_ids)`` or None when the installed release has no such family.
+``(model, input_ids)`` or None when the installed release has no such family; ``config_for`` the
+config alone.  Keyword overrides replace the family's sizes for tests that need other ones (larger
+weights, one kv head, a rotary fraction): every test that needs a tiny transformers model builds it
+here, so a release that renames a config key is fixed once.
 """
 
 from __future__ import annotations
@@ -102,11 +105,13 @@ def has_family(family: str) -> bool:
     return True
 
 
-def config_for(family: str):
+def config_for(family: str, **overrides):
+    """The tiny config of ``family`` (eager attention), with ``overrides`` over its sizes."""
     from transformers import CONFIG_MAPPING
 
     model_type = MODEL_TYPE.get(family, family)
     kwargs = dict(_COMMON, **KWARGS[model_type])
+    kwargs.update(overrides)
     if family in ("qwen2_vl", "qwen2_5_vl") and transformers_version() >= (4, 57):
         model_type += "_text"  # 4.57+: the text tower has its own config class
     if family in ("qwen2_vl", "qwen2_5_vl") and transformers_version() >= (5, 0):
@@ -129,11 +134,11 @@ def _model_class(family: str, config):
     return getattr(modeling, f"{prefix}Model")  # 4.45 qwen2_vl: Qwen2VLModel is the text tower
 
 
-def build(family: str, seed: int = 0, seq: int = 12, batch: int = 2):
+def build(family: str, seed: int = 0, seq: int = 12, batch: int = 2, **overrides):
     """A tiny model of ``family`` in eval mode and a batch of token ids, or None if absent."""
     if not has_family(family):
         return None
-    config = config_for(family)
+    config = config_for(family, **overrides)
     torch.manual_seed(seed)
     model = _model_class(family, config)(config).eval()
     ids = torch.randint(3, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed + 1))
