@@ -28,6 +28,10 @@ every release in between:
   context is extended); from 4.51 it picks per sequence length, as Phi-3's own module does.
 * before 5.0: longrope reads only the top-level ``original_max_position_embeddings`` (the
   scaling dict's is ignored); without it the original length is ``max_position_embeddings``.
+* dynamic NTK before 4.43 (4.38.1 and 4.42.4 read; 4.37 has its own growing cache): a call
+  longer than ``max_position_embeddings`` recomputes the frequencies for its own length and keeps
+  them, shorter calls reuse the last ones (from 4.43: grow past the longest seen, reset below the
+  original length).
 * dynamic NTK is stateful in transformers (the base grows with the longest sequence seen and
   resets below the original length); a spec describes one sequence length at a time (``seq_len``).
 
@@ -99,6 +103,7 @@ class Rules:
     yarn_factor_from_lengths: bool = False
     yarn_reads_truncate: bool = True
     longrope_fixed_at_init: bool = False
+    dynamic_per_long_call: bool = False
 
 
 def rules_for(release: tuple[int, int, int]) -> Rules:
@@ -119,4 +124,5 @@ def rules_for(release: tuple[int, int, int]) -> Rules:
         yarn_factor_from_lengths=(4, 51, 0) <= release < (4, 56, 0),
         yarn_reads_truncate=release >= (4, 55, 0),
         longrope_fixed_at_init=release < (4, 51, 0),
+        dynamic_per_long_call=release < (4, 43, 0),
     )

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from ..dialects.releases import rules_for, target_release
 from ..errors import RopeShapeError, RopeSpecError
 from ..frequencies import attention_factor, check_precision
 from ..frequencies import inv_freq as _inv_freq
@@ -131,6 +132,8 @@ class RotaryEmbedding(torch.nn.Module):
         self.stateful = stateful
         self.max_seq_len_cached = self.original_max_seq_len = self.max_position_embeddings or 0
         self._frequencies = self._static_frequencies()
+        #: the installed release's dynamic NTK rule for calls with position_ids, when state is kept
+        self.per_long_call = (self.stateful or self.legacy_cache) and rules_for(target_release()).dynamic_per_long_call
 
     # -- attributes transformers code and users read -----------------------------------------------
 
@@ -203,11 +206,17 @@ class RotaryEmbedding(torch.nn.Module):
         return self.max_seq_len_cached if self.stateful or self.legacy_cache else None
 
     def _update_state(self, spec: RopeSpec, seq_len: int) -> int:
-        """transformers' cache rule: grow past the longest sequence seen; reset below the original."""
+        """transformers' cache rule: grow past the longest sequence seen; reset below the original
+        (4.43 on).  Before 4.43 a call longer than the original recomputes for its own length and
+        keeps it; shorter calls reuse the last one."""
         original = spec.scaling.original_max_position_embeddings
+        if self.per_long_call:
+            if seq_len > original:
+                self.max_seq_len_cached = seq_len
+            return self.max_seq_len_cached
         if seq_len > self.max_seq_len_cached:
             self.max_seq_len_cached = seq_len
-        elif seq_len < original < self.max_seq_len_cached and not self.legacy_cache:
+        elif seq_len < original < self.max_seq_len_cached:
             self.max_seq_len_cached = original
         return self.max_seq_len_cached
 
@@ -238,7 +247,7 @@ class RotaryEmbedding(torch.nn.Module):
         elif not isinstance(position_ids, torch.Tensor):
             raise RopeShapeError(f"position_ids must be a tensor, got {type(position_ids).__name__}")
         length = seq_len
-        if self._is_dynamic(spec) and self.stateful and position_ids.numel():
+        if self._is_dynamic(spec) and (self.stateful or self.legacy_cache) and position_ids.numel():
             length = self._update_state(spec, int(position_ids.max().item()) + 1)  # one host read, as transformers
         elif self._is_dynamic(spec) and self.legacy_cache:
             length = self.max_seq_len_cached
