@@ -104,6 +104,7 @@ def main() -> None:
             f"{label:10s} {what:13s} {rows[-1]['median_s']:8.3f} s  RoPE {100 * rows[-1]['rope_share']:5.2f}% of wall time"
         )
     out = args.out or tempfile.mkdtemp(prefix="ropekit-smollm2-")
+    os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "smollm2.csv")
     write_csv(rows, path)  # atomic, the benchmarks' one CSV writer
     print(f"wrote {path}")

@@ -76,7 +76,8 @@ def attention_factor(spec: RopeSpec) -> float:
         if s.original_max_position_embeddings < 2:  # ln(1) = 0 below
             raise RopeSpecError(
                 f"scaling.original_max_position_embeddings={s.original_max_position_embeddings} must be >= 2 for "
-                f"longrope with factor={s.factor!r}: its attention factor divides by ln(original_max_position_embeddings)"
+                f"longrope with factor={s.factor!r}: "
+                "its attention factor divides by ln(original_max_position_embeddings)"
             )
         return math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_position_embeddings))
     return 1.0

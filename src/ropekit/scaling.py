@@ -159,7 +159,8 @@ class Yarn:
 
 def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
     """YaRN's attention scale for a context extension ``scale``: ``0.1 * mscale * ln(scale) + 1``
-    (1 when the context is not extended); DeepSeek's configs divide two of them.  Here, torch-free, so config readers can use it."""
+    (1 when the context is not extended); DeepSeek's configs divide two of them.  Here, torch-free,
+    so config readers can use it."""
     if scale <= 1:
         return 1.0
     return 0.1 * mscale * math.log(scale) + 1.0
@@ -271,7 +272,8 @@ def scaling_from_dict(data: dict[str, Any] | None) -> Scaling | None:
     unknown = set(data) - names - {"kind"}
     if unknown:
         raise RopeSpecError(
-            f"scaling of kind {kind!r} has unknown fields {short_repr(sorted(map(str, unknown)))}; known: {sorted(names)}"
+            f"scaling of kind {kind!r} has unknown fields {short_repr(sorted(map(str, unknown)))}; "
+            f"known: {sorted(names)}"
         )
     try:
         return cls(**{k: v for k, v in data.items() if k != "kind"})

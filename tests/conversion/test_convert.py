@@ -155,8 +155,8 @@ def test_error_meta_model_parallel_shards_disagree(tmp_path, capsys):
     torch.save(parts[1], tmp_path / "two" / "consolidated.01.pth")
     err = cli_error(capsys, tmp_path / "two", tmp_path / "o")
     assert (
-        "tensor layers.1.attention.wk.weight is bfloat16[8, 30] in consolidated.01.pth but bfloat16[8, 32] in consolidated.00.pth"
-        in err
+        "tensor layers.1.attention.wk.weight is bfloat16[8, 30] in consolidated.01.pth "
+        "but bfloat16[8, 32] in consolidated.00.pth" in err
     )
     del parts[1]["layers.0.ffn_norm.weight"]
     torch.save(parts[1], tmp_path / "two" / "consolidated.01.pth")

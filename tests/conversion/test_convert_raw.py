@@ -265,7 +265,10 @@ def test_building_the_cli_parser_imports_no_torch():
     from ropekit.cli.bench import SHAPE_NAMES
 
     assert SHAPE_NAMES == tuple(s.name for s in CPU_SHAPES)
-    code = "import sys; from ropekit.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))"
+    code = (
+        "import sys; from ropekit.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),

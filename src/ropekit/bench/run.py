@@ -16,17 +16,22 @@ __all__ = ["run_cpu", "run_gpu"]
 
 
 def run_cpu(
-    shapes=CPU_SHAPES, dtypes=(torch.float32, torch.bfloat16), log: Callable[[str], None] = print, runs: int = 3
+    shapes=CPU_SHAPES,
+    dtypes=(torch.float32, torch.bfloat16),
+    log: Callable[[str], None] = print,
+    runs: int = 3,
+    clock: str = "wall",
 ) -> list[dict]:
     """One row per (dtype, shape, provider): the median over ``runs`` runs (each the median of its
     interleaved rounds) of seconds per call and of the ratio to clone()'s time in the same run;
-    ``ratio_runs`` lists every run's ratio, ``best_seconds`` the fastest single call."""
+    ``ratio_runs`` lists every run's ratio, ``best_seconds`` the fastest single call.  ``clock``:
+    ``"wall"`` or ``"cpu"`` (this thread's CPU time: meaningful with one thread, see ``CLOCKS``)."""
     rows = []
     for dtype in dtypes:
         for shape in shapes:
             providers = cpu_providers(shape, dtype)
             fns = {name: fn for name, (fn, _) in providers.items()}
-            timed = [time_round_robin(fns) for _ in range(runs)]  # name -> (min, median) per run
+            timed = [time_round_robin(fns, clock=clock) for _ in range(runs)]  # name -> (min, median) per run
             for name, (_, what) in providers.items():
                 ratios = [t[name][1] / t["clone"][1] for t in timed]
                 row = dict(
@@ -40,6 +45,7 @@ def run_cpu(
                     ratio_to_clone=statistics.median(ratios),
                     ratio_runs=" ".join(f"{r:.3f}" for r in ratios),
                     runs=runs,
+                    clock=clock,
                 )
                 rows.append(row)
                 log(

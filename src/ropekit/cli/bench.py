@@ -51,6 +51,13 @@ def register(subparsers) -> None:
         help="CPU threads for every provider (default: torch's). 1 gives stable figures on a "
         "busy machine, where a parallel loop waits whenever one of its threads is descheduled",
     )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="time CPU calls by wall clock (default) or by this thread's CPU time; with --threads 1 the "
+        "CPU clock leaves out other processes' load on a shared machine",
+    )
     p.add_argument("--gpu", action="store_true", help="also run the GPU benchmark (needs CUDA)")
     p.add_argument("--no-cpu", action="store_true", help="skip the CPU table")
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG chart")
@@ -100,16 +107,20 @@ def run(args) -> int:
     )
     if not args.no_cpu:
         print(
-            "CPU: median of 3 runs (each the median of interleaved rounds), ms per call, and its ratio to clone() "
-            "of the same q and k in the same run (1.00x = a copy)"
+            f"CPU: median of 3 runs (each the median of interleaved rounds), ms per call ({args.clock} clock), "
+            "and its ratio to clone() of the same q and k in the same run (1.00x = a copy)"
         )
-        rows = bench.run_cpu(shapes, dtypes)
+        rows = (
+            bench.run_cpu(shapes, dtypes) if args.clock == "wall" else bench.run_cpu(shapes, dtypes, clock=args.clock)
+        )
         for peer in bench.PEERS:
             if peer in bench.MISSING:
                 print(f"peer {peer}: missing ({bench.MISSING[peer]})")
         for row in rows:
             row["threads"] = torch.get_num_threads()
-        suffix = "" if args.threads is None else f"_{args.threads}thread"
+        suffix = ("" if args.threads is None else f"_{args.threads}thread") + (
+            "_cputime" if args.clock == "cpu" else ""
+        )
         path = os.path.join(args.out, f"speed_cpu{suffix}.csv")
         bench.write_csv(rows, path)
         print("\n" + bench.markdown(rows) + "\n")

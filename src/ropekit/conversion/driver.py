@@ -267,13 +267,15 @@ def _verify_output(ckpt, dst: Path, spec, the_spec, config, the_plan: Plan, repo
             g = ckpt.geometry
             spec_v = RopeSpec(head_dim=g.head_dim, rotary_dim=g.rotary_dim)
             log(
-                f"verify: no model spec ({str(exc).split(';')[0]}); using base 10000 for the check (layout errors show with any frequencies)"
+                f"verify: no model spec ({str(exc).split(';')[0]}); using base 10000 for the check "
+                "(layout errors show with any frequencies)"
             )
     explicit = spec is not None
     max_abs, max_rel, per_layer = check_conversion(ckpt, dst, spec_v, config, file_layout, explicit, copies)
     report.verify_max_abs, report.verify_max_rel = max_abs, max_rel
     log(
-        f"verify: attention scores q.k on random inputs, {len(per_layer)} layer(s): max |diff| {max_abs:.3e} (relative {max_rel:.3e})"
+        f"verify: attention scores q.k on random inputs, {len(per_layer)} layer(s): "
+        f"max |diff| {max_abs:.3e} (relative {max_rel:.3e})"
     )
     if max_rel > 1e-9:
         worst = max(per_layer, key=lambda kv: kv[1])

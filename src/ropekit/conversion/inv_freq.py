@@ -117,7 +117,8 @@ def verify_inv_freq(ckpt: Checkpoint, spec: RopeSpec) -> tuple[float, int]:
         count += 1
         if tuple(stored.shape) != tuple(exact.shape):
             raise RopeCheckpointError(
-                f"tensor {name} has shape {list(stored.shape)} but the spec has {exact.numel()} frequencies (rotary_dim={spec.rotary_dim})"
+                f"tensor {name} has shape {list(stored.shape)} but the spec has {exact.numel()} frequencies "
+                f"(rotary_dim={spec.rotary_dim})"
             )
         if not stored.dtype.is_floating_point:
             raise RopeCheckpointError(f"tensor {name} has dtype {stored.dtype}; frequencies are floating point")
@@ -135,6 +136,7 @@ def verify_inv_freq(ckpt: Checkpoint, spec: RopeSpec) -> tuple[float, int]:
             raise RopeCheckpointError(
                 f"tensor {name} disagrees with the spec (base={spec.base:g}, rotary_dim={spec.rotary_dim}, "
                 f"scaling={spec.scaling.kind if spec.scaling else None}): max |diff| {diff.max().item():.3e}, "
-                f"relative {rel:.3e} > {tol:.1e} (frequency {i}: stored {stored[i].item():.9g}, expected {exact[i].item():.9g})"
+                f"relative {rel:.3e} > {tol:.1e} "
+                f"(frequency {i}: stored {stored[i].item():.9g}, expected {exact[i].item():.9g})"
             )
     return worst, count

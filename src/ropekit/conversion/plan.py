@@ -69,7 +69,8 @@ def target(ckpt: Checkpoint, layout: str | None, to: str | None) -> tuple[str, s
     dst_fmt = ckpt.fmt if to is None else to
     if (ckpt.fmt == "state_dict") != (dst_fmt == "state_dict"):
         raise RopeCheckpointError(
-            f"to={to!r}: cannot convert a {ckpt.fmt} checkpoint to {dst_fmt}; 'to' converts between 'hf' and 'meta' directories"
+            f"to={to!r}: cannot convert a {ckpt.fmt} checkpoint to {dst_fmt}; "
+            "'to' converts between 'hf' and 'meta' directories"
         )
     if layout is not None:
         dst_layout = normalize_layout(layout)
@@ -81,7 +82,8 @@ def target(ckpt: Checkpoint, layout: str | None, to: str | None) -> tuple[str, s
         dst_layout = ckpt.layout
     if dst_fmt == "meta" and dst_layout != "interleaved":
         raise RopeCheckpointError(
-            f"layout={layout!r} with to='meta': Meta checkpoints are interleaved by definition (Meta rotates complex pairs)"
+            f"layout={layout!r} with to='meta': Meta checkpoints are interleaved by definition "
+            "(Meta rotates complex pairs)"
         )
     return dst_fmt, dst_layout
 
@@ -120,7 +122,8 @@ def _check_geometry(ckpt: Checkpoint, permute: bool) -> None:
         )
     if g is not None and permute and g.family in UNSUPPORTED_FAMILIES:
         raise RopeCheckpointError(
-            f"model_type={g.family!r}: convert does not permute its q/k tensors yet; use ropekit.permute.{UNSUPPORTED_FAMILIES[g.family]}"
+            f"model_type={g.family!r}: convert does not permute its q/k tensors yet; "
+            f"use ropekit.permute.{UNSUPPORTED_FAMILIES[g.family]}"
         )
 
 

@@ -99,7 +99,8 @@ class Geometry:
             hidden = _int(cfg, "hidden_size", source)
             if hidden % n_heads:
                 raise RopeCheckpointError(
-                    f"{source}: hidden_size={hidden} is not divisible by num_attention_heads={n_heads} (and no head_dim)"
+                    f"{source}: hidden_size={hidden} is not divisible by num_attention_heads={n_heads} "
+                    "(and no head_dim)"
                 )
             head_dim = hidden // n_heads
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}

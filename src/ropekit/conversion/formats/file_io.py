@@ -103,8 +103,8 @@ class SourceFiles:
 def copy_bytes(
     src_path, dst_fd: int, start: int, end: int, dst_offset: int | None = None, name: str = "?"
 ) -> str | None:
-    """Copy bytes [start, end) of ``src_path`` (a path or an open binary file) to ``dst_fd`` (at ``dst_offset``, or at and
-    advancing the descriptor's position when None): in the kernel with ``copy_file_range``
+    """Copy bytes [start, end) of ``src_path`` (a path or an open binary file) to ``dst_fd`` (at
+    ``dst_offset``, or at and advancing the descriptor's position when None): in the kernel with ``copy_file_range``
     when both sides share their in-page offset, else through a reused 1 MiB buffer.
 
     Returns None, or why the kernel copy was not available (old kernel, a file-system pair that

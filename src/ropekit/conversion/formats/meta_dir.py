@@ -2,10 +2,11 @@
 
 Meta's reference code rotates q/k as complex numbers, i.e. in the interleaved layout, so a Meta
 directory is interleaved by definition.  ``.pth`` files are never unpickled with code execution:
-their layout is read by a restricted unpickler (``torch_zip``) or ``torch.load(weights_only=True)``.  Model-parallel shards are merged on read: column-
-parallel weights (wq, wk, wv, w1, w3, output) along dim 0, row-parallel ones (wo, w2) along dim 1,
-the embedding along whichever dim its shard shape says (Llama 2 split the model dim, Llama 3 the
-vocabulary), norms replicated.  Writing produces a single ``consolidated.00.pth``.
+their layout is read by a restricted unpickler (``torch_zip``) or ``torch.load(weights_only=True)``.
+Model-parallel shards are merged on read: column-parallel weights (wq, wk, wv, w1, w3, output)
+along dim 0, row-parallel ones (wo, w2) along dim 1, the embedding along whichever dim its shard
+shape says (Llama 2 split the model dim, Llama 3 the vocabulary), norms replicated.  Writing
+produces a single ``consolidated.00.pth``.
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ class MetaCheckpoint(Checkpoint):
                 if not same:
                     raise RopeCheckpointError(
                         f"tensor {name} is {torch_name(dtype_name_of(t))}{list(t.shape)} in {f} but "
-                        f"{torch_name(dtype_name_of(first))}{list(first.shape)} in {files[0]}; model-parallel shards must agree"
+                        f"{torch_name(dtype_name_of(first))}{list(first.shape)} in {files[0]}; "
+                        "model-parallel shards must agree"
                         + ("" if dim is None else f" outside dim {dim}, along which they are concatenated")
                     )
         # one logical checkpoint; it is written back as a single file

@@ -3,7 +3,8 @@
 >>> import os, tempfile, torch
 >>> from ropekit.conversion.formats.torch_zip import read_layout
 >>> p = os.path.join(tempfile.mkdtemp(), "sd.pth")
->>> w = PthZipWriter(p, [("w", "U16", (2,))]); w.write_tensor("w", torch.tensor([1, 65535], dtype=torch.uint16)); w.close()
+>>> w = PthZipWriter(p, [("w", "U16", (2,))])
+>>> w.write_tensor("w", torch.tensor([1, 65535], dtype=torch.uint16)); w.close()
 >>> torch.load(p, weights_only=True)["w"].tolist()
 [1, 65535]
 """

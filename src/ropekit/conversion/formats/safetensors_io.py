@@ -176,7 +176,8 @@ class SafetensorsWriter:
         """The file offset for tensor ``name`` (checked: known, its size, written once)."""
         if name not in self._where or name in self._done:
             raise RuntimeError(
-                f"safetensors writer: tensor {name!r} is {'already written' if name in self._done else 'not in the header'}"
+                f"safetensors writer: tensor {name!r} is "
+                f"{'already written' if name in self._done else 'not in the header'}"
             )
         rel, want = self._where[name]
         if want != nbytes:
