@@ -88,7 +88,7 @@ def _rotary_and_apply(cfg, layer_type=None):
     if cls is None:  # rotary classes that do not take a config: an older release
         return _attention_built(cfg)
     probe = Probe(cfg, layer_type)
-    return probe.rotary_class(probe.config), probe.apply_fn
+    return probe.module, probe.apply_fn
 
 
 def transformers_rope_fn(config, layer_type: str | None = None):
