@@ -29,8 +29,8 @@ def _release_dir(version):
 @pytest.mark.parametrize("version", ["4.37.2", "4.45.2", "4.57.6"])
 def test_partial_rotary_is_measured_as_each_release_runs_it(version):
     """gpt_neox rotary_pct 0.25 of head_dim 16: 4 rotating dims.  Releases before 4.48 slice the
-    rotary dims in the attention module, not in the apply function; measuring them without that
-    slice raised (a deliberately wrong measurement does not get this far)."""
+    rotary dims in the attention module, not in the apply function: a measurement that hands the
+    apply function the whole head (a deliberately wrong one) raises a shape error there."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(_release_dir(version)), str(ROOT / "src"))))
     res = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
