@@ -112,8 +112,8 @@ def config_for(family: str, **overrides):
     model_type = MODEL_TYPE.get(family, family)
     kwargs = dict(_COMMON, **KWARGS[model_type])
     kwargs.update(overrides)
-    if family in ("qwen2_vl", "qwen2_5_vl") and transformers_version() >= (4, 57):
-        model_type += "_text"  # 4.57+: the text tower has its own config class
+    if family in ("qwen2_vl", "qwen2_5_vl") and f"{model_type}_text" in CONFIG_MAPPING:
+        model_type += "_text"  # 4.5x on: the text tower has its own config class
     if family in ("qwen2_vl", "qwen2_5_vl") and transformers_version() >= (5, 0):
         kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
         kwargs.pop("rope_scaling")

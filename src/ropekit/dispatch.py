@@ -178,7 +178,7 @@ def prepare(tensors, names, cos, sin, *, spec, layout, format, positions, offset
         cos, sin = cos_sin(spec, pos, dtype=dtype, device=x4.device)  # [B, S, R]: row j of batch b
         pos = torch.arange(pos.shape[1], device=x4.device).expand_as(pos)  # is token j's own row
     if cos.dim() == 3:
-        cos, sin, pos = flatten_batched_table(cos, sin, x4, pos)
+        cos, sin, pos = flatten_batched_table(cos, sin, x4, pos, check=check_values())
     return views, layout, cos, sin, pos, name
 
 

@@ -160,13 +160,14 @@ def _check_rows(pos: torch.Tensor, host_bounds, n_rows: int | None) -> None:
             )
 
 
-def flatten_batched_table(cos: torch.Tensor, sin: torch.Tensor, x4: torch.Tensor, pos: torch.Tensor):
-    """A per-batch table ``[B, S', R]`` becomes one table ``[B * S', R]`` with rows offset per batch."""
+def flatten_batched_table(cos: torch.Tensor, sin: torch.Tensor, x4: torch.Tensor, pos: torch.Tensor, check=True):
+    """A per-batch table ``[B, S', R]`` becomes one table ``[B * S', R]`` with rows offset per batch
+    (``check=False``: no row bound read back to the host, as under torch.compile)."""
     B = x4.shape[0]
     if cos.shape[0] != B:
         raise RopeShapeError(f"cos {shape_str(cos)} is per-batch but x has batch {B}")
     rows = cos.shape[1]
-    if pos.numel() and int(pos.max().item()) >= rows:
+    if check and pos.numel() and int(pos.max().item()) >= rows:
         raise RopePositionError(f"a token needs table row {int(pos.max().item())} but cos has {rows} per batch row")
     pos = pos + torch.arange(B, device=pos.device)[:, None] * rows
     return cos.reshape(B * rows, -1), sin.reshape(B * rows, -1), pos

@@ -17,7 +17,14 @@ from .errors import RopeArgumentError, RopePositionError, RopeSpecError, RopeSpe
 from .frequencies import check_precision, inv_freq
 from .spec import RopeSpec
 
-__all__ = ["cos_sin", "as_positions", "mrope_axis_of_columns", "MAX_EXACT_POSITION", "MAX_TABLE_ELEMENTS"]
+__all__ = [
+    "cos_sin",
+    "tables_from",
+    "as_positions",
+    "mrope_axis_of_columns",
+    "MAX_EXACT_POSITION",
+    "MAX_TABLE_ELEMENTS",
+]
 
 #: float64 holds every integer up to 2**53 exactly; past that a position is no longer itself.
 MAX_EXACT_POSITION = 2**53
@@ -173,15 +180,41 @@ def cos_sin(
         )
     if device is None:
         device = positions.device
-    if spec.mrope_section is not None:
-        if positions.dim() < 1 or positions.shape[0] != len(spec.mrope_section):
-            # text-only input: the same position on every axis, as transformers expands it
-            positions = positions.unsqueeze(0).expand(len(spec.mrope_section), *positions.shape)
+    positions = _mrope_axes(spec, positions)
     if seq_len is None and positions.numel():
         seq_len = int(positions.max().item()) + 1
 
     inv, factor = inv_freq(spec, seq_len=seq_len, precision=precision)
     _check_factor_fits(factor, dtype, precision)
+    return tables_from(spec, positions, inv, factor, dtype=dtype, device=device, precision=precision)
+
+
+def _mrope_axes(spec: RopeSpec, positions: torch.Tensor) -> torch.Tensor:
+    if spec.mrope_section is not None:
+        if positions.dim() < 1 or positions.shape[0] != len(spec.mrope_section):
+            # text-only input: the same position on every axis, as transformers expands it
+            positions = positions.unsqueeze(0).expand(len(spec.mrope_section), *positions.shape)
+    return positions
+
+
+def tables_from(
+    spec: RopeSpec, positions: torch.Tensor, inv: torch.Tensor, factor: float, dtype, device=None, precision="exact"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The arithmetic of ``cos_sin`` alone, for callers that checked their inputs once: ``positions``
+    a position tensor, ``(inv, factor)`` what ``inv_freq(spec, precision=precision)`` returned.  It
+    reads no value back to the host, so it runs inside a compiled graph (``cos_sin`` checks
+    positions by their values first); the tables are bit for bit those of ``cos_sin``.
+
+    >>> import ropekit as rk, torch
+    >>> spec = rk.RopeSpec(head_dim=8)
+    >>> inv, factor = rk.inv_freq(spec)
+    >>> pos = torch.arange(5)
+    >>> all(torch.equal(a, b) for a, b in zip(tables_from(spec, pos, inv, factor, torch.float32), rk.cos_sin(spec, pos)))
+    True
+    """
+    positions = _mrope_axes(spec, positions)
+    if device is None:
+        device = positions.device
     if precision == "exact":
         pos = positions.to(device=device, dtype=torch.float64)
         angles = pos[..., None] * inv.to(device)

@@ -47,6 +47,11 @@ CONFIGS = {
         "rope_theta": 10000.0,
         "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512},
     },
+    # factor != max_position_embeddings / original: 4.51-4.55 replace it by the ratio
+    "v4-yarn-ratio": {
+        "rope_theta": 10000.0,
+        "rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 512},
+    },
     "v4-llama3": {
         "rope_theta": 500000.0,
         "rope_scaling": {
@@ -216,3 +221,24 @@ def test_437_accepts_only_linear_and_dynamic_with_type_and_factor():
     bad = {**TINY, "rope_scaling": {"type": "linear", "factor": 2}}  # an int: 4.37 wants a float > 1
     with pytest.raises(rk.RopeConfigError, match="float > 1"):
         rk.from_config(bad, transformers_version="4.38.1")
+
+
+def test_yarn_boundaries_451_and_456():
+    """4.50 ranges over max_position_embeddings; 4.51-4.55 replace the dict's factor by
+    max_position_embeddings / original (4.0 -> 2048 / 512 = 4.0 here, so use factor 2.0 to see it);
+    from 4.56 the dict's factor stays.  truncate is read from 4.55 on."""
+    cfg = _config("v4-yarn")
+    cfg["rope_scaling"] = {**cfg["rope_scaling"], "factor": 2.0, "truncate": False}
+    read = {r: rk.from_config(cfg, transformers_version=r).scaling for r in ("4.50.3", "4.51.0", "4.55.4", "4.56.0")}
+    assert (read["4.50.3"].original_max_position_embeddings, read["4.50.3"].factor) == (2048, 2.0)
+    assert (read["4.51.0"].original_max_position_embeddings, read["4.51.0"].factor) == (512, 2048 / 512)
+    assert (read["4.55.4"].factor, read["4.56.0"].factor) == (2048 / 512, 2.0)
+    assert read["4.51.0"].truncate and not read["4.55.4"].truncate and not read["4.56.0"].truncate
+
+
+def test_longrope_picks_per_length_from_451():
+    cfg = _config("v4-longrope-factor")
+    old = rk.from_config(cfg, transformers_version="4.50.3").scaling
+    new = rk.from_config(cfg, transformers_version="4.51.0").scaling
+    assert old.short_factor == old.long_factor == tuple(LONGROPE_FACTORS["long_factor"])
+    assert new.short_factor == tuple(LONGROPE_FACTORS["short_factor"])

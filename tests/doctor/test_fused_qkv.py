@@ -140,3 +140,34 @@ def test_infer_layout_reads_a_fused_checkpoint():
     }
     res = rk.infer_layout(fused, config)
     assert (res.layout, res.rotary_dim, res.contradiction) == ("half", 16, ""), res.summary()
+
+
+def test_doctor_a_b_finds_a_permutation_inside_fused_projections():
+    """phi3 [q; k; v] checkpoints: B's q and k rows inside the fused tensor permuted half ->
+    interleaved (v untouched) are found per layer; B with one k row scaled is named as the first
+    difference."""
+    from ropekit.doctor.checkpoint_diff import diff_checkpoints
+
+    config = {"model_type": "phi3", "hidden_size": 64, "num_attention_heads": 8, "num_key_value_heads": 2}
+    H, KV, D = 8, 2, 8
+    g = torch.Generator().manual_seed(0)
+    a = {
+        f"model.layers.{i}.self_attn.qkv_proj.weight": torch.randn((H + 2 * KV) * D, 64, generator=g) for i in range(2)
+    }
+
+    def permuted(w):
+        q, k, v = w[: H * D], w[H * D : (H + KV) * D], w[(H + KV) * D :]
+        p = lambda t, n: rk.permute_qk(t, n_heads=n, head_dim=D, src="half", dst="interleaved")  # noqa: E731
+        return torch.cat((p(q, H), p(k, KV), v))
+
+    b = {k: permuted(w) for k, w in a.items()}
+    geometry = geometry_of(a, config)
+    diff = diff_checkpoints(a, b, geometry)
+    assert diff.same_up_to_permutation and len(diff.tensors) == 4
+    assert diff.permutation == "permute_qk(w, n_heads=..., head_dim=8, rotary_dim=8, src='half', dst='interleaved')"
+    changed = dict(b)
+    w = changed["model.layers.1.self_attn.qkv_proj.weight"].clone()
+    w[H * D + 3] *= 1.01  # one k row of layer 1
+    changed["model.layers.1.self_attn.qkv_proj.weight"] = w
+    first = diff_checkpoints(a, changed, geometry).first_difference
+    assert (first.layer, first.role) == (1, "k")

@@ -126,6 +126,21 @@ def test_legacy_dynamic_cache_grows_and_never_resets_as_437_did():
     assert torch.equal(ours.inv_freq, theirs.inv_freq)
 
 
+@pytest.mark.skipif(not (LEGACY_RELEASE and not OLD_FORWARD), reason="4.38-4.45's dynamic class with position_ids")
+def test_dynamic_class_with_position_ids_follows_the_release_rule():
+    """4.38-4.42 recompute for every call longer than the original and keep that (a shorter call
+    reuses the last long one); 4.43-4.45 grow past the longest seen and reset below the original."""
+    theirs = _theirs("LlamaDynamicNTKScalingRotaryEmbedding", scaling_factor=2.0)
+    ours = rk.transformers.rotary_embedding.DynamicNTKScalingRotaryEmbedding(
+        DIM, MAX_POS, BASE, scaling_factor=2.0, precision="hf"
+    )
+    x = torch.zeros(1)
+    for n in (10, 200, 100, 300, 20, 150, 30):  # long, shorter long, longer, short, long, short
+        pos = torch.arange(n)[None]
+        for a, b in zip(ours(x, pos), theirs(x, pos)):
+            assert torch.equal(a, b), n
+
+
 @pytest.mark.skipif(LEGACY_RELEASE and OLD_FORWARD, reason="config-driven dynamic modules (4.38+)")
 def test_stateful_dynamic_reproduces_the_release_cache_bit_for_bit():
     config = transformers.LlamaConfig(

@@ -175,3 +175,21 @@ def _required(fn) -> list[str]:
     import inspect
 
     return [n for n, p in inspect.signature(fn).parameters.items() if p.default is inspect.Parameter.empty]
+
+
+def test_dynamic_ntk_state_follows_the_installed_release():
+    """After a long batch, each release keeps its own dynamic-NTK state (4.38-4.42: the last call
+    longer than the original; 4.43+: the longest seen, reset below the original); a patched model
+    follows it call after call, logits equal to the unpatched model's."""
+    import copy
+
+    built = tm.build("llama", max_position_embeddings=32, rope_scaling={"type": "dynamic", "factor": 2.0})
+    model, _ = built
+    patched = copy.deepcopy(model)
+    rk.hf.patch(patched)
+    gen = torch.Generator().manual_seed(3)
+    for n in (60, 45, 20, 50, 40):  # long, shorter long, short, long, long
+        ids = torch.randint(3, tm.VOCAB, (1, n), generator=gen)
+        with torch.no_grad():
+            want, got = tm.output(model, ids), tm.output(patched, ids)
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max(), n

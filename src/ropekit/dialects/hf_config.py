@@ -95,7 +95,14 @@ def _nested_keys(cfg: dict[str, Any], params: dict[str, Any]) -> list[str]:
     if isinstance(declared, list) and not all(isinstance(t, str) for t in declared):
         raise RopeConfigError(f"layer_types={declared!r} must be a list of layer type names (strings)")
     names = set(declared) if isinstance(declared, list) else set(_LAYER_TYPE_NAMES)
-    return [k for k in params if k in names and (params[k] is None or isinstance(params[k], dict))]
+    # a dict of RoPE parameters under a key of its own is a rope type of its own even when the
+    # key is no layer type: DeepSeek-V4 keys its "main" and "compress" RoPEs apart from layer_types
+    return [
+        k
+        for k, v in params.items()
+        if (k in names and (v is None or isinstance(v, dict)))
+        or (isinstance(v, dict) and ("rope_type" in v or "rope_theta" in v))
+    ]
 
 
 def layer_types(config_dict: dict[str, Any], release: tuple[int, int, int] | None = None) -> list[str]:

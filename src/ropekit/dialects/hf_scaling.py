@@ -141,8 +141,8 @@ def _longrope(cfg, params, rotary_dim, where, rules, family):
         )
     else:
         factor = integer(cfg, "max_position_embeddings") / original
-    if rules.longrope_original_top_level_only and rules.yarn_range_from_max_position and family != "phi3":
-        # 4.4x llama-style longrope picks its factors once, at init: long when the context is
+    if rules.longrope_fixed_at_init and family != "phi3":
+        # before 4.51 llama-style longrope picks its factors once, at init: long when the context is
         # extended (factor > 1), for every sequence length (Phi-3 has its own per-length module)
         short = long if factor > 1.0 else short
         long = short if factor <= 1.0 else long
@@ -172,7 +172,10 @@ def scaling_of(cfg, params, rope_type, rotary_dim, partial, where, rules: Rules,
         mscale = number(params, "mscale", where=w) if params.get("mscale") is not None else None
         mscale_all = number(params, "mscale_all_dim", where=w) if params.get("mscale_all_dim") is not None else None
         original = _original(cfg, params, where, rules, "yarn")
-        if params.get("factor") is None and rules.reads_rope_parameters:
+        if rules.yarn_factor_from_lengths and params.get(_ORIGINAL) is not None:
+            # 4.51-4.55: the dict's original replaces its factor (DeepSeek-V3 style ratio)
+            factor = integer(cfg, "max_position_embeddings") / original
+        elif params.get("factor") is None and rules.reads_rope_parameters:
             # 5.x: a factor key set to null means max_position_embeddings / original (an absent
             # key is refused by validate, as transformers raises KeyError)
             factor = integer(cfg, "max_position_embeddings") / original
@@ -185,7 +188,7 @@ def scaling_of(cfg, params, rope_type, rotary_dim, partial, where, rules: Rules,
             beta_slow=number(params, "beta_slow", 1.0, where=w) or 1.0,
             mscale=mscale,
             mscale_all_dim=mscale_all,
-            truncate=flag(params, "truncate", True, where=w),
+            truncate=flag(params, "truncate", True, where=w) if rules.yarn_reads_truncate else True,
         ), attention_factor
     if rope_type == "longrope":
         return _longrope(cfg, params, rotary_dim, where, rules, family), attention_factor

@@ -19,8 +19,6 @@ Anything else is refused with the reason.  The spec's ``source`` says that it wa
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import importlib
 import inspect
 import math
@@ -28,10 +26,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RopeConfigError, RopeError
+from .rotary_modules import (
+    SAMPLE_POSITIONS,
+    apply_function_of,
+    call_rotary,
+    check_rope_sub_configs,
+    compact_tables,
+    image_rotary_reason,
+    module_failed,
+    no_rope_layer_types,
+    one_thread,
+    pick_rotary,
+    probe_scores,
+    rotary_classes,
+)
 
 __all__ = [
     "Measurement",
     "Probe",
+    "axis_positions",
     "family_layer_types",
     "measure",
     "pick_rotary",
@@ -46,9 +59,6 @@ __all__ = [
 TABLE_TOL = 2e-6
 #: largest relative attention-score difference accepted between the two apply functions
 SCORE_TOL = 1e-5
-#: positions sampled: the first 32, then a spread up to a few thousand (cheap, and far enough
-#: that a wrong frequency shows)
-_POSITIONS = (*range(32), 100, 257, 1000, 2047)
 
 
 @dataclass(frozen=True)
@@ -74,189 +84,40 @@ def _transformers():
     return transformers
 
 
-def _modeling_module_of(config_class: type):
-    """``transformers.models.X.modeling_X`` for a config class defined in ``...configuration_X``."""
-    name = config_class.__module__
-    if ".configuration_" not in name:
-        return None
-    try:
-        return importlib.import_module(name.replace(".configuration_", ".modeling_"))
-    except ImportError:
-        return None
-
-
-def _config_class_of(cls) -> type | None:
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return None
-    for param in params.values():
-        if param.name not in ("self", "device"):
-            return param.annotation if isinstance(param.annotation, type) else None
-    return None
-
-
-#: rotary classes of other towers (images, audio, diffusion heads): 2D / other position schemes,
-#: not the language model's
-_OTHER_TOWERS = ("Vision", "Audio", "DiT", "Talker", "Video")
-
-
-@functools.cache
-def rotary_classes(config_class: type) -> tuple[tuple[type, type | None], ...]:
-    """The ``(RotaryEmbedding class, config class it takes)`` pairs of the modeling module that
-    goes with ``config_class``, leaving out other towers' (vision, audio ...) rotary classes."""
-    module = _modeling_module_of(config_class)
-    if module is None:
-        return ()
-    found = []
-    for name, obj in vars(module).items():
-        if not (isinstance(obj, type) and name.endswith("RotaryEmbedding") and obj.__module__ == module.__name__):
-            continue
-        if not any(tower in name for tower in _OTHER_TOWERS):
-            found.append((obj, _config_class_of(obj)))
-    return tuple(found)
-
-
-def _text_of(config):
-    get = getattr(config, "get_text_config", None)
-    try:
-        text = get() if callable(get) else config
-    except Exception:  # some composite configs raise when they hold several decoders
-        text = config
-    return text
-
-
-def pick_rotary(config):
-    """The language model's rotary class for ``config`` and the (sub-)config it is built from
-    (``(None, None)`` when its family has none)."""
-    text = _text_of(config)
-    classes = rotary_classes(type(text)) or rotary_classes(type(config))
-    for cls, cfg_cls in classes:  # a class that takes exactly this config
-        if cfg_cls is type(text):
-            return cls, text
-    # composite families annotate the text rotary with the composite config, yet build it
-    # from the text config (transformers' own models pass config.text_config)
-    for cls, cfg_cls in classes:
-        if cfg_cls is None:
-            continue
-        parts = getattr(cfg_cls, "sub_configs", None) or {}
-        if cfg_cls is type(config) or isinstance(text, cfg_cls) or parts.get("text_config") is type(text):
-            return cls, text
-    return None, None
-
-
-def _call_rotary(module, cfg, layer_type):
-    import torch
-
-    pos = torch.tensor([_POSITIONS], dtype=torch.int64)
-    x = torch.zeros(1, len(_POSITIONS), 8, dtype=torch.float32)
-    params = inspect.signature(module.forward).parameters
-    kwargs = {"layer_type": layer_type} if "layer_type" in params and layer_type is not None else {}
-    with torch.no_grad():
-        out = module(x, pos, **kwargs)
-    n = len(_POSITIONS)
-    if isinstance(out, torch.Tensor) and out.is_complex():  # Llama 4 / DeepSeek-V2: freqs_cis = cos + i sin
-        out = out.reshape(n, -1)
-        return out, None
-    a, b = out
-    return a.float().reshape(n, -1), b.float().reshape(n, -1)
-
-
-def _compact(a, b):
-    """(cos, sin) in compact form (one column per pair) and the module's table form."""
-    import torch
-
-    if b is None:
-        return a.real.float(), a.imag.float(), "complex freqs_cis"
-
-    if torch.all(a[0] == 0) and not torch.all(b[0] == 0):  # GPT-J returns (sin, cos)
-        a, b = b, a
-        order = "(sin, cos)"
-    else:
-        order = "(cos, sin)"
-    w = a.shape[-1]
-    if w % 2 == 0 and torch.equal(a[:, : w // 2], a[:, w // 2 :]) and torch.equal(b[:, : w // 2], b[:, w // 2 :]):
-        return a[:, : w // 2], b[:, : w // 2], f"{order} duplicated by cat"
-    if w % 2 == 0 and torch.equal(a[:, 0::2], a[:, 1::2]) and torch.equal(b[:, 0::2], b[:, 1::2]):
-        return a[:, 0::2], b[:, 0::2], f"{order} repeated per column"
-    return a, b, f"{order} compact"
-
-
-def _apply_function(module, complex_table: bool, config):
-    """The family's q/k rotation function (the one its attention calls for the language model)."""
-    names = ("apply_rotary_pos_emb", "apply_rotary_pos_emb_interleave")
-    if getattr(config, "rope_interleave", False):  # DeepSeek-V3 style: the attention picks by this flag
-        names = names[::-1]
-    if complex_table:
-        names = ("apply_rotary_emb",)
-    for name in names:
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return fn
-    return None
-
-
 def _read_spec(cfg, layout: str, layer_type, n_pairs: int):
     """ropekit's reading of the config's keys, with the layout measured and rotary_dim checked."""
     from . import hf_config
     from .reading import Source
 
     data = cfg.to_dict()
+
+    def read():
+        return hf_config.read(Source(data, type(cfg).__name__), layer_type=layer_type, layout=layout)
+
     try:
-        spec = hf_config.read(Source(data, type(cfg).__name__), layer_type=layer_type, layout=layout)
+        return _fit_slice(read(), n_pairs)
     except RopeConfigError as exc:
-        if "head_dim" not in str(exc) and "hidden_size" not in str(exc) and "num_attention_heads" not in str(exc):
+        why = str(exc)
+        if "gives rotary_dim" in why:  # an odd rotary_dim is the config's own, not a missing key
             raise
-        # the family sizes its heads from keys of its own (d_model, encoder heads ...): the
-        # module's table width is the measured truth, so describe the slice it rotates
-        data["head_dim"] = 2 * n_pairs
-        spec = hf_config.read(Source(data, type(cfg).__name__), layer_type=layer_type, layout=layout)
+        if "is not divisible by" in why:
+            # transformers' own rule (module and attention alike): head_dim = hidden_size // heads
+            data["head_dim"] = data["hidden_size"] // data["num_attention_heads"]
+        elif "head_dim" in why or "hidden_size" in why or "num_attention_heads" in why:
+            # the family sizes its heads from keys of its own (d_model, encoder heads ...): the
+            # module's table width is the measured truth, so describe the slice it rotates
+            data["head_dim"] = 2 * n_pairs
+        else:
+            raise
+    return _fit_slice(read(), n_pairs)
+
+
+def _fit_slice(spec, n_pairs: int):
     if spec.rotary_dim != 2 * n_pairs:
         # the module rotates another number of dims than the config keys say: describe the slice
         # the module rotates, as ropekit does for DeepSeek's MLA rope part
         spec = spec.replace(head_dim=max(spec.head_dim, 2 * n_pairs), rotary_dim=2 * n_pairs)
     return spec
-
-
-def _scores(apply_fn, a, b, width, mrope_section):
-    """q.k scores (q at every position, k at every position) from the family's apply function,
-    called as its attention calls it: with the rotary module's outputs in the order it returns them."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    # two heads: a function written for [b, s, h, d] cannot broadcast a [b, h, s, d] input, and back
-    q = torch.randn(1, 2, len(_POSITIONS), width, generator=gen)
-    k = torch.randn(1, 2, len(_POSITIONS), width, generator=gen)
-    params = list(inspect.signature(apply_fn).parameters)
-    with torch.no_grad():
-        if b is None:  # (xq, xk, freqs_cis): DeepSeek-V2 on [b, h, s, d], Llama 4 on [b, s, h, d]
-            try:
-                qr, kr = apply_fn(q, k, a[None])
-            except RuntimeError:
-                qr, kr = apply_fn(q.transpose(1, 2), k.transpose(1, 2), a[None])
-                qr, kr = qr.transpose(1, 2), kr.transpose(1, 2)
-        elif params[1:3] == ["sin", "cos"]:  # GPT-J style: one tensor [b, s, h, d] at a time
-            qr = apply_fn(q.transpose(1, 2), a[None], b[None]).transpose(1, 2)
-            kr = apply_fn(k.transpose(1, 2), a[None], b[None]).transpose(1, 2)
-        elif params[1:3] == ["cos", "sin"]:  # one tensor [b, h, s, d] at a time (Gemma 3n style)
-            qr, kr = apply_fn(q, a[None], b[None]), apply_fn(k, a[None], b[None])
-        else:
-            kwargs = {"mrope_section": list(mrope_section or ())} if "mrope_section" in params else {}
-            qr, kr = apply_fn(q, k, a[None], b[None], **kwargs)
-    return q, k, qr[0, 0] @ kr[0, 0].T
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Tiny tensors: extra intra-op threads only add wake-up latency (13x slower on a busy machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def family_layer_types(config) -> list[str]:
@@ -265,41 +126,58 @@ def family_layer_types(config) -> list[str]:
     if cls is None:
         return []
     try:
-        return list(getattr(cls(cfg), "layer_types", None) or [])
+        types = list(getattr(cls(cfg), "layer_types", None) or [])
     except Exception:
         return []
+    return sorted(set(types) - no_rope_layer_types(cfg))
 
 
 class Probe:
     """A family's own rotary module and apply function, called once on sample positions; a spec
-    is then judged against them (``table_err``, ``score_err``)."""
+    is then judged against them (``table_err``, ``score_err``, ``axes_err``)."""
 
     def __init__(self, config, layer_type: str | None = None):
         if _transformers() is None:
             raise RopeConfigError("measuring a family's RoPE needs transformers: pip install 'ropekit[hf]'")
         self.family = family = getattr(config, "model_type", None)
+        check_rope_sub_configs(config)
         cls, self.config = pick_rotary(config)
         if cls is None:
             raise RopeConfigError(f"model_type={family!r}: transformers has no text RotaryEmbedding for this config")
         self.rotary_class = cls
+        image = image_rotary_reason(cls)
+        if image is not None:
+            raise RopeConfigError(
+                f"model_type={family!r}: {cls.__name__} is an image rotary with {image}; a RopeSpec describes "
+                f"a 1-D RoPE over token positions, so ropekit refuses rather than guessing"
+            )
+        if layer_type is not None and layer_type in no_rope_layer_types(self.config):
+            raise RopeConfigError(
+                f"model_type={family!r}: rope_parameters[{layer_type!r}] is null: layers of type {layer_type!r} use no RoPE"
+            )
         try:
-            module = cls(self.config)
-        except Exception as exc:  # the family's own code refused the config: say so, in one line
-            raise RopeConfigError(f"model_type={family!r}: {cls.__name__}(config) failed: {exc!r}"[:400]) from None
-        self.layer_types = list(getattr(module, "layer_types", None) or [])
+            self.module = module = cls(self.config)
+        except Exception as exc:
+            raise module_failed(family, cls, self.config, exc, f"{cls.__name__}(config)") from None
+        self.layer_types = sorted(set(getattr(module, "layer_types", None) or []) - no_rope_layer_types(self.config))
         if self.layer_types and layer_type is None:
             raise RopeConfigError(
                 f"this config has a different RoPE per layer type ({', '.join(self.layer_types)}); "
                 f"pass layer_type= one of them"
             )
         self.layer_type = layer_type
+        section = getattr(module, "mrope_section", None)
+        if isinstance(section, dict):  # one section per layer type (Cohere Compass)
+            section = section.get(layer_type)
+        #: the mRoPE sections the module itself uses (its default when the config has none)
+        self.mrope_section = tuple(section) if section else None
         try:
-            with _one_thread():
-                self.raw = _call_rotary(module, self.config, layer_type)
+            with one_thread():
+                self.raw = call_rotary(module, layer_type)
         except Exception as exc:
-            raise RopeConfigError(f"model_type={family!r}: calling {cls.__name__} failed: {exc!r}"[:400]) from None
-        self.cos, self.sin, self.form = _compact(*self.raw)
-        self.apply_fn = _apply_function(
+            raise module_failed(family, cls, self.config, exc, f"calling {cls.__name__}") from None
+        self.cos, self.sin, self.form = compact_tables(*self.raw)
+        self.apply_fn = apply_function_of(
             importlib.import_module(cls.__module__), complex_table=self.raw[1] is None, config=self.config
         )
         if self.apply_fn is None:
@@ -315,8 +193,10 @@ class Probe:
 
         from ..tables import cos_sin
 
-        with _one_thread():
-            c, s = cos_sin(spec, torch.tensor(_POSITIONS), dtype=torch.float32, precision="hf", seq_len=len(_POSITIONS))
+        with one_thread():
+            c, s = cos_sin(
+                spec, torch.tensor(SAMPLE_POSITIONS), dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS)
+            )
         if c.shape != self.cos.shape:
             return math.inf
         return max((c - self.cos).abs().max().item(), (s - self.sin).abs().max().item())
@@ -328,20 +208,121 @@ class Probe:
         from ..apply import apply_rope_qk
         from ..tables import cos_sin
 
-        with _one_thread():
+        with one_thread():
             try:
-                q, k, ref = _scores(self.apply_fn, *self.raw, 2 * self.n_pairs, spec.mrope_section)
+                q, k, ref = probe_scores(self.apply_fn, *self.raw, 2 * self.n_pairs, spec.mrope_section)
             except Exception as exc:
                 raise RopeConfigError(
                     f"model_type={self.family!r}: probing {self.apply_fn.__name__} failed: {exc!r}"[:400]
                 ) from None
-            pos = torch.tensor(_POSITIONS)
-            cos, sin = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(_POSITIONS))
+            pos = torch.tensor(SAMPLE_POSITIONS)
+            cos, sin = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS))
             if spec.rotary_dim != 2 * self.n_pairs:
                 return math.inf
             qr, kr = apply_rope_qk(q, k, cos, sin, layout=spec.layout, format="bhsd", backend="reference")
             mine = qr[0, 0] @ kr[0, 0].T
         return ((mine - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+    def axes_err(self, spec) -> float:
+        """For a module with mRoPE sections: max |cos/sin| difference at distinct temporal / height /
+        width (...) positions, one sequence per axis (0.0 for a module without sections)."""
+        import torch
+
+        from ..tables import cos_sin
+
+        if self.mrope_section is None:
+            return 0.0
+        if spec.mrope_section is None or len(spec.mrope_section) != len(self.mrope_section):
+            return math.inf
+        pos = axis_positions(len(self.mrope_section))
+        with one_thread():
+            try:
+                cos, sin, self.axes_form = compact_tables(*call_rotary(self.module, self.layer_type, pos[:, None, :]))
+            except Exception as exc:
+                raise module_failed(self.family, self.rotary_class, self.config, exc, "per-axis positions") from None
+            c, s = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS))
+        if c.shape != cos.shape:
+            return math.inf
+        return max((c - cos).abs().max().item(), (s - sin).abs().max().item())
+
+
+def axis_positions(n_axes: int):
+    """[n_axes, n] positions that differ between axes at almost every token: axis a is the sample
+    positions rolled by 7a (an mRoPE column driven by the wrong axis shows at once)."""
+    import torch
+
+    base = torch.tensor(SAMPLE_POSITIONS, dtype=torch.int64)
+    return torch.stack([base.roll(7 * a) for a in range(n_axes)])
+
+
+def _measure_axes(probe: Probe, spec):
+    """The spec with the module's own mRoPE sections, contiguous or interleaved: whichever
+    reproduces its tables at distinct per-axis positions; refused when neither does."""
+    section, family = probe.mrope_section, probe.family
+    # interleaved sections (Qwen3-VL) give columns to the height/width axes by section[1:] and every
+    # other column to the temporal axis, so section[0] only has to make the sum (a module may leave
+    # it short: Qwen4-Exp's [11, 11, 10] over 128 pairs is (107, 11, 10))
+    candidates = {"interleaved": (spec.n_pairs - sum(section[1:]), *section[1:])}
+    if sum(section) == spec.n_pairs:
+        candidates = {"contiguous": section, **candidates}
+    elif candidates["interleaved"][0] < 0:
+        raise RopeConfigError(
+            f"model_type={family!r}: {probe.rotary_class.__name__}'s mrope_section {list(section)} sums to "
+            f"{sum(section)}, but it rotates {spec.n_pairs} pairs"
+        )
+    errs = {}
+    for kind, sections in candidates.items():
+        candidate = spec.replace(mrope_section=sections, mrope_interleaved=kind == "interleaved")
+        errs[kind] = err = probe.axes_err(candidate)
+        if err <= TABLE_TOL:
+            return candidate
+    shown = ", ".join(f"{kind}: {err:.3g}" for kind, err in errs.items())
+    if probe.axes_form.endswith("compact") and probe.axes_form != probe.form:
+        raise RopeConfigError(
+            f"model_type={family!r}: {probe.rotary_class.__name__} splits its duplicated table by mrope_section "
+            f"{list(section)}, so at distinct per-axis positions the two members of a pair follow different axes "
+            f"and turn by different angles: not a rotation, which no RopeSpec describes (exact for text positions "
+            f"only, where every axis is equal); refusing rather than guessing"
+        )
+    raise RopeConfigError(
+        f"model_type={family!r}: at distinct per-axis positions {probe.rotary_class.__name__}'s tables match "
+        f"neither contiguous nor interleaved mRoPE sections {list(section)} (table error {shown}): its axes drive "
+        f"columns in another order, or the two members of a pair by different axes; refusing rather than guessing"
+    )
+
+
+def _slice_of_head(probe: Probe, spec):
+    """A partial-rotary spec rotates the LEADING rotary_dim dims of each head.  Where the family's
+    apply function takes whole heads, check that: a family that rotates the trailing slice
+    (DeepSeek-V4's ``[nope | rope]`` heads) gets a spec of that slice on its own, as ropekit
+    describes DeepSeek-V2/V3's MLA rope part.  Returns (spec, note)."""
+    import torch
+
+    if spec.head_dim == spec.rotary_dim or probe.raw[1] is None:
+        return spec, ""
+    params = list(inspect.signature(probe.apply_fn).parameters)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 2, len(SAMPLE_POSITIONS), spec.head_dim, generator=gen)
+    a, b = probe.raw
+    try:
+        with torch.no_grad(), one_thread():
+            if params[1:3] == ["cos", "sin"]:
+                out = probe.apply_fn(x, a[None], b[None])
+            elif params[1:3] == ["sin", "cos"]:
+                return spec, ""  # GPT-J style [b, s, h, d] with its own rotary_dim slicing: leading
+            else:
+                out = probe.apply_fn(x, x, a[None], b[None])[0]
+    except Exception:  # the attention slices the head itself before the apply: nothing to learn here
+        return spec, ""
+    keep = spec.head_dim - spec.rotary_dim
+    if torch.equal(out[..., spec.rotary_dim :], x[..., spec.rotary_dim :]):
+        return spec, ""
+    if torch.equal(out[..., :keep], x[..., :keep]):
+        return spec.replace(head_dim=spec.rotary_dim), "; the trailing rotary slice of each head, on its own"
+    raise RopeConfigError(
+        f"model_type={probe.family!r}: {probe.apply_fn.__name__} changes neither only the leading nor only the "
+        f"trailing {spec.rotary_dim} of {spec.head_dim} dims; refusing rather than guessing"
+    )
 
 
 def measure(config, layer_type: str | None = None) -> Measurement:
@@ -353,7 +334,14 @@ def measure(config, layer_type: str | None = None) -> Measurement:
         try:
             spec = _read_spec(probe.config, layout, layer_type, probe.n_pairs)
         except RopeError as exc:
-            raise RopeConfigError(f"model_type={family!r}: {exc}") from None
+            why = f"model_type={family!r}: {exc}"
+            if "must be even" in str(exc):  # odd nominal rotary_dim (head_dim * partial_rotary_factor)
+                why += (
+                    f"; transformers' own {name} then builds {probe.n_pairs} frequencies base**(-2i/odd) "
+                    f"(tables {2 * probe.n_pairs} wide), which no RopeSpec (base**(-2i/rotary_dim), rotary_dim "
+                    f"even) describes; set head_dim (released checkpoints of such families do)"
+                )
+            raise RopeConfigError(why) from None
         results[layout] = (spec, probe.score_err(spec))
     good = [lay for lay, (_, err) in results.items() if err <= SCORE_TOL]
     if len(good) != 1:
@@ -369,6 +357,9 @@ def measure(config, layer_type: str | None = None) -> Measurement:
             f"model_type={family!r}: ropekit's reading ({spec.describe()}) differs from {name}'s "
             f"tables by {table_err:.3g}; refusing rather than guessing"
         )
+    if probe.mrope_section is not None:
+        spec = _measure_axes(probe, spec)
+    spec, where = _slice_of_head(probe, spec)
     version = _transformers().__version__
-    note = f"measured from transformers {version} {name} and {probe.apply_fn.__name__}"
+    note = f"measured from transformers {version} {name} and {probe.apply_fn.__name__}{where}"
     return Measurement(spec.replace(source=note), table_err, score_err, note)

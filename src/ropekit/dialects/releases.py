@@ -15,10 +15,23 @@ every release in between:
   unverified): only ``linear`` and ``dynamic`` scaling exist, ``rope_scaling`` must hold exactly
   ``type`` and ``factor`` (a float > 1), and linear scaling divides the positions (``t / factor``)
   instead of the frequencies -- the same rotation, different float32 rounding.
-* before 4.57 (verified at 4.45.2; unverified boundary): yarn's correction range uses
-  ``max_position_embeddings`` (any ``original_max_position_embeddings`` is ignored).
+* yarn (boundaries read in each release's ``modeling_rope_utils``: 4.50.3 and 4.51.0, 4.55.4 and
+  4.56.0; run at 4.45.2, 4.56.0, 4.57.0, 4.57.6):
+  - before 4.51 the correction range uses ``max_position_embeddings`` (any
+    ``original_max_position_embeddings`` is ignored);
+  - from 4.51 to 4.55 an ``original_max_position_embeddings`` in the scaling dict sets the range
+    AND replaces the dict's ``factor`` by ``max_position_embeddings / original``;
+  - from 4.56 the dict's ``factor`` stays; the range uses the dict's original, else
+    ``max_position_embeddings``;
+  - before 4.55 the range is always truncated (a ``truncate`` key is ignored).
+* before 4.51 a llama-style longrope module picks its factors once, at init (long when the
+  context is extended); from 4.51 it picks per sequence length, as Phi-3's own module does.
 * before 5.0: longrope reads only the top-level ``original_max_position_embeddings`` (the
   scaling dict's is ignored); without it the original length is ``max_position_embeddings``.
+* dynamic NTK before 4.43 (4.38.1 and 4.42.4 read; 4.37 has its own growing cache): a call
+  longer than ``max_position_embeddings`` recomputes the frequencies for its own length and keeps
+  them, shorter calls reuse the last ones (from 4.43: grow past the longest seen, reset below the
+  original length).
 * dynamic NTK is stateful in transformers (the base grows with the longest sequence seen and
   resets below the original length); a spec describes one sequence length at a time (``seq_len``).
 
@@ -87,6 +100,10 @@ class Rules:
     linear_divides_positions: bool
     yarn_range_from_max_position: bool
     longrope_original_top_level_only: bool
+    yarn_factor_from_lengths: bool = False
+    yarn_reads_truncate: bool = True
+    longrope_fixed_at_init: bool = False
+    dynamic_per_long_call: bool = False
 
 
 def rules_for(release: tuple[int, int, int]) -> Rules:
@@ -102,6 +119,10 @@ def rules_for(release: tuple[int, int, int]) -> Rules:
         scaling_types=types,
         strict_v437_scaling=old,
         linear_divides_positions=old,
-        yarn_range_from_max_position=release < (4, 57, 0),
+        yarn_range_from_max_position=release < (4, 51, 0),
         longrope_original_top_level_only=release < (5, 0, 0),
+        yarn_factor_from_lengths=(4, 51, 0) <= release < (4, 56, 0),
+        yarn_reads_truncate=release >= (4, 55, 0),
+        longrope_fixed_at_init=release < (4, 51, 0),
+        dynamic_per_long_call=release < (4, 43, 0),
     )

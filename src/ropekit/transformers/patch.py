@@ -57,6 +57,9 @@ from .rotators import build_rotator
 __all__ = ["patch", "unpatch", "is_patched", "PatchReport", "Change"]
 
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("ropekit_hf_active", default=None)
+#: the same, while torch.compile traces an attention forward: dynamo cannot trace a ContextVar, and a
+#: one-slot list it can (the value only lives during tracing; the compiled graph has the rotation inlined)
+_TRACED: list = [None]
 #: (modeling module, function) -> [transformers' function, number of patched models using it]
 _INSTALLED: dict[tuple[str, str], list] = {}
 _ATTR = "_ropekit_patch"
@@ -220,7 +223,7 @@ def _swap_position_tables(attention, specs, precision, undo: _Undo) -> None:
 def _dispatcher(key, original):
     @functools.wraps(original)
     def dispatch(*args, **kwargs):
-        rotators = _ACTIVE.get()
+        rotators = _TRACED[0] if torch.compiler.is_compiling() else _ACTIVE.get()
         fn = None if rotators is None else rotators.get(key)
         if fn is None:
             return original(*args, **kwargs)
@@ -269,6 +272,12 @@ def _wrap_forwards(attention, rotators, undo: _Undo) -> None:
         bound = type(mod).forward.__get__(mod)
 
         def forward(*args, __bound=bound, **kwargs):
+            if torch.compiler.is_compiling():
+                previous, _TRACED[0] = _TRACED[0], rotators
+                try:
+                    return __bound(*args, **kwargs)
+                finally:
+                    _TRACED[0] = previous
             token = _ACTIVE.set(rotators)
             try:
                 return __bound(*args, **kwargs)

@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import torch
 
+from ..dialects.releases import rules_for, target_release
 from ..errors import RopeShapeError, RopeSpecError
 from ..frequencies import attention_factor, check_precision
 from ..frequencies import inv_freq as _inv_freq
-from ..spec import Dynamic, Linear, RopeSpec
-from ..tables import cos_sin
+from ..spec import Dynamic, Linear, LongRope, RopeSpec
+from ..tables import cos_sin, tables_from
 from . import legacy
 from .checkpoint_keys import INV_FREQ_KEY, check_inv_freq
 from .forms import DUPLICATES, TableForm, table_form
@@ -130,6 +131,9 @@ class RotaryEmbedding(torch.nn.Module):
             raise RopeSpecError(f"stateful={stateful!r} must be a bool")
         self.stateful = stateful
         self.max_seq_len_cached = self.original_max_seq_len = self.max_position_embeddings or 0
+        self._frequencies = self._static_frequencies()
+        #: the installed release's dynamic NTK rule for calls with position_ids, when state is kept
+        self.per_long_call = (self.stateful or self.legacy_cache) and rules_for(target_release()).dynamic_per_long_call
 
     # -- attributes transformers code and users read -----------------------------------------------
 
@@ -202,11 +206,17 @@ class RotaryEmbedding(torch.nn.Module):
         return self.max_seq_len_cached if self.stateful or self.legacy_cache else None
 
     def _update_state(self, spec: RopeSpec, seq_len: int) -> int:
-        """transformers' cache rule: grow past the longest sequence seen; reset below the original."""
+        """transformers' cache rule: grow past the longest sequence seen; reset below the original
+        (4.43 on).  Before 4.43 a call longer than the original recomputes for its own length and
+        keeps it; shorter calls reuse the last one."""
         original = spec.scaling.original_max_position_embeddings
+        if self.per_long_call:
+            if seq_len > original:
+                self.max_seq_len_cached = seq_len
+            return self.max_seq_len_cached
         if seq_len > self.max_seq_len_cached:
             self.max_seq_len_cached = seq_len
-        elif seq_len < original < self.max_seq_len_cached and not self.legacy_cache:
+        elif seq_len < original < self.max_seq_len_cached:
             self.max_seq_len_cached = original
         return self.max_seq_len_cached
 
@@ -237,7 +247,7 @@ class RotaryEmbedding(torch.nn.Module):
         elif not isinstance(position_ids, torch.Tensor):
             raise RopeShapeError(f"position_ids must be a tensor, got {type(position_ids).__name__}")
         length = seq_len
-        if self._is_dynamic(spec) and self.stateful and position_ids.numel():
+        if self._is_dynamic(spec) and (self.stateful or self.legacy_cache) and position_ids.numel():
             length = self._update_state(spec, int(position_ids.max().item()) + 1)  # one host read, as transformers
         elif self._is_dynamic(spec) and self.legacy_cache:
             length = self.max_seq_len_cached
@@ -253,8 +263,32 @@ class RotaryEmbedding(torch.nn.Module):
             if position_ids.dim() == 2:
                 position_ids = position_ids.unsqueeze(0).expand(len(spec.mrope_section), *position_ids.shape)
             spec = spec.replace(mrope_section=None, mrope_interleaved=False)
-        cos, sin = cos_sin(spec, position_ids, dtype=work, device=x.device, precision=self.precision, seq_len=seq_len)
+        frequencies = self._frequencies.get(spec)
+        if frequencies is not None and torch.compiler.is_compiling():
+            # inside a compiled graph: the frequencies checked once in eager mode, and no position
+            # read back to the host (cos_sin checks positions by value: a graph break per layer)
+            cos, sin = tables_from(
+                spec, position_ids, *frequencies, dtype=work, device=x.device, precision=self.precision
+            )
+        else:
+            cos, sin = cos_sin(
+                spec, position_ids, dtype=work, device=x.device, precision=self.precision, seq_len=seq_len
+            )
         return self._shaped(cos, sin, x.dtype)
+
+    def _static_frequencies(self) -> dict[RopeSpec, tuple]:
+        """(inv_freq, attention factor) of every spec whose frequencies do not depend on the
+        sequence length (all but dynamic NTK and LongRoPE), computed and checked once."""
+        out = {}
+        for spec in self.specs.values():
+            if isinstance(spec.scaling, (Dynamic, LongRope)):
+                continue
+            cos_sin(spec, 1, precision=self.precision)  # every check on the spec's frequencies, once
+            out[spec] = _inv_freq(spec, precision=self.precision)
+            if spec.mrope_section is not None:  # the per-axis form strips the sections (see above)
+                plain = spec.replace(mrope_section=None, mrope_interleaved=False)
+                out[plain] = _inv_freq(plain, precision=self.precision)
+        return out
 
     def _legacy_tables(self, n: int, dtype, device):
         spec = self.spec
