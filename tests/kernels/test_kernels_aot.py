@@ -42,10 +42,10 @@ def _covering() -> list:
     for case in pairwise(AXES, seed=2):
         for v in ALL:
             meta = dict(v.constexprs)
-            if v.kernel == "_rope_kernel" and v.dtype == case["dtype"]:
+            if v.kernel == "rope_kernel" and v.dtype == case["dtype"]:
                 if all(meta[k] == case[k] for k in AXES if k != "dtype"):
                     chosen.append(v)
-    return chosen + [v for v in ALL if v.kernel == "_table_kernel" and v.dtype == "fp32"]
+    return chosen + [v for v in ALL if v.kernel == "table_kernel" and v.dtype == "fp32"]
 
 
 COVERING = _covering()
@@ -83,7 +83,7 @@ def test_variant_compiles_ahead_of_time(compiled, variant, arch):
     assert row["fp_fusion"] is triton_launcher.FP_FUSION
     assert row["spill_stores"] == 0 and row["spill_loads"] == 0, row
     meta = dict(variant.constexprs)
-    if variant.kernel == "_rope_kernel" and not meta["FREQS"] and not meta["F64"]:
+    if variant.kernel == "rope_kernel" and not meta["FREQS"] and not meta["F64"]:
         # the fp32 table path must never fall to fp64 (a stray double constant would do it)
         assert not row["fp64_ptx"] and not row["fp64_sass"], variant.name
     if meta.get("FREQS"):
@@ -98,7 +98,7 @@ def test_covering_design_covers_every_pair():
             seen = set()
             for v in COVERING:
                 meta = dict(v.constexprs, dtype=v.dtype)
-                if v.kernel == "_rope_kernel":
+                if v.kernel == "rope_kernel":
                     seen.add((meta[a], meta[b]))
             assert len(seen) == len(AXES[a]) * len(AXES[b]), (a, b)
 

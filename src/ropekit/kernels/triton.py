@@ -117,7 +117,7 @@ TABLE_BLOCK_N = 8
 
 
 def launch_constexprs(S, H, R, nt, *, interleaved, inverse, copy_tail, has_y, freqs, f64, interpret=False) -> dict:
-    """The compile-time constants of ``_rope_kernel`` for one launch (one compiled variant per
+    """The compile-time constants of ``rope_kernel`` for one launch (one compiled variant per
     distinct dict); shared by the launcher and the ahead-of-time compile check."""
     BLOCK_R, BLOCK_T = _pow2(max(R, 1)), _pow2(max(nt, 1))
     if interpret:  # few, large programs: the interpreter pays per program, not per element
@@ -172,7 +172,7 @@ def _launch(pairs, cos, sin, pos, *, interleaved, inverse, source, factor=1.0):
     G = 1 if interpreting() else max(1, min(n_hb, -(-512 // (n_s * B))))
     k = _kernels()
     sc = (0, 0) if source == "freqs" else (cos.stride(0), cos.stride(1))
-    k._rope_kernel[(n_s, B, G)](
+    k.rope_kernel[(n_s, B, G)](
         x4,
         xo,
         y4,
@@ -260,7 +260,7 @@ def cos_sin_triton(
     sin = torch.empty_like(cos)
     if pos.numel():
         BLOCK_N = 64 if interpreting() else TABLE_BLOCK_N  # the interpreter pays per program
-        _kernels()._table_kernel[(-(-pos.numel() // BLOCK_N),)](
+        _kernels().table_kernel[(-(-pos.numel() // BLOCK_N),)](
             fixed.contiguous(),
             pos,
             cos,

@@ -35,7 +35,7 @@ _X_DTYPES = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16", "fp64": "*fp64"}
 
 @dataclass(frozen=True)
 class Variant:
-    kernel: str  # "_rope_kernel" or "_table_kernel"
+    kernel: str  # "rope_kernel" or "table_kernel"
     dtype: str  # x's dtype (rope) or the tables' dtype (table kernel)
     constexprs: tuple  # sorted (name, value) pairs
 
@@ -66,9 +66,9 @@ def variants() -> list[Variant]:
             freqs=freqs,
             f64=dtype == "fp64",
         )
-        out.append(Variant("_rope_kernel", dtype, tuple(sorted(meta.items()))))
+        out.append(Variant("rope_kernel", dtype, tuple(sorted(meta.items()))))
     for dtype in ("fp32", "bf16", "fp16", "fp64"):
-        out.append(Variant("_table_kernel", dtype, (("BLOCK_N", TABLE_BLOCK_N), ("BLOCK_R", HEAD_DIM // 2))))
+        out.append(Variant("table_kernel", dtype, (("BLOCK_N", TABLE_BLOCK_N), ("BLOCK_R", HEAD_DIM // 2))))
     return out
 
 
@@ -79,7 +79,7 @@ def _signature(fn, v: Variant) -> dict:
     for name in fn.arg_names:
         if name in meta:
             sig[name] = "constexpr"
-        elif v.kernel == "_table_kernel":
+        elif v.kernel == "table_kernel":
             sig[name] = {"fix_ptr": "*i64", "pos_ptr": "*i64", "cos_ptr": ptr, "sin_ptr": ptr}.get(name, "i32")
             if name.startswith("factor"):
                 sig[name] = "fp32"
