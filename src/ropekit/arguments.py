@@ -155,6 +155,8 @@ def self_overlaps(t: torch.Tensor) -> bool:
     """True when two elements of ``t`` may share memory (an expanded tensor, for one).  Exact for
     every layout whose strides nest (each stride > the span of all smaller ones), which covers
     contiguous tensors, their views, transposes and slices; other layouts count as overlapping."""
+    if t.is_contiguous():  # contiguous strides nest: the loop below would find no overlap
+        return False
     span = 0  # furthest element reached by the dims seen so far
     for stride, size in _dims(t):
         if stride <= span:
@@ -169,6 +171,15 @@ def _storage_range(t: torch.Tensor) -> tuple[int, int, int]:
     lo = t.storage_offset() + sum(st * (n - 1) for st, n in zip(t.stride(), t.shape) if st < 0)
     hi = t.storage_offset() + sum(st * (n - 1) for st, n in zip(t.stride(), t.shape) if st > 0)
     return t.untyped_storage().data_ptr(), lo * item, (hi + 1) * item
+
+
+def _address_range(t: torch.Tensor) -> tuple[int, int]:
+    """(first byte, one past the last byte) of ``t``'s elements in the address space: cheaper than
+    its storage (no storage object), and two tensors whose ranges are disjoint share nothing."""
+    item, base = t.element_size(), t.data_ptr()
+    lo = sum(st * (n - 1) for st, n in zip(t.stride(), t.shape) if st < 0)
+    hi = sum(st * (n - 1) for st, n in zip(t.stride(), t.shape) if st > 0)
+    return base + lo * item, base + (hi + 1) * item
 
 
 def _translate_hits(strides, sizes_a, sizes_b, delta: int) -> bool:
@@ -190,6 +201,9 @@ def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when ``a`` and ``b`` may share an element.  Exact for views with the same strides
     (q and k heads of one fused buffer); otherwise any shared byte range counts as overlapping."""
     if a.numel() == 0 or b.numel() == 0:
+        return False
+    (start_a, end_a), (start_b, end_b) = _address_range(a), _address_range(b)
+    if end_a <= start_b or end_b <= start_a:  # disjoint in memory (the common case: q and k apart)
         return False
     store_a, lo_a, hi_a = _storage_range(a)
     store_b, lo_b, hi_b = _storage_range(b)

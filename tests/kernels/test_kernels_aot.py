@@ -15,6 +15,7 @@ whether its own library functions are interpreter objects), shared by the tests 
 import inspect
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -56,7 +57,13 @@ def _compile_all(names, tmp_path_factory) -> dict:
     procs = [triton_aot.compile_in_subprocess(names, arch, env) for arch in triton_aot.ARCHS]
     rows = {}
     for proc in procs:
-        out, err = proc.communicate(timeout=1800)
+        try:
+            out, err = proc.communicate(timeout=1800)
+        except subprocess.TimeoutExpired:  # never leave compilers running after the test gave up
+            for p in procs:
+                p.kill()
+                p.wait()
+            raise
         assert proc.returncode == 0, err[-3000:]
         for row in json.loads(out.strip().splitlines()[-1]):
             rows[(row["variant"], row["arch"])] = row
