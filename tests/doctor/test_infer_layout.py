@@ -54,3 +54,15 @@ def test_no_pair_structure_is_unknown_and_names_no_rotary_dim():
     res = rk.infer_layout(sd, _config())
     assert (res.layout, res.rotary_dim, res.rotary_dim_range) == ("unknown", None, None), res.summary()
     assert res.to_dict()["layout"] == "unknown"
+
+
+def test_a_config_with_a_rope_per_layer_type_is_read_with_its_first_type():
+    config = _config(model_type="gemma3_text", num_hidden_layers=4) | {
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        }
+    }
+    config.pop("rope_theta")
+    res = rk.infer_layout(_weights("half", 24), config)
+    assert (res.layout, res.rotary_dim, res.geometry.base) == ("half", 24, 1e6), res.summary()

@@ -24,7 +24,7 @@ import torch
 
 from ..conversion.formats.base import Geometry  # the one home of the attention shape
 from ..dialects.reading import read_json_file
-from ..errors import RopeCheckpointError, RopeConfigError, require
+from ..errors import RopeCheckpointError, RopeConfigError, RopeError, require
 
 __all__ = [
     "Geometry",
@@ -108,6 +108,18 @@ def geometry_from_gguf_metadata(meta: dict) -> Geometry:
     )
 
 
+def _first_layer_type(config) -> str | None:
+    """A config with a RoPE per layer type (Gemma 2/3): the first type's (the q/k rows are the same
+    rows whichever RoPE rotates them; only the turning pairs' base differs)."""
+    from ..dialects import layer_types_of
+
+    try:
+        types = layer_types_of(config)
+    except RopeError:  # a dialect without layer types (Meta, LitGPT): one RoPE
+        return None
+    return types[0] if types else None
+
+
 def geometry_of(checkpoint, config=None) -> Geometry:
     """The attention shape from ``config`` (anything ``ropekit.from_config`` reads), else from the
     checkpoint itself (a GGUF file's metadata, a model directory's config.json)."""
@@ -123,7 +135,7 @@ def geometry_of(checkpoint, config=None) -> Geometry:
             config = checkpoint
         else:
             raise RopeConfigError("config=None: a state dict carries no attention shape; pass its config")
-    spec = from_config(config)
+    spec = from_config(config, layer_type=_first_layer_type(config))
     data = load(config).data
     data = data.get("text_config", data) if isinstance(data.get("text_config"), dict) else data
     n_heads = next((data[k] for k in ("num_attention_heads", "n_heads", "n_head") if k in data), None)
