@@ -70,7 +70,7 @@ REFUSED = {
     "mlcd_vision_model": f"{_IMAGE} axial 2-D (height, width) positions",
     "sam3_vit_model": f"{_IMAGE} axial 2-D (height, width) positions",
     # rotate_half with flipped signs: a rotation by -angle (see test_nanochat_rotates_by_minus_angle)
-    "nanochat": "no single layout reproduces",
+    "nanochat": "it rotates by -angle (the half layout with sin negated",
     # the sections split the duplicated table: a pair's two members follow different axes
     **dict.fromkeys(("hunyuan_vl", "hunyuan_vl_text"), "the two members of a pair follow different axes"),
     # the first 44 columns alternate height / width, the last 20 follow time: neither section kind
@@ -236,7 +236,7 @@ def test_nanochat_rotates_by_minus_angle():
     assert (theirs - minus).abs().max() < 1e-5
     assert (theirs - torch.cat((swapped[..., r:], swapped[..., :r]), dim=-1)).abs().max() < 1e-5
     assert (theirs - plus).abs().max() > 0.1
-    with pytest.raises(RopeConfigError, match="no single layout reproduces"):
+    with pytest.raises(RopeConfigError, match="rotates by -angle"):
         rk.from_config(census()["nanochat"])
 
 

@@ -196,3 +196,35 @@ def test_the_cli_reads_a_meta_directory_and_two_of_them(tmp_path, capsys):
     assert main(["doctor", str(half), str(tmp_path / "inter")]) == 0
     out = capsys.readouterr().out
     assert "permute_qk(w, n_heads=..., head_dim=32, rotary_dim=32, src='half', dst='interleaved')" in out
+
+
+def test_a_config_with_a_rope_per_layer_type_gets_a_reading_per_type(tmp_path):
+    """Gemma 3: full-attention and sliding layers rotate with different RoPEs; each is read by ropekit
+    and measured through transformers' Gemma3RotaryEmbedding for that layer type, and they agree;
+    one type's transformers RoPE against the other type's reading (a deliberately wrong pairing) is a
+    disagreement."""
+    pytest.importorskip("transformers")
+    config = {
+        "model_type": "gemma3_text",
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "head_dim": 16,
+        "num_hidden_layers": 6,
+        "rope_parameters": {
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    rep = doctor_checkpoint(tmp_path)
+    by_name = {r.framework.split(" ")[0] + " " + r.framework.split(" ")[-1]: r for r in rep.readings}
+    for layer_type in ("full_attention", "sliding_attention"):
+        ours, theirs = by_name[f"ropekit [{layer_type}]"], by_name[f"transformers [{layer_type}]"]
+        assert theirs.spec is not None and theirs.spec.base == ours.spec.base, theirs.text
+    assert rep.problems == [], [f.text for f in rep.problems]
+    from ropekit.doctor.installed_transformers import transformers_rope_fn
+
+    fn, _, _ = transformers_rope_fn(config, layer_type="full_attention")
+    out = CheckpointReport("x")
+    compare_readings(out, by_name["ropekit [sliding_attention]"], by_name["transformers [full_attention]"], fn, 2**16)
+    assert [f.kind for f in out.findings] == ["disagreement"]

@@ -201,8 +201,9 @@ class Probe:
             return math.inf
         return max((c - self.cos).abs().max().item(), (s - self.sin).abs().max().item())
 
-    def score_err(self, spec) -> float:
-        """Max relative q.k difference between the family's apply function and ropekit's rotation."""
+    def score_err(self, spec, direction: int = 1) -> float:
+        """Max relative q.k difference between the family's apply function and ropekit's rotation
+        (``direction=-1``: ropekit's rotation by -angle, i.e. with sin negated)."""
         import torch
 
         from ..apply import apply_rope_qk
@@ -219,7 +220,7 @@ class Probe:
             cos, sin = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS))
             if spec.rotary_dim != 2 * self.n_pairs:
                 return math.inf
-            qr, kr = apply_rope_qk(q, k, cos, sin, layout=spec.layout, format="bhsd", backend="reference")
+            qr, kr = apply_rope_qk(q, k, cos, direction * sin, layout=spec.layout, format="bhsd", backend="reference")
             mine = qr[0, 0] @ kr[0, 0].T
         return ((mine - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
@@ -346,6 +347,13 @@ def measure(config, layer_type: str | None = None) -> Measurement:
     good = [lay for lay, (_, err) in results.items() if err <= SCORE_TOL]
     if len(good) != 1:
         errs = ", ".join(f"{lay}: {err:.3g}" for lay, (_, err) in results.items())
+        backwards = [lay for lay, (spec, _) in results.items() if probe.score_err(spec, direction=-1) <= SCORE_TOL]
+        if len(backwards) == 1:
+            raise RopeConfigError(
+                f"model_type={family!r}: no single layout reproduces its {probe.apply_fn.__name__} (relative q.k "
+                f"error {errs}): it rotates by -angle (the {backwards[0]} layout with sin negated, or with the two "
+                f"members of each pair swapped), and a RopeSpec has no direction; refusing rather than guessing"
+            )
         raise RopeConfigError(
             f"model_type={family!r}: no single layout reproduces its {probe.apply_fn.__name__} "
             f"(relative q.k error {errs}); refusing rather than guessing"

@@ -13,6 +13,7 @@ q/k weights are in (``infer_layout``).  Each disagreement comes with its fix.  T
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -50,7 +51,7 @@ class CheckpointReport:
         return [f for f in self.findings if f.problem]
 
 
-def _ropekit_reading(path: str) -> Reading:
+def _ropekit_reading(path: str, layer_type: str | None = None) -> Reading:
     import warnings
 
     from ..dialects import from_config
@@ -60,15 +61,29 @@ def _ropekit_reading(path: str) -> Reading:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RopeConfigWarning)
-            spec = from_config(path)
+            spec = from_config(path, layer_type=layer_type)
         if any(issubclass(w.category, RopeConfigWarning) for w in caught):
             # the installed release ignores some of the config's RoPE keys: ropekit's row is the
             # config as written (the newest release's rules); the transformers row is what the
             # installed release runs, and the "ignored_keys" finding names the keys it drops
-            spec = from_config(path, transformers_version=release_text(NEWEST))
+            spec = from_config(path, layer_type=layer_type, transformers_version=release_text(NEWEST))
     except RopeError as exc:
-        return Reading("ropekit", None, f"cannot read: {exc}")
-    return Reading("ropekit", spec, spec.describe())
+        return Reading(_labelled("ropekit", layer_type), None, f"cannot read: {exc}")
+    return Reading(_labelled("ropekit", layer_type), spec, spec.describe())
+
+
+def _labelled(framework: str, layer_type: str | None) -> str:
+    return framework if layer_type is None else f"{framework} [{layer_type}]"
+
+
+def _layer_types(path: str) -> list:
+    """The layer types a config keeps a RoPE for ([None]: one RoPE for every layer)."""
+    from ..dialects import layer_types_of
+
+    try:
+        return list(layer_types_of(path)) or [None]
+    except RopeError:
+        return [None]
 
 
 def _measured_reading(framework: str, build, source, max_position: int):
@@ -87,11 +102,15 @@ def _measured_reading(framework: str, build, source, max_position: int):
     return Reading(f"{framework} {version}", fp.spec, text), fn
 
 
-def _transformers_reading(path: str, max_position: int):
+def _transformers_reading(path: str, max_position: int, layer_type: str | None = None):
     """(Reading, fn) of the installed transformers, or (Reading without spec, None)."""
     from .installed_transformers import transformers_rope_fn
 
-    return _measured_reading("transformers", transformers_rope_fn, path, max_position)
+    reading, fn = _measured_reading(
+        "transformers", lambda p: transformers_rope_fn(p, layer_type=layer_type), path, max_position
+    )
+    reading.framework = _labelled(reading.framework, layer_type)
+    return reading, fn
 
 
 def compare_readings(
@@ -148,8 +167,9 @@ def _config_findings(report: CheckpointReport, cfg: dict, hf: Reading) -> None:
                 "ropekit convert SRC DST --layout half",
             )
         )
-    version = hf.framework.split(" ")[1] if " " in hf.framework else None
-    if version and int(version.split(".")[0]) < 5 and "rope_parameters" in cfg:
+    found = re.match(r"transformers (\d+)\.[^ ]*", hf.framework)  # no version: it could not be built
+    version = found.group(0).split(" ")[1] if found else None
+    if version and int(found.group(1)) < 5 and "rope_parameters" in cfg:
         base = f"base {hf.spec.base:g}" if hf.spec is not None else "its defaults"
         report.findings.append(
             Finding(
@@ -263,20 +283,26 @@ def doctor_checkpoint(path, *, max_position: int = 2**16, weights: bool = True) 
         _gguf_report(report, path, max_position, weights)
         return report
     cfg_path = os.path.join(path, "config.json") if os.path.isdir(path) else path
-    ropekit = _ropekit_reading(path)
-    report.readings.append(ropekit)
     cfg = read_json(cfg_path) if cfg_path.endswith(".json") and os.path.isfile(cfg_path) else {}
-    if "model_type" in cfg:
-        hf, hf_fn = _transformers_reading(cfg_path, max_position)
-        report.readings.append(hf)
-        compare_readings(report, ropekit, hf, hf_fn, max_position)
-        _config_findings(report, cfg, hf)
+    types = _layer_types(path)
+    ropekit = None  # the first layer type's reading: the one the weights' findings use
+    for i, layer_type in enumerate(types):  # one RoPE per layer type (Gemma 2/3 ...), else one
+        reading = _ropekit_reading(path, layer_type)
+        report.readings.append(reading)
+        ropekit = ropekit or reading
+        if "model_type" in cfg:
+            hf, hf_fn = _transformers_reading(cfg_path, max_position, layer_type)
+            report.readings.append(hf)
+            compare_readings(report, reading, hf, hf_fn, max_position)
+            if i == 0:
+                _config_findings(report, cfg, hf)
     if os.path.isfile(os.path.join(path, "model_config.yaml")):
         lit, lit_fn = _litgpt_reading(path, max_position)
         report.readings.append(lit)
         compare_readings(report, ropekit, lit, lit_fn, max_position)
     if os.path.isdir(path) and ropekit.spec is not None:
-        _inv_freq_findings(report, path, ropekit.spec)
+        if len(types) == 1:  # stored inv_freq of one RoPE (per-layer-type ones: not checked here)
+            _inv_freq_findings(report, path, ropekit.spec)
         if weights and has_qk_weights(path):
             _layout_finding(report, path, path, ropekit.spec)
     return report

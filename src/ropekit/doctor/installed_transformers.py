@@ -80,26 +80,28 @@ def _attention_built(cfg):
     return built.rotary_emb, apply
 
 
-def _rotary_and_apply(cfg):
+def _rotary_and_apply(cfg, layer_type=None):
     """The family's rotary module (built from ``cfg``) and apply function."""
     from ..dialects.measured import Probe, pick_rotary
 
     cls, _ = pick_rotary(cfg)
     if cls is None:  # rotary classes that do not take a config: an older release
         return _attention_built(cfg)
-    probe = Probe(cfg)
-    return probe.rotary_class(probe.config), probe.apply_fn
+    probe = Probe(cfg, layer_type)
+    return probe.module, probe.apply_fn
 
 
-def transformers_rope_fn(config):
+def transformers_rope_fn(config, layer_type: str | None = None):
     """(fn, head_dim, version): the installed transformers' rotary module and apply function for
-    ``config`` (a dict, a config.json path or model directory, or a PretrainedConfig) as a black box."""
+    ``config`` (a dict, a config.json path or model directory, or a PretrainedConfig) as a black box;
+    ``layer_type``: which of a per-layer-type RoPE (Gemma 2/3 "sliding_attention" ...)."""
     transformers = require("transformers", "hf")
     cfg = _config_object(config)
     with torch.device("cpu"):
-        rotary, apply = _rotary_and_apply(cfg)
+        rotary, apply = _rotary_and_apply(cfg, layer_type)
     rotary = rotary.eval()
     takes_ids = "position_ids" in inspect.signature(rotary.forward).parameters
+    kwargs = {"layer_type": layer_type} if layer_type is not None else {}
     apply_takes_ids = "position_ids" in inspect.signature(apply).parameters
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
@@ -107,7 +109,7 @@ def transformers_rope_fn(config):
         q = x.float()[None, None]  # [batch 1, heads 1, n, head_dim]
         with torch.no_grad():
             if takes_ids:
-                cos, sin = rotary(q, positions[None])
+                cos, sin = rotary(q, positions[None], **kwargs)
             else:  # 4.3x: full tables up to the longest position, gathered by position_ids
                 cos, sin = rotary(q, seq_len=int(positions.max()) + 1)
             # partial rotary in releases whose attention slices the rotary dims itself (gpt_neox 4.x)

@@ -59,14 +59,15 @@ def legacy_inv_freq_hf(spec: RopeSpec, cached_len: int) -> torch.Tensor:
 
 
 def divides_positions() -> bool:
-    """Whether the installed release's legacy linear class divides positions (before 4.45) rather
-    than frequencies (4.45 rebuilt the legacy classes on the config-driven code)."""
+    """Whether the installed release's legacy linear class divides positions (before 4.43) rather
+    than frequencies (4.43 rebuilt the legacy classes on the config-driven code: read in 4.42.4
+    and 4.43.0)."""
     try:
         import transformers
     except ImportError:
         return True  # the legacy API is the pre-4.45 one
     major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    return (major, minor) < (4, 45)
+    return (major, minor) < (4, 43)
 
 
 def legacy_angles_hf(spec: RopeSpec, positions: torch.Tensor, cached_len: int) -> torch.Tensor:
