@@ -206,7 +206,8 @@ def main() -> int:
         )
         total, largest = json.loads(gen.stdout)
         print(
-            f"generated {total / 1e9:.2f} GB in {args.shards} shards ({time.perf_counter() - t0:.1f} s); largest tensor {largest / 1e6:.0f} MB"
+            f"generated {total / 1e9:.2f} GB in {args.shards} shards ({time.perf_counter() - t0:.1f} s); "
+            f"largest tensor {largest / 1e6:.0f} MB"
         )
         meta = work / "meta"
         subprocess.run(
@@ -274,9 +275,11 @@ def main() -> int:
     )
     for r in rows:
         print(
-            f"{r['case']:26s} {r['bytes'] / 1e9:5.2f} {r['cp_s']:6.2f} {r['convert_s']:7.2f} {r['convert_inner_s']:8.2f} "
+            f"{r['case']:26s} {r['bytes'] / 1e9:5.2f} {r['cp_s']:6.2f} {r['convert_s']:7.2f} "
+            f"{r['convert_inner_s']:8.2f} "
             f"{r['cp_gbps']:8.2f} {r['convert_gbps']:9.2f} {r['ratio_vs_cp']:5.2f} {r['ratio_vs_cp_inner']:10.2f} "
-            f"{r['peak_rss_mb']:11.0f} {r['import_torch_rss_mb']:9.0f} {r['rss_goal_mb']:8.0f} {'yes' if r['imports_torch'] else 'no':>5s}"
+            f"{r['peak_rss_mb']:11.0f} {r['import_torch_rss_mb']:9.0f} {r['rss_goal_mb']:8.0f} "
+            f"{'yes' if r['imports_torch'] else 'no':>5s}"
         )
     loads = ", ".join(f"{r['loadavg_1m']:.1f}" for r in rows)
     print(
@@ -290,7 +293,8 @@ def main() -> int:
     )
     print(
         "x cp = cp time / convert time (>= 0.8 is the goal); conv s = the whole `ropekit convert` process "
-        f"(python, imports, and `import torch` where the case needs it: {rows[0]['startup_s']:.2f} s here); inner = the "
+        f"(python, imports, and `import torch` where the case needs it: {rows[0]['startup_s']:.2f} s here); "
+        "inner = the "
         "converter's own timer (open, plan, stream, rename); torch RSS = peak RSS of `python -c 'import torch'` alone; "
         "torch = whether the conversion imported torch"
     )

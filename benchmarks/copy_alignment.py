@@ -93,7 +93,8 @@ def main() -> int:
     for r in rows:
         print(f"{r['case']:38s} {r['median_s']:9.3f} {r['gbps']:6.2f} {base / r['median_s']:6.2f}")
     print(
-        f"{size / 1e9:.2f} GB, median of {args.repeats}; load average {rows[-1]['loadavg_1m']:.1f} on {os.cpu_count()} CPUs"
+        f"{size / 1e9:.2f} GB, median of {args.repeats}; "
+        f"load average {rows[-1]['loadavg_1m']:.1f} on {os.cpu_count()} CPUs"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

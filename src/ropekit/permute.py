@@ -119,7 +119,8 @@ def permute_qk(
     >>> rk.permute_qk(wk, n_heads=8, head_dim=64)
     Traceback (most recent call last):
     ...
-    ropekit.errors.RopeShapeError: w [128, 512] has 128 rows but n_heads * head_dim = 8 * 64 = 512; for k pass num_key_value_heads
+    ropekit.errors.RopeShapeError: w [128, 512] has 128 rows but n_heads * head_dim = 8 * 64 = 512;
+        for k pass num_key_value_heads
     """
     n_heads = _check_int("n_heads", n_heads)
     head_dim = _check_int("head_dim", head_dim)

@@ -6,8 +6,9 @@ Default run: a pairwise covering design of the variant axes (every pair of value
 INTERLEAVED, INVERSE, COPY_TAIL, HAS_Y, FREQS appears in some compiled variant), plus the table
 kernel, on both archs (each compile costs 1-5 s of CPU): compiled once per test session, in two
 fresh processes at once (one per arch; the suite itself interprets, and triton decides at import
-whether its own library functions are interpreter objects), shared by the tests below.  The full matrix (every variant of
-``triton_aot.variants()`` on both archs, ~260 compiles) is the ``aot_full`` group:
+whether its own library functions are interpreter objects), shared by the tests below.  The full
+matrix (every variant of ``triton_aot.variants()`` on both archs, ~260 compiles) is the ``aot_full``
+group:
 
     ROPEKIT_AOT_FULL=1 pytest -m aot_full tests/kernels/test_kernels_aot.py -n 2
 """

@@ -101,7 +101,8 @@ def run_gpu(
                     )
                 )
                 log(
-                    f"  {rows[-1]['dtype']:9s} {shape.name:8s} {name + ' ' + direction:18s} {gbs:8.0f} GB/s  {100 * copy / seconds:5.1f}% of copy"
+                    f"  {rows[-1]['dtype']:9s} {shape.name:8s} {name + ' ' + direction:18s} {gbs:8.0f} GB/s  "
+                    f"{100 * copy / seconds:5.1f}% of copy"
                 )
         # decode: one token per sequence, 32 sequences; latency per call
         q, k, pos, cos, sin = make_inputs(Shape("decode", 32, 1, True), dtype, "cuda")

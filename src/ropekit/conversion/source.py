@@ -92,7 +92,8 @@ def check_member(root: Path, name, what: str) -> Path:
     >>> check_member(Path("/ckpt"), "../src/model.safetensors", "weight_map")
     Traceback (most recent call last):
     ...
-    ropekit.errors.RopeCheckpointError: weight_map names '../src/model.safetensors': a file must be a relative path inside src without '..'
+    ropekit.errors.RopeCheckpointError: weight_map names '../src/model.safetensors':
+        a file must be a relative path inside src without '..'
     """
     if not isinstance(name, str) or not name or "\x00" in name:
         raise RopeCheckpointError(f"{what} names {name!r}: a file name must be a non-empty string")

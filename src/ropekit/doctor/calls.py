@@ -72,7 +72,8 @@ def call_twice(fn: RopeFn, x: torch.Tensor, positions: torch.Tensor, name: str =
     >>> call_twice(lambda x, p: x + torch.rand(()), torch.ones(1, 2), torch.tensor([0]), "noisy")
     Traceback (most recent call last):
     ...
-    ropekit.errors.RopeArgumentError: noisy is not deterministic: two calls on the same input differ (max |difference| ...
+    ropekit.errors.RopeArgumentError: noisy is not deterministic: two calls on the same input differ
+        (max |difference| ...
     """
     first = call_rope(fn, x, positions, name)
     second = call_rope(fn, x, positions, name)

@@ -124,7 +124,8 @@ def diff_checkpoints(a, b, geometry: Geometry, *, layers=None) -> CheckpointDiff
     layers_a, layers_b = list(qk_layers(a, layers, geometry)), list(qk_layers(b, layers, geometry))
     if len(layers_a) != len(layers_b):
         raise RopeCheckpointError(
-            f"A has {len(layers_a)} layers with q/k projections, B has {len(layers_b)}: not two checkpoints of one model"
+            f"A has {len(layers_a)} layers with q/k projections, B has {len(layers_b)}: "
+            "not two checkpoints of one model"
         )
     for (i, qa, ka), (_, qb, kb) in zip(layers_a, layers_b):
         out.tensors.append(match_tensor(qa, qb, geometry, geometry.n_heads, i, "q"))

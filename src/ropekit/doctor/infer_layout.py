@@ -79,8 +79,9 @@ class LayoutResult:
     ``layout``: "half" | "interleaved" | "unknown"; ``confidence`` (0..1) and ``margin`` (winning z
     minus the other layout's); ``z``: each layout's best z.  ``rotary_dim``: the weights' when they
     decide it, else the config's when the weights allow it, else None; ``rotary_dim_source``:
-    "weights" | "config" | "unknown"; ``rotary_dim_range``: (lo, hi) the weights allow; ``contradiction``: how the weights
-    contradict the config's rotary_dim ("" when they do not).  ``layers``: per-layer detail."""
+    "weights" | "config" | "unknown"; ``rotary_dim_range``: (lo, hi) the weights allow;
+    ``contradiction``: how the weights contradict the config's rotary_dim ("" when they do not).
+    ``layers``: per-layer detail."""
 
     layout: str
     rotary_dim: int | None
@@ -169,7 +170,10 @@ def half_rotary_dim(candidates: list[Candidate]) -> tuple[int | None, tuple[int,
         )
         return best.rotary_dim, (best.rotary_dim, best.rotary_dim), note
     close = [c.rotary_dim for c in ranked if c.z >= best.z - MIN_MARGIN]
-    note = f"rotary_dims {sorted(close)} score within {MIN_MARGIN:g} of the best (z={best.z:.1f}): the weights do not decide"
+    note = (
+        f"rotary_dims {sorted(close)} score within {MIN_MARGIN:g} of the best (z={best.z:.1f}): "
+        "the weights do not decide"
+    )
     return None, (min(close), max(close)), note
 
 

@@ -192,7 +192,10 @@ def compile_in_subprocess(names, arch: int, env: dict | None = None, python: str
 
     env = dict(os.environ if env is None else env)
     env.pop("TRITON_INTERPRET", None)
-    code = "import json, sys; from ropekit.kernels.triton_aot import check; print(json.dumps(check(sys.argv[2:], int(sys.argv[1]))))"
+    code = (
+        "import json, sys; from ropekit.kernels.triton_aot import check; "
+        "print(json.dumps(check(sys.argv[2:], int(sys.argv[1]))))"
+    )
     return subprocess.Popen(
         [python or sys.executable, "-c", code, str(arch), *names],
         env=env,

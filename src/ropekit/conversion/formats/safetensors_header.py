@@ -17,7 +17,8 @@ picking one of two meanings: a name (or a field of an entry) given twice.
 >>> parse_header(struct.pack("<Q", len(head)) + head, 8 + len(head) + 3, "f")
 Traceback (most recent call last):
 ...
-ropekit.errors.RopeCheckpointError: corrupt safetensors header in f: the tensors end at byte 70 but the file has 71 bytes (trailing bytes)
+ropekit.errors.RopeCheckpointError: corrupt safetensors header in f: the tensors end at byte 70
+    but the file has 71 bytes (trailing bytes)
 """
 
 from __future__ import annotations
