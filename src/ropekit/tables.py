@@ -209,7 +209,8 @@ def tables_from(
     >>> spec = rk.RopeSpec(head_dim=8)
     >>> inv, factor = rk.inv_freq(spec)
     >>> pos = torch.arange(5)
-    >>> all(torch.equal(a, b) for a, b in zip(tables_from(spec, pos, inv, factor, torch.float32), rk.cos_sin(spec, pos)))
+    >>> pairs = zip(tables_from(spec, pos, inv, factor, torch.float32), rk.cos_sin(spec, pos))
+    >>> all(torch.equal(a, b) for a, b in pairs)
     True
     """
     positions = _mrope_axes(spec, positions)

@@ -16,7 +16,6 @@ import torch
 from safetensors.torch import save_file
 
 import ropekit as rk
-from convert_cli import cli_error, slow_cli
 from ropekit import convert
 from ropekit.cli import main
 
@@ -37,6 +36,7 @@ from checkpoints import (
     same_bytes,
     tree_digest,
 )
+from convert_cli import cli_error, slow_cli
 
 
 def test_safetensors_reader_agrees_with_safetensors_library(tmp_path):

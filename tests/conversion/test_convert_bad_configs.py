@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
-from convert_cli import cli_error
-
 from checkpoints import make_hf_dir
+from convert_cli import cli_error
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import ropekit as rk
-import tiny_models as tm
 from ropekit import convert
+
+import tiny_models as tm
 
 #: test id -> (family, overrides of tiny_models' sizes).  Weights 10x transformers' default scale
 #: (initializer_range 0.2) so that q/k rows in the wrong order move the logits by O(1), not noise.

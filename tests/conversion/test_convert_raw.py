@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import ropekit.conversion.driver as rkconvert
-from pth_crafting import load_both_ways
 from ropekit.conversion.formats import dtypes, raw
 from ropekit.conversion.formats.base import Geometry
 from ropekit.conversion.stream import Writers
@@ -24,6 +23,7 @@ from ropekit.errors import RopeShapeError
 from ropekit.permute import permute_neox_qkv, permute_phi3_qkv, permute_qk
 
 from checkpoints import KV, D, H, files_of, hf_tensors, make_hf_dir, quiet, read_all, same_bytes
+from pth_crafting import load_both_ways
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUT_PAIRS = [("half", "interleaved"), ("interleaved", "half"), ("half", "half")]

@@ -15,10 +15,10 @@ import time
 import pytest
 
 import ropekit as rk
-from convert_cli import cli_error, slow_cli
 from ropekit import convert
 
 from checkpoints import ROOT, make_hf_dir, quiet, tree_digest
+from convert_cli import cli_error, slow_cli
 
 
 def _point_index_at(src, target: str) -> None:

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import save_file
 
 import ropekit as rk
-from convert_cli import cli_error
 from ropekit import convert
 
 from checkpoints import KV, LLAMA31_ROPE, D, H, hf_tensors, make_hf_dir, quiet
+from convert_cli import cli_error
 
 LLAMA3 = LLAMA31_ROPE
 

@@ -10,9 +10,9 @@ import signal
 import pytest
 
 import ropekit
-from faults import Faults, content_digest, run_in_process, run_killed
 
 from checkpoints import make_hf_dir
+from faults import Faults, content_digest, run_in_process, run_killed
 
 LONG = os.environ.get("ROPEKIT_FUZZ") == "long"
 

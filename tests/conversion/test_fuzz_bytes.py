@@ -33,10 +33,11 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save
 
-from fuzz_worker import read_ropekit
-from pth_crafting import bits
 from ropekit.conversion.formats.safetensors_io import SafetensorsFile
 from ropekit.errors import RopeCheckpointError
+
+from fuzz_worker import read_ropekit
+from pth_crafting import bits
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG = os.environ.get("ROPEKIT_FUZZ") == "long"

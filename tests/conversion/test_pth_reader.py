@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pth_crafting import bits, rezip, torch_reads
 from ropekit.conversion.formats.pth_file import PthFile
 from ropekit.conversion.formats.torch_zip import read_layout
 from ropekit.errors import RopeCheckpointError
+
+from pth_crafting import bits, rezip, torch_reads
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import ropekit.conversion.driver as rkconvert
-from pth_crafting import bits, load_both_ways
 from ropekit.conversion.formats import zip_layout
 from ropekit.conversion.formats.dtypes import SIZES, dtype_name, torch_dtype
 from ropekit.conversion.formats.meta_dir import hf_to_meta_name
@@ -19,9 +18,10 @@ from ropekit.conversion.formats.safetensors_io import SafetensorsFile
 from ropekit.conversion.formats.torch_zip import read_layout
 from ropekit.conversion.stream import Writers
 from ropekit.permute import permute_qk
-from torch_writers import torch_pth_writer
 
 from checkpoints import KV, D, H, hf_tensors, make_hf_dir, quiet, read_all, same_bytes
+from pth_crafting import bits, load_both_ways
+from torch_writers import torch_pth_writer
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

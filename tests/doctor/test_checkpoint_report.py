@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import ropekit as rk
-from pair_weights import pair_structured_qk
 from ropekit.doctor.checkpoint_report import CheckpointReport, Reading, compare_readings, doctor_checkpoint
+
+from pair_weights import pair_structured_qk
 
 H, D, HIDDEN, LAYERS = 4, 32, 64, 3
 

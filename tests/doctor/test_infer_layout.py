@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import ropekit as rk
+
 from pair_weights import pair_structured_qk
 
 H, D, HIDDEN = 8, 32, 48

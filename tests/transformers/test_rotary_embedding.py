@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ropekit as rk
+
 import tiny_models as tm
 
 transformers = pytest.importorskip("transformers")

@@ -16,8 +16,9 @@ the family; for a family ropekit does not know, ``layout=`` must say it.
 ...                        "max_position_embeddings": 131072, "rope_theta": 500000.0,
 ...                        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
 ...                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}})
->>> spec.describe()
-'half r=128/128 base=500000 llama3(factor=8, low_freq_factor=1, high_freq_factor=4, original_max_position_embeddings=8192)'
+>>> print(spec.describe())
+half r=128/128 base=500000 llama3(factor=8, low_freq_factor=1, high_freq_factor=4,
+    original_max_position_embeddings=8192)
 >>> rk.from_config({"model_type": "mystery", "hidden_size": 64, "num_attention_heads": 4}, layout="half").layout
 'half'
 """

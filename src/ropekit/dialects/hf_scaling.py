@@ -19,7 +19,8 @@ as strictly as that release does:
 >>> from ropekit.dialects.releases import rules_for
 >>> validate({"rope_type": "yarn", "original_max_position_embeddings": 4096}, rules_for((5, 0, 0)))
 Traceback (most recent call last):
-ropekit.errors.RopeConfigError: rope_parameters.factor is missing from the config (rope_type='yarn' requires factor, original_max_position_embeddings; transformers raises here too)
+ropekit.errors.RopeConfigError: rope_parameters.factor is missing from the config
+    (rope_type='yarn' requires factor, original_max_position_embeddings; transformers raises here too)
 """
 
 from __future__ import annotations

@@ -153,7 +153,8 @@ class Probe:
             )
         if layer_type is not None and layer_type in no_rope_layer_types(self.config):
             raise RopeConfigError(
-                f"model_type={family!r}: rope_parameters[{layer_type!r}] is null: layers of type {layer_type!r} use no RoPE"
+                f"model_type={family!r}: rope_parameters[{layer_type!r}] is null: "
+                f"layers of type {layer_type!r} use no RoPE"
             )
         try:
             self.module = module = cls(self.config)
