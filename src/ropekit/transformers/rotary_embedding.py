@@ -235,7 +235,8 @@ class RotaryEmbedding(torch.nn.Module):
         if isinstance(position_ids, int) and not isinstance(position_ids, bool):
             position_ids, seq_len = None, position_ids  # forward(x, n): a legacy caller passing seq_len by position
         spec = self._spec_for(layer_type)
-        if position_ids is None:
+        legacy_call = position_ids is None
+        if legacy_call:
             if seq_len is None:
                 raise RopeShapeError("pass position_ids (transformers >= 4.38) or seq_len= (legacy forward)")
             n = int(seq_len)
@@ -247,7 +248,10 @@ class RotaryEmbedding(torch.nn.Module):
         elif not isinstance(position_ids, torch.Tensor):
             raise RopeShapeError(f"position_ids must be a tensor, got {type(position_ids).__name__}")
         length = seq_len
-        if self._is_dynamic(spec) and (self.stateful or self.legacy_cache) and position_ids.numel():
+        kept = self.stateful or self.legacy_cache
+        if self._is_dynamic(spec) and kept and legacy_call:
+            length = self.max_seq_len_cached  # forward(x, seq_len=): the cache only grows (4.37 and before)
+        elif self._is_dynamic(spec) and kept and position_ids.numel():
             length = self._update_state(spec, int(position_ids.max().item()) + 1)  # one host read, as transformers
         elif self._is_dynamic(spec) and self.legacy_cache:
             length = self.max_seq_len_cached
