@@ -105,6 +105,8 @@ def test_a_litgpt_directory_gets_litgpt_s_own_rope_and_the_q_k_reading(tmp_path)
     rep = doctor_checkpoint(_lit_dir(tmp_path))
     frameworks = [r.framework for r in rep.readings]
     assert frameworks[0] == "ropekit" and frameworks[1].startswith("litgpt 0.5"), frameworks
+    # transformers cannot load it (no config.json): said, not left out
+    assert frameworks[2] == "transformers" and rep.readings[2].spec is None and "config.json" in rep.readings[2].text
     lit = rep.readings[1]
     assert lit.spec is not None and (lit.spec.layout, lit.spec.rotary_dim, lit.spec.base) == ("half", 32, 10000.0)
     assert rep.layout.layout == "half" and rep.layout.rotary_dim == 32  # the fused qkv, split [q; k; v]

@@ -24,6 +24,13 @@ from .weights import has_qk_weights, is_gguf, read_json
 __all__ = ["Finding", "Reading", "CheckpointReport", "doctor_checkpoint"]
 
 
+#: transformers' reading of a LitGPT directory without an HF config beside it
+NO_HF_CONFIG = (
+    "does not load this directory (no config.json, only LitGPT's model_config.yaml); "
+    "LitGPT's convert_from_litgpt writes a checkpoint transformers loads"
+)
+
+
 @dataclass
 class Reading:
     framework: str  # "ropekit", "transformers 5.24.0", "GGUF metadata"
@@ -300,6 +307,8 @@ def doctor_checkpoint(path, *, max_position: int = 2**16, weights: bool = True) 
         lit, lit_fn = _litgpt_reading(path, max_position)
         report.readings.append(lit)
         compare_readings(report, ropekit, lit, lit_fn, max_position)
+        if "model_type" not in cfg:  # said, not left out: a reader may expect transformers' line
+            report.readings.append(Reading("transformers", None, NO_HF_CONFIG))
     if os.path.isdir(path) and ropekit.spec is not None:
         if len(types) == 1:  # stored inv_freq of one RoPE (per-layer-type ones: not checked here)
             _inv_freq_findings(report, path, ropekit.spec)
