@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+import tiny_models
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SETUP_COMMANDS = (
@@ -46,21 +48,8 @@ def blocks_of(info: str):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A transformers Llama small enough to save, load and run in a second (random weights)."""
-    transformers = pytest.importorskip("transformers")
-    import torch
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        vocab_size=100,
-    )
-    path = tmp_path_factory.mktemp("readme-model") / "model"
-    transformers.LlamaForCausalLM(config).save_pretrained(path)
-    return path
+    pytest.importorskip("transformers")
+    return tiny_models.saved(tmp_path_factory.mktemp("readme-model") / "model")
 
 
 @pytest.fixture

@@ -145,6 +145,13 @@ def build(family: str, seed: int = 0, seq: int = 12, batch: int = 2, **overrides
     return model, ids
 
 
+def saved(path, family: str = "llama", seed: int = 0, **overrides):
+    """``path`` holding a tiny ``family`` model written by save_pretrained (random weights)."""
+    model, _ = build(family, seed=seed, **overrides)
+    model.save_pretrained(path)
+    return path
+
+
 def output(model, ids) -> torch.Tensor:
     """Logits (causal LMs) or the last hidden state (text towers), in the model's dtype."""
     out = model(input_ids=ids, use_cache=False)

@@ -13,6 +13,8 @@ import pytest
 import ropekit as rk
 from ropekit.cli import main
 
+import tiny_models
+
 # what each zoo entry is, written from the conventions (name: layout, rotary_dim, base, verdict)
 ZOO_ROWS = {
     "hf_rotate_half": ("half", 128, "10000", "equivalent"),
@@ -295,23 +297,9 @@ def test_head_dim_comes_from_the_config_operand(capsys, user_dir):
 # ---------------------------------------------------------------------------------------------
 
 
-def _tiny_hf_checkpoint(path, **config):
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        **config,
-    )
-    import torch
-
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
+def _tiny_hf_checkpoint(path):
+    pytest.importorskip("transformers")
+    return tiny_models.saved(path)
 
 
 def test_checkpoint_readings_agree(capsys, tmp_path):
