@@ -26,7 +26,15 @@ import torch
 from ..errors import RopeError
 from .rotators import Convention, build_rotator
 
-__all__ = ["KNOWN_FUNCTIONS", "attention_layers", "rotary_modules", "convention_of", "tables_match", "call_rotary"]
+__all__ = [
+    "KNOWN_FUNCTIONS",
+    "attention_layers",
+    "rotary_modules",
+    "convention_of",
+    "check_direction",
+    "tables_match",
+    "call_rotary",
+]
 
 #: family functions ropekit.hf.patch stands in for -> the convention their signature implies
 KNOWN_FUNCTIONS = {
@@ -227,6 +235,18 @@ def convention_of(fn, kind: str, duplicate: str, indexed: bool, mrope_section, b
         f"{fn.__module__}.{fn.__name__} rotates in no layout ropekit knows (tried {', '.join(layouts)}, by +angle "
         f"and by -angle, with {duplicate} tables); ropekit.hf.patch refuses rather than run this model wrong"
     )
+
+
+def check_direction(name: str, conv: Convention, specs) -> None:
+    """The direction the family function turns (measured) must be the one ropekit read: a family's
+    rotary module hands over +angle tables, so a function that turns them back is angle_sign=-1."""
+    measured = -1 if conv.inverse else 1
+    read = sorted({s.angle_sign for s in specs})
+    if read != [measured]:
+        raise RopeError(
+            f"{name} turns by {'-' if measured < 0 else '+'}angle, but ropekit reads this config as "
+            f"angle_sign={read}; ropekit.hf.patch refuses rather than report a wrong spec"
+        )
 
 
 def owner_of(model, path: str):

@@ -242,7 +242,7 @@ def _rotators(attention, specs, form, layout, backend, legacy_tables, report) ->
         fn = getattr(fn, "_ropekit_original", fn)
         dup = form.duplicate if form.duplicate in ("cat", "repeat") else "cat"
         conv = discovery.convention_of(fn, kind, dup, legacy_tables, section, backend)
-        _check_direction(key, conv, specs)
+        discovery.check_direction(f"{key[0]}.{key[1]}", conv, specs.values())
         if layout is not None and normalize_layout(layout) != conv.layout:
             if conv.kind not in ("qk", "mrope", "single_sin_cos"):
                 raise RopeError(
@@ -260,18 +260,6 @@ def _rotators(attention, specs, form, layout, backend, legacy_tables, report) ->
         )
         report.layout = conv.layout
     return rotators
-
-
-def _check_direction(key, conv, specs) -> None:
-    """The direction the family function turns (measured) must be the one ropekit read: the family's
-    rotary module hands over +angle tables, so a function turning them back is angle_sign=-1."""
-    measured = -1 if conv.inverse else 1
-    read = {s.angle_sign for s in specs.values()}
-    if read != {measured}:
-        raise RopeError(
-            f"{key[0]}.{key[1]} turns by {'-' if measured < 0 else '+'}angle, but ropekit reads this config as "
-            f"angle_sign={sorted(read)}; ropekit.hf.patch refuses rather than report a wrong spec"
-        )
 
 
 def _install_functions(rotators, undo: _Undo) -> None:
