@@ -106,7 +106,9 @@ def _measured_reading(framework: str, build, source, max_position: int):
         return Reading(framework, None, f"cannot build: {exc}"), None
     fp = fingerprint(fn, head_dim, max_position=max_position)
     text = fp.summary() if fp.spec is not None else f"no RoPE: {fp.reason}"
-    return Reading(f"{framework} {version}", fp.spec, text), fn
+    # the reading's spec is the whole rotation, its measured direction included (NanoChat: -1)
+    spec = None if fp.spec is None else fp.spec.replace(angle_sign=fp.direction)
+    return Reading(f"{framework} {version}", spec, text), fn
 
 
 def _transformers_reading(path: str, max_position: int, layer_type: str | None = None):
@@ -153,10 +155,10 @@ def compare_readings(
 
 
 def _same_frequencies(a, b) -> bool:
-    """Same rotating dims, layout and inverse frequencies (relative 1e-6) and attention factor."""
+    """Same rotating dims, layout, direction and inverse frequencies (relative 1e-6) and attention factor."""
     from ..frequencies import inv_freq
 
-    if (a.head_dim, a.rotary_dim, a.layout) != (b.head_dim, b.rotary_dim, b.layout):
+    if (a.head_dim, a.rotary_dim, a.layout, a.angle_sign) != (b.head_dim, b.rotary_dim, b.layout, b.angle_sign):
         return False
     (fa, aa), (fb, ab) = inv_freq(a), inv_freq(b)
     return bool(((fa - fb).abs() <= 1e-6 * fb.abs()).all()) and abs(aa - ab) <= 1e-6 * abs(ab)
