@@ -155,3 +155,38 @@ def test_from_config_override_is_checked():
     assert rk.from_config(config, angle_sign=-1).angle_sign == -1
     with pytest.raises(rk.RopeConfigError, match="angle_sign=0"):
         rk.from_config(config, angle_sign=0)
+
+
+# -- checkpoints: -angle rows, pair members swapped, are +angle rows ------------------------------
+
+
+@SETTINGS
+@given(_cases(), st.sampled_from(["half", "interleaved"]))
+def test_flipping_the_direction_of_q_k_rows_keeps_every_score(case, dst):
+    """q.k of a projection rotated by -angle equals q.k of its rows with pair members swapped
+    (``permute_qk(..., flip_direction=True)``, any target layout) rotated by +angle, in fp64."""
+    spec, pos, seed = case
+    gen = torch.Generator().manual_seed(seed)
+    n_heads, hidden = 2, 6
+    wq, wk = (torch.randn(n_heads * spec.head_dim, hidden, generator=gen, dtype=torch.float64) for _ in range(2))
+    x = torch.randn(len(pos), hidden, generator=gen, dtype=torch.float64)
+
+    def scores(wq, wk, layout, inverse):
+        q, k = ((x @ w.T).view(1, len(pos), n_heads, spec.head_dim) for w in (wq, wk))
+        q, k = (rope_fp64(t, _inv_freq64(spec), pos, layout, inverse=inverse) for t in (q, k))
+        return torch.einsum("bshd,bthd->hst", q, k)
+
+    theirs = scores(wq, wk, spec.layout, inverse=True)  # the -angle model
+    flip = dict(n_heads=n_heads, head_dim=spec.head_dim, rotary_dim=spec.rotary_dim, src=spec.layout, dst=dst)
+    fq, fk = rk.permute_qk(wq, **flip, flip_direction=True), rk.permute_qk(wk, **flip, flip_direction=True)
+    assert max_abs(scores(fq, fk, dst, inverse=False), theirs) <= 1e-10 * theirs.abs().max().item()
+    # the deliberately wrong variant: the layout changed but the members not swapped
+    plain_q, plain_k = rk.permute_qk(wq, **flip), rk.permute_qk(wk, **flip)
+    assert max_abs(scores(plain_q, plain_k, dst, inverse=False), theirs) > 1e-6
+    back = dict(flip, src=dst, dst=spec.layout)
+    assert torch.equal(rk.permute_qk(fq, **back, flip_direction=True), wq)  # an exact involution
+
+
+def test_flip_direction_must_be_a_bool():
+    with pytest.raises(rk.RopeError, match="flip_direction"):
+        rk.permute_qk(torch.zeros(8, 2), 1, 8, flip_direction=1)
