@@ -190,3 +190,11 @@ def test_flipping_the_direction_of_q_k_rows_keeps_every_score(case, dst):
 def test_flip_direction_must_be_a_bool():
     with pytest.raises(rk.RopeError, match="flip_direction"):
         rk.permute_qk(torch.zeros(8, 2), 1, 8, flip_direction=1)
+
+
+def test_the_catalog_reads_nanochat_by_minus_angle_from_the_family_table():
+    from ropekit.dialects.catalog import catalog_config, spec_table
+
+    spec = rk.from_config(catalog_config("nanochat-d32"))  # a plain dict: no transformers needed
+    assert (spec.layout, spec.head_dim, spec.base, spec.angle_sign) == ("half", 128, 10000.0, -1)
+    assert "half -angle" in spec_table([("nanochat-d32", None, spec)])

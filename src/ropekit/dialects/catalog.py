@@ -313,6 +313,16 @@ CATALOG: dict[str, dict[str, Any]] = {
             "truncate": False,
         },
     },
+    # karpathy/nanochat-d32 (transformers' NanoChatConfig): nanochat's depth-32 recipe, 64 wide per
+    # layer of depth (2048), 128-dim heads, 2048 context, base 10000; its rotation turns by -angle
+    "nanochat-d32": {
+        "model_type": "nanochat",
+        "hidden_size": 2048,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "max_position_embeddings": 2048,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    },
 }
 
 
@@ -377,7 +387,7 @@ def spec_table(rows: list[tuple[str, str | None, RopeSpec]], markdown: bool = Fa
             [
                 name,
                 {"full_attention": "full", "sliding_attention": "sliding"}.get(layer_type, layer_type or "all"),
-                spec.layout,
+                spec.layout if spec.angle_sign == 1 else f"{spec.layout} -angle",
                 f"{spec.rotary_dim}/{spec.head_dim}",
                 format(spec.base, ".10g"),
                 describe_scaling(spec),
