@@ -12,6 +12,8 @@ of how frequencies are computed (``frequencies``) or of tensors (``tables``, ``a
 64
 >>> RopeSpec.from_json(spec.to_json()) == spec
 True
+>>> RopeSpec(head_dim=64, angle_sign=-1).describe()   # NanoChat: pairs turn by -angle
+'half r=64/64 base=10000 angle_sign=-1 (turns by -angle)'
 """
 
 from __future__ import annotations

@@ -200,9 +200,10 @@ def test_refused_list_is_current():
     assert not stale, f"read now, drop them from REFUSED: {stale}"
 
 
-@pytest.mark.parametrize("model_type", ["llama", "glm", "gptj", "lfm3", "deepseek_v2"])
+@pytest.mark.parametrize("model_type", ["llama", "glm", "gptj", "lfm3", "deepseek_v2", "nanochat"])
 def test_the_tolerances_catch_a_wrong_spec(model_type):
-    """A base off by 0.1 % fails the table tolerance; the other layout fails the score tolerance."""
+    """A base off by 0.1 % fails the table tolerance; the other layout, or the other direction, fails
+    the score tolerance."""
     config = census()[model_type]
     layer_type = (family_layer_types(config) or [None])[0]
     spec = rk.from_config(config, layer_type=layer_type)
@@ -211,6 +212,7 @@ def test_the_tolerances_catch_a_wrong_spec(model_type):
     assert probe.table_err(spec.replace(base=spec.base * 1.001)) > TABLE_TOL
     other = "interleaved" if spec.layout == "half" else "half"
     assert probe.score_err(spec.with_layout(other)) > SCORE_TOL
+    assert probe.score_err(spec.replace(angle_sign=-spec.angle_sign)) > SCORE_TOL
 
 
 def test_nanochat_rotates_by_minus_angle():

@@ -11,7 +11,9 @@ It answers every signature transformers has used:
 
 in ``x.dtype``, attention factor included, in the table form the config's family uses
 (``forms.table_form``: ``cat((c, c))`` for most, ``repeat_interleave`` for Cohere, ``(sin, cos)``
-for GPT-J, complex for DeepSeek-V2, one table per mRoPE axis for Qwen2-VL before 5.0).
+for GPT-J, complex for DeepSeek-V2, one table per mRoPE axis for Qwen2-VL before 5.0).  A spec that
+turns by -angle (``angle_sign=-1``, NanoChat) gives the +angle tables NanoChat's own module returns
+when built from its config (its apply function turns them back); from ``spec=`` alone, sin negated.
 
 Numerics: the module holds *no floating-point buffers*.  transformers' ``inv_freq`` buffer is
 cast by ``model.to(torch.bfloat16)`` (bf16 frequencies are wrong by up to 0.4%: hundreds of
