@@ -154,6 +154,10 @@ def _deepseek_mla(model_type: str, hidden_size: int, heads: int, mscale: float) 
     }
 
 
+# karpathy/nanochat-d32 in transformers' NanoChatConfig: nanochat's depth-32 recipe (64 wide per
+# layer, 128-dim heads, 2048 context, base 10000); its rotation turns by -angle
+_NANOCHAT_D32 = dict(model_type="nanochat", hidden_size=2048, num_attention_heads=16, max_position_embeddings=2048)
+
 #: name -> the RoPE-relevant part of that checkpoint's config file
 CATALOG: dict[str, dict[str, Any]] = {
     "Llama-2-7B": {
@@ -313,16 +317,7 @@ CATALOG: dict[str, dict[str, Any]] = {
             "truncate": False,
         },
     },
-    # karpathy/nanochat-d32 (transformers' NanoChatConfig): nanochat's depth-32 recipe, 64 wide per
-    # layer of depth (2048), 128-dim heads, 2048 context, base 10000; its rotation turns by -angle
-    "nanochat-d32": {
-        "model_type": "nanochat",
-        "hidden_size": 2048,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 16,
-        "max_position_embeddings": 2048,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-    },
+    "nanochat-d32": _NANOCHAT_D32,
 }
 
 
