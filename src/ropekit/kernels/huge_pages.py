@@ -66,7 +66,7 @@ def _mapped(n: int, dtype: torch.dtype) -> torch.Tensor | None:
 def new_output(like: torch.Tensor) -> torch.Tensor:
     """An uninitialized contiguous CPU tensor of ``like``'s shape and dtype: in huge pages when it
     is big enough and they are available, else torch's allocator."""
-    if like.numel() * like.element_size() >= MIN_BYTES and enabled():
+    if like.nbytes >= MIN_BYTES and enabled():
         out = _mapped(like.numel(), like.dtype)
         if out is not None:
             return out.view(like.shape)
