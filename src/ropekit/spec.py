@@ -12,6 +12,8 @@ of how frequencies are computed (``frequencies``) or of tensors (``tables``, ``a
 64
 >>> RopeSpec.from_json(spec.to_json()) == spec
 True
+>>> RopeSpec(head_dim=64, angle_sign=-1).describe()   # NanoChat: pairs turn by -angle
+'half r=64/64 base=10000 angle_sign=-1 (turns by -angle)'
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class RopeSpec:
       mrope_section: multimodal RoPE: how many frequencies each position axis (temporal,
         height, width) owns; sums to rotary_dim / 2.  ``mrope_interleaved`` picks Qwen3-VL's
         round-robin assignment instead of Qwen2-VL's contiguous sections.
+      angle_sign: the direction pairs turn: pair i at position p turns by
+        ``angle_sign * p * inv_freq[i]``.  1 (every family but one); -1 for NanoChat, whose apply
+        function is rotate_half with sin negated.  Tables carry it as an exact sign flip of sin.
       source: provenance, for people (e.g. "measured from transformers 5.24 ...").  Not part of
         the rotation: specs that differ only in source are equal.
     """
@@ -78,6 +83,7 @@ class RopeSpec:
     attention_factor: float | None = None
     mrope_section: tuple[int, ...] | None = None
     mrope_interleaved: bool = False
+    angle_sign: int = 1
     source: str | None = dataclasses.field(default=None, compare=False)
     # not a field people set: version of the dict format, for forward compatibility
     FORMAT_VERSION: ClassVar[int] = 1
@@ -141,6 +147,7 @@ class RopeSpec:
             raise RopeSpecTypeError(f"mrope_interleaved={short_repr(self.mrope_interleaved)} must be a bool")
         if self.mrope_interleaved and self.mrope_section is None:
             raise RopeSpecError("mrope_interleaved=True needs mrope_section")
+        set_field(self, "angle_sign", _check_angle_sign(self.angle_sign))
         if self.source is not None and not isinstance(self.source, str):
             raise RopeSpecTypeError(f"source={short_repr(self.source)} must be a string or None")
 
@@ -183,6 +190,16 @@ class RopeSpec:
     def with_scaling(self, scaling: Scaling | dict | None) -> RopeSpec:
         return self.replace(scaling=scaling)
 
+    def turning_forward(self) -> RopeSpec:
+        """The same spec turning by +angle: the tables a family's rotary module hands to an apply
+        function that applies the direction itself (NanoChat negates sin inside its rotate_half).
+
+        >>> spec = RopeSpec(head_dim=8, angle_sign=-1)
+        >>> spec.turning_forward().angle_sign, spec.turning_forward().turning_forward() == spec.turning_forward()
+        (1, True)
+        """
+        return self if self.angle_sign == 1 else self.replace(angle_sign=1)
+
     # -- serialization --------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +215,8 @@ class RopeSpec:
             "mrope_section": None if self.mrope_section is None else list(self.mrope_section),
             "mrope_interleaved": self.mrope_interleaved,
         }
+        if self.angle_sign != 1:  # only when -1, so existing spec dicts (and caches keyed by them) stay
+            out["angle_sign"] = self.angle_sign
         if self.source is not None:  # only when set, so existing spec dicts stay as they were
             out["source"] = self.source
         return out
@@ -243,7 +262,18 @@ class RopeSpec:
         if self.mrope_section is not None:
             kind = "interleaved" if self.mrope_interleaved else "contiguous"
             parts.append(f"mrope={list(self.mrope_section)} {kind}")
+        if self.angle_sign != 1:
+            parts.append("angle_sign=-1 (turns by -angle)")
         return " ".join(parts)
+
+
+def _check_angle_sign(value: Any) -> int:
+    # bool is an int to Python, but True is no direction: refuse it rather than read it as 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RopeSpecTypeError(f"angle_sign={short_repr(value)} must be the int 1 or -1")
+    if value not in (1, -1):
+        raise RopeSpecError(f"angle_sign={short_repr(value)} must be 1 (rotate by +angle) or -1 (rotate by -angle)")
+    return int(value)
 
 
 def _short(value: Any) -> str:

@@ -299,6 +299,7 @@ def _read(source: Source, layer_type, layout, release) -> RopeSpec:
             attention_factor=attention_factor,
             mrope_section=mrope_section,
             mrope_interleaved=mrope_interleaved,
+            angle_sign=fam.angle_sign if fam is not None else 1,
         )
     except RopeConfigError:
         raise

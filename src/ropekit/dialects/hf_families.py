@@ -24,6 +24,7 @@ class Family:
     partial: its config class's default ``partial_rotary_factor``.
     head_dim: its config class's default ``head_dim`` (None: hidden_size // num_attention_heads).
     mrope: "contiguous" (Qwen2-VL) or "interleaved" (Qwen3-VL) multimodal RoPE, with its default sections.
+    angle_sign: -1 where its apply function turns pairs by -angle (NanoChat), else 1.
     """
 
     layout: str
@@ -32,6 +33,7 @@ class Family:
     head_dim: int | None = None
     mrope: str | None = None
     mrope_section: tuple[int, ...] | None = None
+    angle_sign: int = 1
 
 
 _HALF = Family("half")
@@ -70,6 +72,9 @@ FAMILIES: dict[str, Family] = {
     "smollm3": Family("half", theta=2e6),
     "olmo3": Family("half", theta=5e5),
     "gpt_oss": Family("half", theta=150000.0, head_dim=64),
+    # its rotate_half is cat((x2, -x1)): pairs (i, i + r/2) turn by -angle (karpathy's nanochat
+    # computes y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos); its rotary module returns +angle tables
+    "nanochat": Family("half", angle_sign=-1),
     "qwen2_vl_text": Family("half", theta=1e6, mrope="contiguous", mrope_section=(16, 24, 24)),
     "qwen2_5_vl_text": Family("half", theta=1e6, mrope="contiguous", mrope_section=(16, 24, 24)),
     "qwen3_vl_text": Family("half", theta=5e5, head_dim=128, mrope="interleaved", mrope_section=(24, 20, 20)),
@@ -137,6 +142,7 @@ _ARCH_PREFIX = {
     "GptOss": "gpt_oss",
     "Helium": "helium",
     "Nemotron": "nemotron",
+    "NanoChat": "nanochat",
     "ChatGLM": "chatglm",
 }
 
