@@ -193,7 +193,8 @@ def test_flip_direction_must_be_a_bool():
 
 
 def test_the_catalog_reads_nanochat_by_minus_angle_from_the_family_table():
-    from ropekit.dialects.catalog import catalog_config, spec_table
+    from ropekit.dialects.catalog import catalog_config
+    from ropekit.dialects.spec_table import spec_table
 
     spec = rk.from_config(catalog_config("nanochat-d32"))  # a plain dict: no transformers needed
     assert (spec.layout, spec.head_dim, spec.base, spec.angle_sign) == ("half", 128, 10000.0, -1)
