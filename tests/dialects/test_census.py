@@ -73,10 +73,6 @@ REFUSED = {
     "nanochat": "it rotates by -angle (the half layout with sin negated",
     # the sections split the duplicated table: a pair's two members follow different axes
     **dict.fromkeys(("hunyuan_vl", "hunyuan_vl_text"), "the two members of a pair follow different axes"),
-    # the first 44 columns alternate height / width, the last 20 follow time: neither section kind
-    **dict.fromkeys(
-        ("ernie4_5_vl_moe", "ernie4_5_vl_moe_text"), "match neither contiguous nor interleaved mRoPE sections"
-    ),
 }
 
 
