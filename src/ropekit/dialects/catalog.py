@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..mrope import describe_axes
 from ..spec import RopeSpec
 
 __all__ = ["CATALOG", "catalog_specs", "catalog_config", "spec_table", "describe_scaling"]
@@ -361,7 +362,9 @@ def describe_scaling(spec: RopeSpec) -> str:
         parts.append(
             f"longrope x{s.factor:g} (orig {s.original_max_position_embeddings}, {len(s.long_factor)} factors)"
         )
-    if spec.mrope_section is not None:
+    if spec.mrope_axes is not None:
+        parts.append(f"mrope {list(spec.mrope_section)} axes {describe_axes(spec.mrope_axes)}")
+    elif spec.mrope_section is not None:
         parts.append(f"mrope {list(spec.mrope_section)} {'interleaved' if spec.mrope_interleaved else 'contiguous'}")
     return ", ".join(parts)
 
