@@ -97,3 +97,28 @@ def test_rotary_embedding_from_the_text_config_is_a_drop_in(precision):
         reference = _hidden(model, ids, pos)
         model.rotary_emb = ours
         assert _rel(_hidden(model, ids, pos), reference) <= 1e-5
+
+
+def test_the_whole_vision_language_model_gets_its_text_tower_patched():
+    """Ernie4_5_VLMoeForConditionalGeneration (a one-block vision tower): the text rotary and attention
+    are patched from the composite config, the vision tower's attention is left alone, logits equal."""
+    from transformers import Ernie4_5_VLMoeConfig, Ernie4_5_VLMoeForConditionalGeneration
+
+    text = {k: v for k, v in tm.config_for("ernie4_5_vl_moe").to_dict().items() if k != "model_type"}
+    config = Ernie4_5_VLMoeConfig(
+        text_config=text, vision_config=dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64)
+    )
+    for part in (config, config.text_config, config.vision_config):
+        part._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = Ernie4_5_VLMoeForConditionalGeneration(config).eval()
+    ids = torch.randint(3, tm.VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+    pos = _positions(*ids.shape)
+    with torch.no_grad():
+        reference = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        report = rk.hf.patch(model)
+        patched = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+    assert any("vision" in path for path, _ in report.skipped)
+    assert [c.path for c in report.changes if c.what == "rotary module"] == ["model.language_model.rotary_emb"]
+    assert _rel(patched, reference) <= 1e-5
+    rk.hf.unpatch(model)
