@@ -68,7 +68,9 @@ def _check_axes(axes: Any, n_pairs: int, n_axes: int | None) -> tuple[int, ...]:
     if not isinstance(axes, (list, tuple)):
         raise RopeSpecTypeError(f"mrope_axes={short_repr(axes)} must be a list of integers (the axis of each pair)")
     if len(axes) != n_pairs:
-        raise RopeSpecError(f"mrope_axes has {len(axes)} entries; rotary_dim / 2 = {n_pairs} pairs need one axis each")
+        raise RopeSpecError(
+            f"mrope_axes={short_repr(axes)} has {len(axes)} entries; rotary_dim / 2 = {n_pairs} pairs, one axis each"
+        )
     high = n_pairs - 1 if n_axes is None else n_axes - 1
     return tuple(check_int(f"mrope_axes[{j}]", a, low=0, high=max(high, 0)) for j, a in enumerate(axes))
 

@@ -20,8 +20,8 @@ MROPE_FIELDS = ("mrope_axes", "mrope_section", "mrope_interleaved")
 
 # (id, constructor, fragments the message must contain: the field and the offending value)
 INVALID = [
-    ("short", lambda: RopeSpec(head_dim=8, mrope_axes=[0, 1, 2]), ["mrope_axes has 3 entries", "4 pairs"]),
-    ("long", lambda: RopeSpec(head_dim=8, mrope_axes=[0] * 5), ["mrope_axes has 5 entries"]),
+    ("short", lambda: RopeSpec(head_dim=8, mrope_axes=[0, 1, 2]), ["mrope_axes=[0, 1, 2] has 3 entries", "4 pairs"]),
+    ("long", lambda: RopeSpec(head_dim=8, mrope_axes=[0] * 5), ["mrope_axes=[0, 0, 0, 0, 0] has 5 entries"]),
     ("negative", lambda: RopeSpec(head_dim=8, mrope_axes=[0, -1, 1, 2]), ["mrope_axes[1]=-1", ">= 0"]),
     ("float", lambda: RopeSpec(head_dim=8, mrope_axes=[0, 1.5, 1, 2]), ["mrope_axes[1]=1.5"]),
     ("str-entry", lambda: RopeSpec(head_dim=8, mrope_axes=[0, "1", 1, 2]), ["mrope_axes[1]='1'"]),
@@ -51,7 +51,7 @@ INVALID = [
     (
         "from_dict",
         lambda: RopeSpec.from_dict({"head_dim": 8, "mrope_axes": [0, 1, 2]}),
-        ["mrope_axes has 3 entries"],
+        ["mrope_axes=[0, 1, 2] has 3 entries"],
     ),
 ]
 
