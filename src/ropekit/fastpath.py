@@ -15,6 +15,7 @@ import torch
 from .arguments import FORMATS, ROTATABLE_DTYPES, restore_view
 from .kernels import cpu, native
 from .kernels.eager import rotate_lean
+from .kernels.huge_pages import new_output
 from .kernels.reference import compute_dtype
 from .layouts import LAYOUTS, is_interleaved
 
@@ -89,12 +90,7 @@ def rotate_fast(tensors, cos, sin, *, layout, format, positions, offsets, cu_seq
     if cpu.ready():  # the native kernel is loaded (until then, and without it: lean eager)
         if n > native.MAX_PAIRS:
             return None
-        # empty_like is ~2.5x cheaper than empty(shape) on a decode step; both give a contiguous result here
-        outs = (
-            views
-            if inplace
-            else [torch.empty_like(v) if v.is_contiguous() else torch.empty(v.shape, dtype=v.dtype) for v in views]
-        )
+        outs = views if inplace else [new_output(v) for v in views]
         try:  # the kernel reads every position before it writes anything (no host read here)
             native.rotate_native(
                 list(zip(views, outs)), cos, sin, idx, interleaved=interleaved, inverse=inverse, start=start

@@ -142,6 +142,28 @@ def test_litgpt_s_yarn_is_what_ropekit_reads_and_not_transformers_yarn(tmp_path)
     assert finding.kind == "disagreement" and finding.problem and "scaling" in finding.text
 
 
+def test_compare_calls_litgpt_s_float32_yarn_the_same_rope_in_other_arithmetic(tmp_path):
+    """LitGPT's yarn tables (float32) against ropekit's reading of the same keys: the two fits differ
+    in the 8th digit of their scaling, which is no config change; compare says precision only,
+    with no fitted divisors to set.  The transformers-style yarn still differs in scaling."""
+    _litgpt()
+    from ropekit import RopeSpec, compare
+    from ropekit.doctor.framework_readings import litgpt_rope_fn
+    from ropekit.doctor.verification import spec_rope_fn
+    from ropekit.scaling import Yarn
+
+    path = _lit_dir(tmp_path, YARN)
+    spec = doctor_checkpoint(path, weights=False).readings[1].spec
+    fn, head_dim, _ = litgpt_rope_fn(path)
+    rep = compare(fn, spec_rope_fn(spec, precision="hf"), head_dim, max_position=2**16, names=("litgpt", "ropekit"))
+    assert not rep.equivalent and rep.precision_only, rep.explanation
+    assert "same RoPE" in rep.explanation and "rope_scaling" not in rep.fix
+    yarn = Yarn(factor=4.0, beta_fast=32.0, beta_slow=1.0, original_max_position_embeddings=1024)
+    wrong = spec_rope_fn(RopeSpec(head_dim=32, scaling=yarn), precision="hf")
+    other = compare(fn, wrong, head_dim, max_position=2**16, names=("litgpt", "transformers-style"))
+    assert "scaling" in [d.field for d in other.differences]
+
+
 def test_litgpt_s_qkv_split_is_litgpt_s_own(tmp_path):
     """The [q; k; v] order against the q/k LitGPT's CausalSelfAttention hands to apply_rope (GQA)."""
     model = _litgpt()

@@ -139,3 +139,28 @@ def test_a_failing_build_is_a_visible_fallback(monkeypatch, tmp_path, caplog):
     assert "native CPU kernel unavailable" in caplog.text and native.status()["state"] == "unavailable"
     assert torch.equal(y, rk.apply_rope(x, cos, sin, backend="reference"))
     assert os.listdir(tmp_path) == []  # the failed build left nothing behind
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_native_bf16_matches_reference_on_every_bf16_bit_pattern(inplace):
+    """Every one of the 65536 bf16 patterns (NaNs, infinities, subnormals, -0) as either pair member,
+    compared as bits (a NaN is not equal to itself): the SIMD steps of 8 pairs and the scalar tail
+    (68 pairs = 8 steps + 4) round exactly like torch's float32 -> bfloat16."""
+    R = 68
+    patterns = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
+    g = torch.Generator().manual_seed(3)
+    first = patterns[torch.randperm(patterns.numel(), generator=g)]
+    second = patterns[torch.randperm(patterns.numel(), generator=g)]
+    n = patterns.numel() // R * R
+    x = torch.cat((first[:n].view(-1, R), second[:n].view(-1, R)), dim=-1).view(torch.bfloat16)
+    x = x.view(1, -1, 1, 2 * R)
+    S = x.shape[1]
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=2 * R, base=100.0), S)
+    pos = torch.arange(S).view(1, S)
+    kw = dict(interleaved=False, inverse=False)
+    want = rotate_reference(x, cos, sin, pos, inplace=False, **kw)
+    y = x.clone()
+    got = cpu.rotate_cpu(y, cos, sin, pos, inplace=inplace, **kw)
+    assert (got is y) == inplace
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+    assert want.isnan().any() and want.isinf().any()

@@ -125,6 +125,7 @@ def compare_readings(
 ) -> None:
     """A finding when framework ``hf`` (measured as ``hf_fn``) and the spec ``ropekit`` part."""
     from .comparison import compare
+    from .explain import same_frequencies
     from .verification import spec_rope_fn
 
     if ropekit.spec is None or hf.spec is None or hf_fn is None:
@@ -138,7 +139,7 @@ def compare_readings(
     )
     if rep.equivalent:
         return
-    if _same_frequencies(hf.spec, ropekit.spec):
+    if same_frequencies(hf.spec, ropekit.spec):
         text = (
             f"{hf.framework} and {what} describe the same RoPE (frequencies equal to 1e-6) but their float32 "
             f"tables differ by up to {rep.max_abs_err:.2g} over positions 0..{max_position}: the arithmetic, "
@@ -150,16 +151,6 @@ def compare_readings(
     text = f"{hf.framework} and {what} compute different RoPEs for this config: {rep.explanation}"
     fix = rep.fix
     report.findings.append(Finding("disagreement", text, fix))
-
-
-def _same_frequencies(a, b) -> bool:
-    """Same rotating dims, layout and inverse frequencies (relative 1e-6) and attention factor."""
-    from ..frequencies import inv_freq
-
-    if (a.head_dim, a.rotary_dim, a.layout) != (b.head_dim, b.rotary_dim, b.layout):
-        return False
-    (fa, aa), (fb, ab) = inv_freq(a), inv_freq(b)
-    return bool(((fa - fb).abs() <= 1e-6 * fb.abs()).all()) and abs(aa - ab) <= 1e-6 * abs(ab)
 
 
 def _config_findings(report: CheckpointReport, cfg: dict, hf: Reading) -> None:

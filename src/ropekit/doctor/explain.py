@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..frequencies import attention_factor as spec_attention_factor
+from ..frequencies import inv_freq
 from ..spec import scaling_to_dict
 from .probe import Fingerprint
 from .structure import pair_dims
@@ -21,6 +22,7 @@ from .verification import spec_rope_fn
 __all__ = [
     "Difference",
     "structural_differences",
+    "same_frequencies",
     "compose_fixes",
     "possessive",
     "is_low_precision",
@@ -35,6 +37,15 @@ class Difference:
     a: object
     b: object
     text: str
+
+
+def same_frequencies(a, b, rel: float = 1e-6) -> bool:
+    """Same rotating dims and layout, and inverse frequencies and attention factor equal to ``rel``
+    (relative): one RoPE, however differently two sides spell or fit it."""
+    if (a.head_dim, a.rotary_dim, a.layout) != (b.head_dim, b.rotary_dim, b.layout):
+        return False
+    (fa, aa), (fb, ab) = inv_freq(a), inv_freq(b)
+    return bool(((fa - fb).abs() <= rel * fb.abs()).all()) and abs(aa - ab) <= rel * abs(ab)
 
 
 def config_differences(rep, sa, sb, D: int):
@@ -62,7 +73,9 @@ def config_differences(rep, sa, sb, D: int):
         diffs.append(Difference("base", sa.base, sb.base, f"base (rope_theta): {a} {sa.base:g}, {b} {sb.base:g}"))
         config["base"] = sa.base
         fixes.append(f"set {possessive(b)} rope_theta to {sa.base:g} (it is {sb.base:g})")
-    if sa.scaling != sb.scaling:
+    # two fits of one RoPE can land on scalings that differ in the 8th digit (LitGPT's float32
+    # yarn against ropekit's): that is no config change to propose
+    if sa.scaling != sb.scaling and not same_frequencies(sa, sb):
         da, db = scaling_to_dict(sa.scaling), scaling_to_dict(sb.scaling)
         diffs.append(Difference("scaling", da, db, f"scaling: {a} {scaling_text(sa)}, {b} {scaling_text(sb)}"))
         config["scaling"] = sa.scaling
@@ -138,6 +151,16 @@ def structural_differences(rep, fa: Fingerprint, fb: Fingerprint, D: int, n_head
     if fa.precision != fb.precision and not (fa.rounded_inside or fb.rounded_inside):
         alone = not diffs
         diffs.append(Difference("precision", fa.precision, fb.precision, precision_text(rep, fa, fb, alone)))
+    elif not diffs and sa != sb:  # then config_differences found them the same RoPE
+        diffs.append(
+            Difference(
+                "precision",
+                fa.precision,
+                fb.precision,
+                f"precision: {a} and {b} fit the same RoPE (frequencies and attention factor equal to 1e-6), but "
+                f"their tables differ by up to {rep.max_abs_err:.2g}: the arithmetic that builds them, not the RoPE",
+            )
+        )
     return diffs, config, fixes, rounding
 
 

@@ -22,6 +22,7 @@ import torch
 
 from . import native
 from .eager import rotate_lean
+from .huge_pages import new_output
 from .reference import compute_dtype, rotate_reference
 
 __all__ = ["rotate_cpu", "rotate_qk_cpu", "rotate_many_cpu", "status", "ready"]
@@ -76,7 +77,7 @@ def rotate_many_cpu(tensors, cos, sin, pos, *, interleaved: bool, inverse: bool,
                 for t in tensors
             ]
         return _eager(tensors, cos, sin, pos, interleaved=interleaved, inverse=inverse, inplace=inplace)
-    outs = tensors if inplace else [torch.empty(t.shape, dtype=t.dtype) for t in tensors]
+    outs = tensors if inplace else [new_output(t) for t in tensors]
     native.rotate_native(list(zip(tensors, outs)), cos, sin, pos, interleaved=interleaved, inverse=inverse)
     return outs
 

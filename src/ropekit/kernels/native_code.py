@@ -6,8 +6,9 @@ in the background, and every later process only loads the cached shared library.
 Numerics: exactly the reference's arithmetic.  Each output is ``x1 * c - x2 * s`` (resp.
 ``x2 * c + x1 * s``) in the math dtype with every product and sum rounded on its own
 (``-ffp-contract=off``: no fused multiply-add, which would round once where the reference
-rounds twice), then rounded once into x's dtype (bf16 by round-to-nearest-even as torch does,
-fp16 by the hardware conversion).  So the output is bit for bit the reference's (tested).
+rounds twice), then rounded once into x's dtype (bf16 by round-to-nearest-even as torch's CPU
+conversion does, a NaN as its 0xffff; fp16 by the hardware conversion).  So the output is bit
+for bit the reference's (tested).
 
 One exported entry, ``rope_run(args, row0, row1, check)``, rotates one or more tensors (q and k)
 by the same positions: ``args`` is one int64 array (layout in ``ARGS``/``PER_TENSOR``, packed by
@@ -43,7 +44,7 @@ static inline float bf16_load(const uint16_t *p) {
 static inline void bf16_store(uint16_t *p, float f) {
     uint32_t u; memcpy(&u, &f, 4);
     const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;   /* round to nearest even */
-    *p = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded); /* NaN, as torch writes it */
+    *p = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? 0xffffu : rounded); /* NaN: what x.to(bfloat16) writes */
 }
 static inline float f16_load(const _Float16 *p) { return (float)(*p); }
 static inline void f16_store(_Float16 *p, float f) { *p = (_Float16)f; }
@@ -52,20 +53,59 @@ static inline void f32_store(float *p, float f) { *p = f; }
 static inline double f64_load(const double *p) { return *p; }
 static inline void f64_store(double *p, double f) { *p = f; }
 
+/* bf16 half-layout rows, 8 pairs per step, for x86 with SSE4.1: bit for bit bf16_load /
+   bf16_store (tested on every bf16 input pattern, NaN included), in about two thirds of the
+   instructions the compiler makes of them: one unpack per 4 loads (not a widen + shift), an
+   unordered compare + blend for NaN (not an integer range test), no re-masking before the pack.
+   bf16 rows are compute-bound on a CPU, so this is ~25% of a bf16 call.  Returns the pairs done;
+   loads come before stores in each step, so o == x (in place) is fine. */
+#if defined(__SSE4_1__)
+#include <immintrin.h>
+static inline __m128i bf16_round4(__m128 f) {
+    const __m128i u = _mm_castps_si128(f);
+    const __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+    const __m128i r = _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(u, _mm_set1_epi32(0x7fff)), lsb), 16);
+    return _mm_blendv_epi8(r, _mm_set1_epi32(0xffff), _mm_castps_si128(_mm_cmpunord_ps(f, f)));
+}
+static inline i64 bf16_rows_simd(const uint16_t *x, uint16_t *o, const float *c, const float *sn, i64 R) {
+    const __m128i z = _mm_setzero_si128();
+    i64 i = 0;
+    for (; i + 8 <= R; i += 8) {
+        const __m128i xa = _mm_loadu_si128((const __m128i *)(x + i));
+        const __m128i xb = _mm_loadu_si128((const __m128i *)(x + R + i));
+        const __m128 a0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xa)), a1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xa));
+        const __m128 b0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xb)), b1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xb));
+        const __m128 c0 = _mm_loadu_ps(c + i), c1 = _mm_loadu_ps(c + i + 4);
+        const __m128 s0 = _mm_loadu_ps(sn + i), s1 = _mm_loadu_ps(sn + i + 4);
+        const __m128 p0 = _mm_sub_ps(_mm_mul_ps(a0, c0), _mm_mul_ps(b0, s0));
+        const __m128 p1 = _mm_sub_ps(_mm_mul_ps(a1, c1), _mm_mul_ps(b1, s1));
+        const __m128 q0 = _mm_add_ps(_mm_mul_ps(b0, c0), _mm_mul_ps(a0, s0));
+        const __m128 q1 = _mm_add_ps(_mm_mul_ps(b1, c1), _mm_mul_ps(a1, s1));
+        _mm_storeu_si128((__m128i *)(o + i), _mm_packus_epi32(bf16_round4(p0), bf16_round4(p1)));
+        _mm_storeu_si128((__m128i *)(o + R + i), _mm_packus_epi32(bf16_round4(q0), bf16_round4(q1)));
+    }
+    return i;
+}
+#define BF16_SIMD(x, o, c, sn, R) bf16_rows_simd(x, o, c, sn, R)
+#else
+#define BF16_SIMD(x, o, c, sn, R) 0
+#endif
+#define NO_SIMD(x, o, c, sn, R) 0
+
 /* one contiguous half-layout row (pairs i, R + i), out of place (restrict: x and o never overlap,
    so the loop vectorizes without alias checks) or in place (one pointer: each iteration reads its
-   two elements before it writes them) */
-#define DEFINE_ROWS(NAME, T, M, LOAD, STORE)                                                       \
+   two elements before it writes them); SIMD does the pairs it can first (0 where there is none) */
+#define DEFINE_ROWS(NAME, T, M, LOAD, STORE, SIMD)                                                 \
 static inline void NAME##_row(const T *restrict x, T *restrict o, const M *restrict c,              \
                               const M *restrict sn, i64 R) {                                       \
-    for (i64 i = 0; i < R; ++i) {                                                               \
+    for (i64 i = SIMD(x, o, c, sn, R); i < R; ++i) {                                            \
         const M a = LOAD(x + i), b = LOAD(x + R + i);                                           \
         STORE(o + i, a * c[i] - b * sn[i]);                                                     \
         STORE(o + R + i, b * c[i] + a * sn[i]);                                                 \
     }                                                                                           \
 }                                                                                               \
 static inline void NAME##_row_inplace(T *y, const M *restrict c, const M *restrict sn, i64 R) {    \
-    for (i64 i = 0; i < R; ++i) {                                                               \
+    for (i64 i = SIMD(y, y, c, sn, R); i < R; ++i) {                                            \
         const M a = LOAD(y + i), b = LOAD(y + R + i);                                           \
         STORE(y + i, a * c[i] - b * sn[i]);                                                     \
         STORE(y + R + i, b * c[i] + a * sn[i]);                                                 \
@@ -132,10 +172,10 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
     return 0;                                                                                   \
 }
 
-DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store)
-DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store)
-DEFINE_ROWS(rope_f16, _Float16, float, f16_load, f16_store)
-DEFINE_ROWS(rope_f64, double, double, f64_load, f64_store)
+DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store, NO_SIMD)
+DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store, BF16_SIMD)
+DEFINE_ROWS(rope_f16, _Float16, float, f16_load, f16_store, NO_SIMD)
+DEFINE_ROWS(rope_f64, double, double, f64_load, f64_store, NO_SIMD)
 DEFINE_ROPE(rope_f32, float, float, f32_load, f32_store)
 DEFINE_ROPE(rope_bf16, uint16_t, float, bf16_load, bf16_store)
 DEFINE_ROPE(rope_f16, _Float16, float, f16_load, f16_store)
