@@ -159,6 +159,7 @@ def test_cos_sin_follows_each_pairs_own_axis(drawn, base, seed):
     n_axes, axes = drawn
     spec = RopeSpec(head_dim=2 * len(axes), base=base, mrope_axes=axes)
     positions = torch.randint(0, 5000, (n_axes, 7), generator=torch.Generator().manual_seed(seed))
+    assert mrope_axis_of_columns(spec).tolist() == axes and RopeSpec.from_json(spec.to_json()) == spec
     cos, sin = rk.cos_sin(spec, positions, dtype=torch.float64)
     want_cos, want_sin = _oracle(spec, axes, positions)
     # float64 angles up to 5000 rad: a few ulps of the angle (the frequency is computed another way)

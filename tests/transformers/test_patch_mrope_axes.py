@@ -122,3 +122,16 @@ def test_the_whole_vision_language_model_gets_its_text_tower_patched():
     assert [c.path for c in report.changes if c.what == "rotary module"] == ["model.language_model.rotary_emb"]
     assert _rel(patched, reference) <= 1e-5
     rk.hf.unpatch(model)
+
+
+def test_the_module_compiles_without_a_graph_break_and_gives_its_eager_tables():
+    """fullgraph=True: the axis map is fixed at construction, nothing is read back per call."""
+    spec = rk.from_config(tm.config_for("ernie4_5_vl_moe"))
+    pos = _positions(1, 40)
+    x = torch.zeros(1, 8)
+    for precision in ("exact", "hf"):
+        module = rk.RotaryEmbedding(spec=spec, precision=precision, duplicate="repeat")
+        eager = module(x, pos)
+        traced = torch.compile(module, fullgraph=True, backend="eager")(x, pos)
+        torch._dynamo.reset()
+        assert all(torch.equal(a, b) for a, b in zip(eager, traced)), precision
