@@ -19,7 +19,7 @@ import torch
 PATCH_FAMILIES = (
     "llama mistral mixtral qwen2 qwen2_moe qwen3 qwen3_moe gemma gemma2 gemma3 phi phi3 gpt_neox gptj codegen "
     "glm glm4 cohere cohere2 deepseek_v2 deepseek_v3 qwen2_vl qwen2_5_vl olmo olmo2 starcoder2 granite stablelm "
-    "falcon persimmon"
+    "falcon persimmon nanochat"
 ).split()
 
 VOCAB = 64
@@ -86,6 +86,7 @@ KWARGS: dict[str, dict] = {
     "stablelm": dict(partial_rotary_factor=0.25),
     "falcon": dict(alibi=False, new_decoder_architecture=True, num_kv_heads=2, parallel_attn=True, ffn_hidden_size=64),
     "persimmon": dict(partial_rotary_factor=0.5),
+    "nanochat": {},  # rotate_half by -angle (5.x only)
     # ERNIE-4.5-VL's text tower (5.x): 8 pairs, mrope_section [height, width, time] = [3, 3, 2]
     "ernie4_5_vl_moe_text": dict(
         moe_num_experts=4,

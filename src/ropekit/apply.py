@@ -68,6 +68,10 @@ def _rotate(tensors, names, cos, sin, *, inplace, inverse, **where):
             )
         if q4.dtype != k4.dtype:
             raise RopeShapeError(f"q has dtype {q4.dtype} but k has {k4.dtype}; rotate them in one dtype")
+    if impl == "triton_freqs" and where["spec"].angle_sign < 0:
+        # in-kernel angles come from the (positive) frequencies; a spec turning by -angle is the
+        # kernel's inverse rotation (tables built from the spec carry the sign in sin instead)
+        inverse = not inverse
     interleaved = layout == "interleaved"
     fmt = where["format"]
     if table_grad_route(cos, sin, impl):

@@ -5,7 +5,8 @@ The one home of these facts (torch-free, so the byte-level converter can use the
 * layout names: ``"half"`` pairs ``(i, i + r/2)`` (NeoX, transformers' rotate_half) and
   ``"interleaved"`` pairs ``(2i, 2i + 1)`` (GPT-J, Meta's complex numbers); ``"neox"`` and
   ``"gptj"`` are accepted as aliases;
-* the row order that turns one head's rotary rows from one layout into the other;
+* the row order that turns one head's rotary rows from one layout into the other, and (swapping
+  the two members of every pair) from rotation by -angle into rotation by +angle;
 * the q/k roles of checkpoint tensors and how many rows each role holds.
 
 >>> from ropekit.layouts import normalize_layout, pair_dims, head_row_order
@@ -71,23 +72,34 @@ def pair_dims(layout: str, rotary_dim: int) -> list[tuple[int, int]]:
     return [(i, i + n) for i in range(n)]
 
 
-def head_row_order(rotary_dim: int, src: str, dst: str) -> list[int]:
+def head_row_order(rotary_dim: int, src: str, dst: str, *, swap_members: bool = False) -> list[int]:
     """Row order that turns ``rotary_dim`` rows in layout ``src`` into layout ``dst``:
     ``rows_dst[i] = rows_src[order[i]]``.  Pair j sits at ``pair_dims(layout, r)[j]`` in either
     layout, so the order lists, for each destination dim, the source dim holding the same pair
-    member."""
+    member.  ``swap_members``: each pair's second member goes first.  Rotation by -angle is the
+    swap S around rotation by +angle (``R(-a) = S R(a) S``), so rows rotated by -angle (NanoChat,
+    ``angle_sign=-1``), swapped, give the same q.k rotated by +angle.
+
+    >>> head_row_order(4, "half", "half", swap_members=True)
+    [2, 3, 0, 1]
+    """
     src, dst = normalize_layout(src, "src"), normalize_layout(dst, "dst")
+    if not isinstance(swap_members, bool):
+        raise RopeTypeError(f"swap_members={short_repr(swap_members)} (flip_direction) must be a bool")
     order = [0] * _check_rotary_dim(rotary_dim)
     for (s1, s2), (d1, d2) in zip(pair_dims(src, rotary_dim), pair_dims(dst, rotary_dim)):
-        order[d1], order[d2] = s1, s2
+        order[d1], order[d2] = (s2, s1) if swap_members else (s1, s2)
     return order
 
 
-def stacked_head_order(n_heads: int, head_dim: int, rotary_dim: int, src: str, dst: str, start: int = 0) -> list[int]:
+def stacked_head_order(
+    n_heads: int, head_dim: int, rotary_dim: int, src: str, dst: str, start: int = 0, *, swap_members: bool = False
+) -> list[int]:
     """Row order of ``n_heads`` stacked heads of ``head_dim`` rows; rows ``[start, start +
-    rotary_dim)`` of each head change layout, the others stay."""
+    rotary_dim)`` of each head change layout (and swap pair members), the others stay."""
     one = list(range(head_dim))
-    one[start : start + rotary_dim] = [start + r for r in head_row_order(rotary_dim, src, dst)]
+    order = head_row_order(rotary_dim, src, dst, swap_members=swap_members)
+    one[start : start + rotary_dim] = [start + r for r in order]
     return [h * head_dim + r for h in range(n_heads) for r in one]
 
 

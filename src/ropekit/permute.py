@@ -54,9 +54,12 @@ def layout_index(rotary_dim: int, src: str, dst: str) -> torch.Tensor:
     return torch.tensor(head_row_order(rotary_dim, src, dst), dtype=torch.int64)
 
 
-def _head_index(n_heads: int, head_dim: int, start: int, rotary_dim: int, src: str, dst: str) -> torch.Tensor:
+def _head_index(
+    n_heads: int, head_dim: int, start: int, rotary_dim: int, src: str, dst: str, swap_members: bool = False
+) -> torch.Tensor:
     """Row order for ``n_heads`` stacked heads; rows [start, start + rotary_dim) of each head move."""
-    return torch.tensor(stacked_head_order(n_heads, head_dim, rotary_dim, src, dst, start), dtype=torch.int64)
+    order = stacked_head_order(n_heads, head_dim, rotary_dim, src, dst, start, swap_members=swap_members)
+    return torch.tensor(order, dtype=torch.int64)
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
@@ -99,6 +102,7 @@ def permute_qk(
     src: str = "interleaved",
     dst: str = "half",
     *,
+    flip_direction: bool = False,
     name: str = "w",
 ) -> torch.Tensor:
     """Reorder the output rows of a q or k projection from layout ``src`` to layout ``dst``.
@@ -108,6 +112,9 @@ def permute_qk(
     n_heads: heads *of this tensor*: ``num_attention_heads`` for q, ``num_key_value_heads`` for k
     (GQA/MQA).  A wrong count fails loudly because the rows no longer match.
     rotary_dim: leading dims of each head that rotate (default head_dim); the rest stay in place.
+    flip_direction: also swap the two members of every pair, which turns a projection rotated by
+    -angle (NanoChat, ``angle_sign=-1``) into one rotated by +angle with the same attention scores
+    (``R(-a) = S R(a) S``), and back; apply it to q and k alike.
     Returns a new tensor (``src == dst`` returns a copy); ``permute_qk(permute_qk(w, ..., a, b),
     ..., b, a)`` is ``w`` bit for bit.
 
@@ -116,6 +123,10 @@ def permute_qk(
     >>> wk_half = rk.permute_qk(wk, n_heads=2, head_dim=64)
     >>> torch.equal(rk.permute_qk(wk_half, 2, 64, src="half", dst="interleaved"), wk)
     True
+    >>> swapped = rk.permute_qk(wk, 2, 64, src="half", dst="half", flip_direction=True)  # -angle -> +angle
+    >>> again = rk.permute_qk(swapped, 2, 64, src="half", dst="half", flip_direction=True)
+    >>> torch.equal(swapped[:32], wk[32:64]), torch.equal(again, wk)
+    (True, True)
     >>> rk.permute_qk(wk, n_heads=8, head_dim=64)
     Traceback (most recent call last):
     ...
@@ -128,7 +139,7 @@ def permute_qk(
     _check_layouts(src, dst)
     # the parameter is n_heads for q and for k alike: count rows as for q
     _check_rows(w, *qk_row_count("q", n_heads, n_heads, head_dim), name, "; for k pass num_key_value_heads")
-    index = _head_index(n_heads, head_dim, 0, rotary_dim, src, dst)
+    index = _head_index(n_heads, head_dim, 0, rotary_dim, src, dst, flip_direction)
     return w.index_select(0, index.to(w.device))
 
 

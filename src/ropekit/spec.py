@@ -12,6 +12,8 @@ of how frequencies are computed (``frequencies``) or of tensors (``tables``, ``a
 64
 >>> RopeSpec.from_json(spec.to_json()) == spec
 True
+>>> RopeSpec(head_dim=64, angle_sign=-1).describe()   # NanoChat: pairs turn by -angle
+'half r=64/64 base=10000 angle_sign=-1 (turns by -angle)'
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class RopeSpec:
         of every rotating pair, rotary_dim / 2 of them (ERNIE-4.5-VL alternates height and
         width, then time).  ``mrope_section`` then counts the pairs of each axis (derived when
         omitted); a map that is one of the section kinds is stored as that kind (``ropekit.mrope``).
+      angle_sign: the direction pairs turn: pair i at position p turns by
+        ``angle_sign * p * inv_freq[i]``.  1 (every family but one); -1 for NanoChat, whose apply
+        function is rotate_half with sin negated.  Tables carry it as an exact sign flip of sin.
       source: provenance, for people (e.g. "measured from transformers 5.24 ...").  Not part of
         the rotation: specs that differ only in source are equal.
     """
@@ -83,6 +88,7 @@ class RopeSpec:
     mrope_section: tuple[int, ...] | None = None
     mrope_interleaved: bool = False
     mrope_axes: tuple[int, ...] | None = None
+    angle_sign: int = 1
     source: str | None = dataclasses.field(default=None, compare=False)
     # not a field people set: version of the dict format, for forward compatibility
     FORMAT_VERSION: ClassVar[int] = 1
@@ -138,6 +144,7 @@ class RopeSpec:
         set_field(self, "mrope_section", section)
         set_field(self, "mrope_interleaved", interleaved)
         set_field(self, "mrope_axes", axes)
+        set_field(self, "angle_sign", _check_angle_sign(self.angle_sign))
         if self.source is not None and not isinstance(self.source, str):
             raise RopeSpecTypeError(f"source={short_repr(self.source)} must be a string or None")
 
@@ -184,6 +191,16 @@ class RopeSpec:
         """The same rotation over one position axis: no mRoPE sections, kind or axis map."""
         return self.replace(mrope_section=None, mrope_interleaved=False, mrope_axes=None)
 
+    def turning_forward(self) -> RopeSpec:
+        """The same spec turning by +angle: the tables a family's rotary module hands to an apply
+        function that applies the direction itself (NanoChat negates sin inside its rotate_half).
+
+        >>> spec = RopeSpec(head_dim=8, angle_sign=-1)
+        >>> spec.turning_forward().angle_sign, spec.turning_forward().turning_forward() == spec.turning_forward()
+        (1, True)
+        """
+        return self if self.angle_sign == 1 else self.replace(angle_sign=1)
+
     # -- serialization --------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +218,8 @@ class RopeSpec:
         }
         if self.mrope_axes is not None:  # only when set, so the section kinds' dicts stay as they were
             out["mrope_axes"] = list(self.mrope_axes)
+        if self.angle_sign != 1:  # only when -1, so existing spec dicts (and caches keyed by them) stay
+            out["angle_sign"] = self.angle_sign
         if self.source is not None:  # only when set, so existing spec dicts stay as they were
             out["source"] = self.source
         return out
@@ -248,7 +267,18 @@ class RopeSpec:
         elif self.mrope_section is not None:
             kind = "interleaved" if self.mrope_interleaved else "contiguous"
             parts.append(f"mrope={list(self.mrope_section)} {kind}")
+        if self.angle_sign != 1:
+            parts.append("angle_sign=-1 (turns by -angle)")
         return " ".join(parts)
+
+
+def _check_angle_sign(value: Any) -> int:
+    # bool is an int to Python, but True is no direction: refuse it rather than read it as 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RopeSpecTypeError(f"angle_sign={short_repr(value)} must be the int 1 or -1")
+    if value not in (1, -1):
+        raise RopeSpecError(f"angle_sign={short_repr(value)} must be 1 (rotate by +angle) or -1 (rotate by -angle)")
+    return int(value)
 
 
 def _short(value: Any) -> str:

@@ -8,6 +8,9 @@ Multimodal RoPE (``spec.mrope_section``, and ``spec.mrope_axes`` for arrangement
 sections): positions carry a leading axis, one row per position axis (temporal, height, width);
 every column takes its angle from the axis that drives that pair (``mrope_axis_of_columns``), so
 the result has shape ``positions.shape[1:] + (rotary_dim / 2,)``.
+
+Direction (``spec.angle_sign = -1``): pairs turn by -angle, so sin is negated (exactly) and
+cos unchanged; every kernel then rotates by -angle with no flag of its own.
 """
 
 from __future__ import annotations
@@ -166,6 +169,9 @@ def cos_sin(
     >>> cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=4), torch.tensor([0, 1]), dtype=torch.float64)
     >>> cos[1].tolist() == [math.cos(1.0), math.cos(0.01)]
     True
+    >>> back = rk.cos_sin(rk.RopeSpec(head_dim=4, angle_sign=-1), torch.tensor([0, 1]), dtype=torch.float64)
+    >>> torch.equal(back[0], cos), torch.equal(back[1], -sin)      # rotation by -angle
+    (True, True)
     """
     if not isinstance(spec, RopeSpec):
         raise RopeSpecTypeError(f"spec must be a ropekit.RopeSpec, got {type(spec).__name__}")
@@ -239,4 +245,8 @@ def tables_from(
         axis = mrope_axis_of_columns(spec).to(cos.device)
         take = axis.view(1, *([1] * (cos.dim() - 2)), -1).expand(1, *cos.shape[1:])
         cos, sin = cos.gather(0, take)[0], sin.gather(0, take)[0]
+    if spec.angle_sign < 0:
+        # R(-a) has cos(a) and -sin(a): an exact sign flip after the trig, so hf precision is still
+        # transformers' own float32 sin bit for bit, negated (NanoChat negates it in its apply)
+        sin = -sin
     return cos.to(dtype), sin.to(dtype)

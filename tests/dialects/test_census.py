@@ -69,8 +69,6 @@ REFUSED = {
     "mlcd": f"{_IMAGE} axial 2-D (height, width) positions",
     "mlcd_vision_model": f"{_IMAGE} axial 2-D (height, width) positions",
     "sam3_vit_model": f"{_IMAGE} axial 2-D (height, width) positions",
-    # rotate_half with flipped signs: a rotation by -angle (see test_nanochat_rotates_by_minus_angle)
-    "nanochat": "it rotates by -angle (the half layout with sin negated",
     # the sections split the duplicated table: a pair's two members follow different axes
     **dict.fromkeys(("hunyuan_vl", "hunyuan_vl_text"), "the two members of a pair follow different axes"),
 }
@@ -198,9 +196,10 @@ def test_refused_list_is_current():
     assert not stale, f"read now, drop them from REFUSED: {stale}"
 
 
-@pytest.mark.parametrize("model_type", ["llama", "glm", "gptj", "lfm3", "deepseek_v2"])
+@pytest.mark.parametrize("model_type", ["llama", "glm", "gptj", "lfm3", "deepseek_v2", "nanochat"])
 def test_the_tolerances_catch_a_wrong_spec(model_type):
-    """A base off by 0.1 % fails the table tolerance; the other layout fails the score tolerance."""
+    """A base off by 0.1 % fails the table tolerance; the other layout, or the other direction, fails
+    the score tolerance."""
     config = census()[model_type]
     layer_type = (family_layer_types(config) or [None])[0]
     spec = rk.from_config(config, layer_type=layer_type)
@@ -209,31 +208,36 @@ def test_the_tolerances_catch_a_wrong_spec(model_type):
     assert probe.table_err(spec.replace(base=spec.base * 1.001)) > TABLE_TOL
     other = "interleaved" if spec.layout == "half" else "half"
     assert probe.score_err(spec.with_layout(other)) > SCORE_TOL
+    assert probe.score_err(spec.replace(angle_sign=-spec.angle_sign)) > SCORE_TOL
 
 
 def test_nanochat_rotates_by_minus_angle():
-    """The exact reason nanochat is refused: its apply is ropekit's half rotation with sin negated
-    (a rotation by -angle), equally the half layout with the two halves of each head swapped; a
-    RopeSpec has no direction, so neither layout with +angle reproduces it."""
+    """NanoChat's apply is rotate_half with sin negated: a rotation by -angle.  from_config reads it
+    (angle_sign=-1), the measured path finds the direction on its own (and says so), and the census
+    check catches the wrong sign: +angle fails the score tolerance, against NanoChat's own apply."""
     import torch
     from transformers.models.nanochat import modeling_nanochat as nano
 
-    probe = Probe(census()["nanochat"])
-    spec = rk.from_config(census()["nanochat"], layout="half")
+    from ropekit.dialects.measured import measure
+
+    config = census()["nanochat"]
+    spec = rk.from_config(config)
+    assert (spec.layout, spec.angle_sign) == ("half", -1)
+    probe = Probe(config)
+    assert probe.table_err(spec) <= TABLE_TOL and probe.score_err(spec) <= SCORE_TOL
+    assert probe.score_err(spec.turning_forward()) > 100 * SCORE_TOL  # the wrong sign
+    assert probe.score_err(spec.with_layout("interleaved")) > 100 * SCORE_TOL
+    measured = measure(config).spec
+    assert measured == spec and "by -angle (angle_sign=-1, measured)" in measured.source
+    # the oracle itself: NanoChat's apply on its module's tables against ropekit's -angle rotation
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(1, 2, probe.cos.shape[0], spec.head_dim, generator=gen)
-    cos, sin = rk.cos_sin(spec, axis_positions(1)[0], precision="hf")  # the probe's sample positions
     theirs, _ = nano.apply_rotary_pos_emb(q, q, *(t[None] for t in probe.raw))
-    minus = rk.apply_rope(q, cos, -sin, layout="half", format="bhsd", backend="reference")
-    r = spec.rotary_dim // 2
-    swap = torch.cat((q[..., r:], q[..., :r]), dim=-1)
-    swapped = rk.apply_rope(swap, cos, sin, layout="half", format="bhsd", backend="reference")
-    plus = rk.apply_rope(q, cos, sin, layout="half", format="bhsd", backend="reference")
-    assert (theirs - minus).abs().max() < 1e-5
-    assert (theirs - torch.cat((swapped[..., r:], swapped[..., :r]), dim=-1)).abs().max() < 1e-5
+    cos, sin = rk.cos_sin(spec, axis_positions(1)[0], precision="hf")  # the probe's sample positions
+    ours = rk.apply_rope(q, cos, sin, layout="half", format="bhsd", backend="reference")
+    plus = rk.apply_rope(q, cos, -sin, layout="half", format="bhsd", backend="reference")
+    assert (theirs - ours).abs().max() < 1e-5
     assert (theirs - plus).abs().max() > 0.1
-    with pytest.raises(RopeConfigError, match="rotates by -angle"):
-        rk.from_config(census()["nanochat"])
 
 
 def test_per_axis_check_catches_a_wrong_mrope():

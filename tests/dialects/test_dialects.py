@@ -14,7 +14,8 @@ import torch
 
 import ropekit as rk
 from ropekit.dialects import dialect_of, layer_types_of, load
-from ropekit.dialects.catalog import CATALOG, catalog_specs, spec_table
+from ropekit.dialects.catalog import CATALOG, catalog_specs
+from ropekit.dialects.spec_table import spec_table
 from ropekit.spec import Linear, Llama3, Yarn
 
 LLAMA = {

@@ -106,14 +106,19 @@ def test_refuses_an_apply_function_it_cannot_reproduce_before_changing_anything(
     original = modeling.apply_rotary_pos_emb
 
     @functools.wraps(original)  # the release's own signature
-    def inverse_rotation(q, k, cos, sin, *args, **kwargs):  # a rotation in no layout ropekit knows
+    def not_a_rotation(q, k, cos, sin, *args, **kwargs):  # no layout, no direction reproduces it
+        return original(q, k, cos, 2 * sin, *args, **kwargs)
+
+    @functools.wraps(original)
+    def inverse_rotation(q, k, cos, sin, *args, **kwargs):  # by -angle, where the config reads +angle
         return original(q, k, cos, -sin, *args, **kwargs)
 
-    monkeypatch.setattr(modeling, "apply_rotary_pos_emb", inverse_rotation)
-    model, _ = tm.build("llama")
-    with pytest.raises(rk.RopeError, match="rotates in no layout"):
-        rk.hf.patch(model)
-    assert _unchanged(model) and not rk.hf.is_patched(model)
+    for wrong, words in ((not_a_rotation, "rotates in no layout"), (inverse_rotation, "turns by -angle, but")):
+        monkeypatch.setattr(modeling, "apply_rotary_pos_emb", wrong)
+        model, _ = tm.build("llama")
+        with pytest.raises(rk.RopeError, match=words):
+            rk.hf.patch(model)
+        assert _unchanged(model) and not rk.hf.is_patched(model)
 
 
 def test_refuses_when_the_config_cannot_be_read(monkeypatch):

@@ -116,7 +116,8 @@ def _rewrite(args, config) -> int:
 
 def run(args) -> int:
     from ..dialects import from_config, layer_types_of
-    from ..dialects.catalog import catalog_specs, spec_table
+    from ..dialects.catalog import catalog_specs
+    from ..dialects.spec_table import spec_table
     from ..errors import RopeConfigError, RopeConfigWarning
 
     if args.catalog:

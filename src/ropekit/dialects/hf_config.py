@@ -331,6 +331,7 @@ def _read(source: Source, layer_type, layout, release) -> RopeSpec:
             max_position_embeddings=None if max_pos is None else integer(cfg, max_key),
             attention_factor=attention_factor,
             **mrope,
+            angle_sign=fam.angle_sign if fam is not None else 1,
         )
     except RopeConfigError:
         raise

@@ -26,6 +26,7 @@ class Family:
     mrope: "contiguous" (Qwen2-VL) or "interleaved" (Qwen3-VL) multimodal RoPE, with its default sections;
       "alternating" (ERNIE-4.5-VL): sections [height, width, time], height and width alternating
       pair by pair, then time (``hf_config.alternating_axes``).
+    angle_sign: -1 where its apply function turns pairs by -angle (NanoChat), else 1.
     """
 
     layout: str
@@ -34,6 +35,7 @@ class Family:
     head_dim: int | None = None
     mrope: str | None = None
     mrope_section: tuple[int, ...] | None = None
+    angle_sign: int = 1
 
 
 _HALF = Family("half")
@@ -72,6 +74,9 @@ FAMILIES: dict[str, Family] = {
     "smollm3": Family("half", theta=2e6),
     "olmo3": Family("half", theta=5e5),
     "gpt_oss": Family("half", theta=150000.0, head_dim=64),
+    # its rotate_half is cat((x2, -x1)): pairs (i, i + r/2) turn by -angle (karpathy's nanochat
+    # computes y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos); its rotary module returns +angle tables
+    "nanochat": Family("half", angle_sign=-1),
     "qwen2_vl_text": Family("half", theta=1e6, mrope="contiguous", mrope_section=(16, 24, 24)),
     "qwen2_5_vl_text": Family("half", theta=1e6, mrope="contiguous", mrope_section=(16, 24, 24)),
     "qwen3_vl_text": Family("half", theta=5e5, head_dim=128, mrope="interleaved", mrope_section=(24, 20, 20)),
@@ -142,6 +147,7 @@ _ARCH_PREFIX = {
     "GptOss": "gpt_oss",
     "Helium": "helium",
     "Nemotron": "nemotron",
+    "NanoChat": "nanochat",
     "ChatGLM": "chatglm",
     "Ernie4_5_VLMoe": "ernie4_5_vl_moe",
     "Ernie4_5_VL_Moe": "ernie4_5_vl_moe",

@@ -5,8 +5,10 @@ importable it builds that family's rotary module from the config, calls it, and 
 family's ``apply_rotary_pos_emb`` with q/k vectors.  A spec is returned only when
 
 * ropekit's ``precision="hf"`` tables equal the module's own (see ``TABLE_TOL``), and
-* exactly one layout reproduces the attention scores ``q_m . k_n`` of the family's apply
-  function (scores, not rotated vectors: some families write their output in another order), and
+* exactly one layout and direction reproduces the attention scores ``q_m . k_n`` of the
+  family's apply function (scores, not rotated vectors: some families write their output in
+  another order).  The direction is measured like the layout: a family whose apply turns pairs
+  by -angle (NanoChat's rotate_half negates sin) gets ``angle_sign=-1``, and its source says so;
 * for a module with mRoPE sections, the tables at distinct per-axis positions equal too: a named
   section kind, or the axis of each pair measured (``measured_axes``).
 
@@ -192,22 +194,29 @@ class Probe:
         return self.cos.shape[-1]
 
     def table_err(self, spec) -> float:
-        """Max |cos/sin| difference between ropekit's hf tables for ``spec`` and the module's."""
+        """Max |cos/sin| difference between ropekit's hf tables for ``spec`` and the module's.  A
+        family's module returns +angle tables whatever direction its apply function turns (NanoChat
+        negates sin in the apply), so they are compared with ``spec.turning_forward()``'s; the
+        direction is ``score_err``'s to judge."""
         import torch
 
         from ..tables import cos_sin
 
         with one_thread():
             c, s = cos_sin(
-                spec, torch.tensor(SAMPLE_POSITIONS), dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS)
+                spec.turning_forward(),
+                torch.tensor(SAMPLE_POSITIONS),
+                dtype=torch.float32,
+                precision="hf",
+                seq_len=len(SAMPLE_POSITIONS),
             )
         if c.shape != self.cos.shape:
             return math.inf
         return max((c - self.cos).abs().max().item(), (s - self.sin).abs().max().item())
 
-    def score_err(self, spec, direction: int = 1) -> float:
-        """Max relative q.k difference between the family's apply function and ropekit's rotation
-        (``direction=-1``: ropekit's rotation by -angle, i.e. with sin negated)."""
+    def score_err(self, spec) -> float:
+        """Max relative q.k difference between the family's apply function (on the module's own
+        tables) and ropekit's rotation by ``spec`` (its direction included: sin negated for -1)."""
         import torch
 
         from ..apply import apply_rope_qk
@@ -224,7 +233,7 @@ class Probe:
             cos, sin = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS))
             if spec.rotary_dim != 2 * self.n_pairs:
                 return math.inf
-            qr, kr = apply_rope_qk(q, k, cos, direction * sin, layout=spec.layout, format="bhsd", backend="reference")
+            qr, kr = apply_rope_qk(q, k, cos, sin, layout=spec.layout, format="bhsd", backend="reference")
             mine = qr[0, 0] @ kr[0, 0].T
         return ((mine - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
@@ -245,7 +254,9 @@ class Probe:
                 cos, sin, _ = compact_tables(*call_rotary(self.module, self.layer_type, pos[:, None, :]))
             except Exception as exc:
                 raise module_failed(self.family, self.rotary_class, self.config, exc, "per-axis positions") from None
-            c, s = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS))
+            c, s = cos_sin(
+                spec.turning_forward(), pos, dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS)
+            )
         if c.shape != cos.shape:
             return math.inf
         return max((c - cos).abs().max().item(), (s - sin).abs().max().item())
@@ -285,6 +296,10 @@ def _slice_of_head(probe: Probe, spec):
     )
 
 
+def _turn_text(spec) -> str:
+    return spec.layout if spec.angle_sign == 1 else f"{spec.layout} by -angle"
+
+
 def measure(config, layer_type: str | None = None) -> Measurement:
     """Measure the RoPE of a transformers ``PretrainedConfig`` from its family's modeling code."""
     probe = Probe(config, layer_type)
@@ -302,22 +317,21 @@ def measure(config, layer_type: str | None = None) -> Measurement:
                     f"even) describes; set head_dim (released checkpoints of such families do)"
                 )
             raise RopeConfigError(why) from None
-        results[layout] = (spec, probe.score_err(spec))
-    good = [lay for lay, (_, err) in results.items() if err <= SCORE_TOL]
+        # the direction is measured like the layout: +angle first, -angle where +angle fails
+        for sign in (1, -1):
+            candidate = spec.replace(angle_sign=sign)
+            results[candidate] = probe.score_err(candidate)
+            if results[candidate] <= SCORE_TOL:
+                break
+    good = [candidate for candidate, err in results.items() if err <= SCORE_TOL]
     if len(good) != 1:
-        errs = ", ".join(f"{lay}: {err:.3g}" for lay, (_, err) in results.items())
-        backwards = [lay for lay, (spec, _) in results.items() if probe.score_err(spec, direction=-1) <= SCORE_TOL]
-        if len(backwards) == 1:
-            raise RopeConfigError(
-                f"model_type={family!r}: no single layout reproduces its {probe.apply_fn.__name__} (relative q.k "
-                f"error {errs}): it rotates by -angle (the {backwards[0]} layout with sin negated, or with the two "
-                f"members of each pair swapped), and a RopeSpec has no direction; refusing rather than guessing"
-            )
+        errs = ", ".join(f"{_turn_text(c)}: {err:.3g}" for c, err in results.items())
         raise RopeConfigError(
-            f"model_type={family!r}: no single layout reproduces its {probe.apply_fn.__name__} "
+            f"model_type={family!r}: no single layout and direction reproduces its {probe.apply_fn.__name__} "
             f"(relative q.k error {errs}); refusing rather than guessing"
         )
-    spec, score_err = results[good[0]]
+    spec = good[0]
+    score_err = results[spec]
     table_err = probe.table_err(spec)
     if not table_err <= TABLE_TOL:
         raise RopeConfigError(
@@ -330,5 +344,7 @@ def measure(config, layer_type: str | None = None) -> Measurement:
     if spec.mrope_axes is not None:
         where += "; the position axis of each pair measured at distinct per-axis positions"
     version = _transformers().__version__
+    if spec.angle_sign < 0:
+        where += "; it turns pairs by -angle (angle_sign=-1, measured)"
     note = f"measured from transformers {version} {name} and {probe.apply_fn.__name__}{where}"
     return Measurement(spec.replace(source=note), table_err, score_err, note)

@@ -106,7 +106,9 @@ def _measured_reading(framework: str, build, source, max_position: int):
         return Reading(framework, None, f"cannot build: {exc}"), None
     fp = fingerprint(fn, head_dim, max_position=max_position)
     text = fp.summary() if fp.spec is not None else f"no RoPE: {fp.reason}"
-    return Reading(f"{framework} {version}", fp.spec, text), fn
+    # the reading's spec is the whole rotation, its measured direction included (NanoChat: -1)
+    spec = None if fp.spec is None else fp.spec.replace(angle_sign=fp.direction)
+    return Reading(f"{framework} {version}", spec, text), fn
 
 
 def _transformers_reading(path: str, max_position: int, layer_type: str | None = None):

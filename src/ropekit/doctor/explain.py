@@ -40,9 +40,9 @@ class Difference:
 
 
 def same_frequencies(a, b, rel: float = 1e-6) -> bool:
-    """Same rotating dims and layout, and inverse frequencies and attention factor equal to ``rel``
-    (relative): one RoPE, however differently two sides spell or fit it."""
-    if (a.head_dim, a.rotary_dim, a.layout) != (b.head_dim, b.rotary_dim, b.layout):
+    """Same rotating dims, layout and direction, and inverse frequencies and attention factor equal
+    to ``rel`` (relative): one RoPE, however differently two sides spell or fit it."""
+    if (a.head_dim, a.rotary_dim, a.layout, a.angle_sign) != (b.head_dim, b.rotary_dim, b.layout, b.angle_sign):
         return False
     (fa, aa), (fb, ab) = inv_freq(a), inv_freq(b)
     return bool(((fa - fb).abs() <= rel * fb.abs()).all()) and abs(aa - ab) <= rel * abs(ab)

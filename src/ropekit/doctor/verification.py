@@ -41,7 +41,7 @@ def predict_cs(spec: RopeSpec, pos: torch.Tensor, offset, direction: int, precis
         inv, _ = spec_inv_freq(spec, precision="exact")
         ang = (pos.to(torch.float64) + offset)[:, None] * inv[None, :]
         c, s = torch.cos(ang) * factor, torch.sin(ang) * factor
-    return c, s * direction, ang.double().abs()
+    return c, s * (direction * spec.angle_sign), ang.double().abs()  # a spec's own direction too
 
 
 def spec_rope_fn(

@@ -4,8 +4,9 @@
   (read from the functions' code objects: the names a method loads as globals), the vision
   towers' attention set aside, and any RoPE-like global that ropekit does not know refused;
 * ``rotary_modules(model)``: every ``*RotaryEmbedding`` module, under every path it is reachable by;
-* ``convention_of(...)``: one family function's calling convention, its layout measured by calling
-  the function itself on random q/k and comparing with ropekit in each candidate layout;
+* ``convention_of(...)``: one family function's calling convention, its layout and direction
+  measured by calling the function itself on random q/k and comparing with ropekit in each
+  candidate layout, by +angle and by -angle;
 * ``tables_match(...)``: a family rotary module's output against ropekit's for the same positions.
 
 All of it runs once, at patch time.
@@ -25,7 +26,15 @@ import torch
 from ..errors import RopeError
 from .rotators import Convention, build_rotator
 
-__all__ = ["KNOWN_FUNCTIONS", "attention_layers", "rotary_modules", "convention_of", "tables_match", "call_rotary"]
+__all__ = [
+    "KNOWN_FUNCTIONS",
+    "attention_layers",
+    "rotary_modules",
+    "convention_of",
+    "check_direction",
+    "tables_match",
+    "call_rotary",
+]
 
 #: family functions ropekit.hf.patch stands in for -> the convention their signature implies
 KNOWN_FUNCTIONS = {
@@ -217,14 +226,28 @@ def convention_of(fn, kind: str, duplicate: str, indexed: bool, mrope_section, b
                 f"({type(exc).__name__}: {exc}); ropekit.hf.patch refuses rather than guess"
             ) from None
         layouts = ("interleaved",) if kind in ("qk_half_out", "complex") else ("half", "interleaved")
+        # the direction is measured like the layout: NanoChat's apply turns its tables by -angle
         for layout in layouts:
-            conv = Convention(kind, layout, duplicate, indexed, mrope_section, backend)
-            if _same(build_rotator(conv)(*ours_args), want):
-                return conv
+            for inverse in (False, True):
+                conv = Convention(kind, layout, duplicate, indexed, mrope_section, backend, inverse)
+                if _same(build_rotator(conv)(*ours_args), want):
+                    return conv
     raise RopeError(
-        f"{fn.__module__}.{fn.__name__} rotates in no layout ropekit knows (tried {', '.join(layouts)} with "
-        f"{duplicate} tables); ropekit.hf.patch refuses rather than run this model wrong"
+        f"{fn.__module__}.{fn.__name__} rotates in no layout ropekit knows (tried {', '.join(layouts)}, by +angle "
+        f"and by -angle, with {duplicate} tables); ropekit.hf.patch refuses rather than run this model wrong"
     )
+
+
+def check_direction(name: str, conv: Convention, specs) -> None:
+    """The direction the family function turns (measured) must be the one ropekit read: a family's
+    rotary module hands over +angle tables, so a function that turns them back is angle_sign=-1."""
+    measured = -1 if conv.inverse else 1
+    read = sorted({s.angle_sign for s in specs})
+    if read != [measured]:
+        raise RopeError(
+            f"{name} turns by {'-' if measured < 0 else '+'}angle, but ropekit reads this config as "
+            f"angle_sign={read}; ropekit.hf.patch refuses rather than report a wrong spec"
+        )
 
 
 def owner_of(model, path: str):

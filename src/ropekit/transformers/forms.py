@@ -12,12 +12,17 @@ Multimodal (mRoPE) families in releases before 5.0 return one cat-form table per
 ``[3, batch, seq, rotary_dim]``, and leave the section selection to ``apply_multimodal_rotary_pos_emb``
 (``per_axis``); from 5.0 the rotary module selects the sections itself.
 
+Every family's rotary module returns the tables of +angle; a family whose rotation turns by
+-angle (NanoChat, ``angle_sign=-1``) does so in its apply function, so its form says
+``direction_in_apply``: ``RotaryEmbedding(config)`` then hands over +angle tables, as the family's
+own module does, while ``RotaryEmbedding(spec=...)`` (no family) negates sin for such a spec.
+
 ``table_form(family)`` answers for a family name (a config's ``model_type``) and the installed
 release; ``RotaryEmbedding(config)`` and ``ropekit.hf.patch`` both ask it, so the module a user
 swaps in and the one the patcher installs always agree with the family's own apply function.
 
->>> table_form("cohere").duplicate, table_form("llama").duplicate
-('repeat', 'cat')
+>>> table_form("cohere").duplicate, table_form("llama").duplicate, table_form("nanochat").direction_in_apply
+('repeat', 'cat', True)
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class TableForm:
 
     duplicate: str = "cat"
     per_axis: bool = False  # mRoPE before 5.0: one table per position axis, sections applied later
+    #: the apply function the tables feed turns by the spec's direction itself (a transformers
+    #: family's): the tables are the +angle ones whatever ``spec.angle_sign`` says
+    direction_in_apply: bool = False
 
     def __post_init__(self):
         if self.duplicate not in DUPLICATES:
@@ -78,12 +86,12 @@ def table_form(model_type: str | None) -> TableForm:
     """The table form of ``model_type`` under the installed transformers release."""
     family = family_name(model_type)
     if family in _REPEAT:
-        return TableForm("repeat")
+        return TableForm("repeat", direction_in_apply=True)
     if family in _SIN_COS:
-        return TableForm("sin_cos")
+        return TableForm("sin_cos", direction_in_apply=True)
     if family in _COMPLEX:
-        return TableForm("complex")
+        return TableForm("complex", direction_in_apply=True)
     modeling = _modeling(family) if family else None
     # releases before 5.0 select mRoPE sections in apply_multimodal_rotary_pos_emb, after the module
     per_axis = modeling is not None and hasattr(modeling, "apply_multimodal_rotary_pos_emb")
-    return TableForm("cat", per_axis=per_axis)
+    return TableForm("cat", per_axis=per_axis, direction_in_apply=family is not None)

@@ -38,6 +38,7 @@ converted to another layout.  ``patch`` returns a :class:`PatchReport` naming ev
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import inspect
 import sys
@@ -243,16 +244,21 @@ def _rotators(attention, specs, form, layout, backend, legacy_tables, report) ->
         fn = getattr(fn, "_ropekit_original", fn)
         dup = form.duplicate if form.duplicate in ("cat", "repeat") else "cat"
         conv = discovery.convention_of(fn, kind, dup, legacy_tables, section, backend)
+        discovery.check_direction(f"{key[0]}.{key[1]}", conv, specs.values())
         if layout is not None and normalize_layout(layout) != conv.layout:
             if conv.kind not in ("qk", "mrope", "single_sin_cos"):
                 raise RopeError(
                     f"layout={layout!r}: {key[1]} reorders its output ({conv.kind}); ropekit.hf.patch can only run "
                     f"this family in its own layout {conv.layout!r}"
                 )
-            conv = type(conv)(conv.kind, layout, conv.duplicate, conv.indexed, conv.mrope_section, backend)
+            conv = dataclasses.replace(conv, layout=layout)
         rotators[key] = build_rotator(conv)
         report.changes.append(
-            Change(f"{key[0]}.{key[1]}", "apply function", f"{conv.kind} layout={conv.layout} tables={conv.duplicate}")
+            Change(
+                f"{key[0]}.{key[1]}",
+                "apply function",
+                f"{conv.kind} layout={conv.layout} tables={conv.duplicate}" + (" by -angle" if conv.inverse else ""),
+            )
         )
         report.layout = conv.layout
     return rotators

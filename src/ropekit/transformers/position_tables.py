@@ -21,5 +21,6 @@ __all__ = ["exact_sincos_table"]
 def exact_sincos_table(spec: RopeSpec, n_positions: int, precision: str = "exact") -> torch.Tensor:
     """float32 ``cat((sin, cos), -1)`` for positions ``0..n_positions-1`` (exact: one rounding)."""
     work = torch.float64 if precision == "exact" else torch.float32
-    cos, sin = cos_sin(spec, n_positions, dtype=work, precision=precision)
+    # a family's own table: +angle, whatever direction its apply function turns
+    cos, sin = cos_sin(spec.turning_forward(), n_positions, dtype=work, precision=precision)
     return torch.cat((sin, cos), dim=-1).float()

@@ -11,7 +11,9 @@ It answers every signature transformers has used:
 
 in ``x.dtype``, attention factor included, in the table form the config's family uses
 (``forms.table_form``: ``cat((c, c))`` for most, ``repeat_interleave`` for Cohere, ``(sin, cos)``
-for GPT-J, complex for DeepSeek-V2, one table per mRoPE axis for Qwen2-VL before 5.0).
+for GPT-J, complex for DeepSeek-V2, one table per mRoPE axis for Qwen2-VL before 5.0).  A spec that
+turns by -angle (``angle_sign=-1``, NanoChat) gives the +angle tables NanoChat's own module returns
+when built from its config (its apply function turns them back); from ``spec=`` alone, sin negated.
 
 Numerics: the module holds *no floating-point buffers*.  transformers' ``inv_freq`` buffer is
 cast by ``model.to(torch.bfloat16)`` (bf16 frequencies are wrong by up to 0.4%: hundreds of
@@ -122,7 +124,8 @@ class RotaryEmbedding(torch.nn.Module):
                 raise RopeSpecError(f"layer_type={layer_type!r} is not one of {sorted(map(str, spec))}")
             spec = {None: spec[layer_type]}
         if duplicate is not None:
-            form = TableForm(duplicate, per_axis=False if form is None else form.per_axis)
+            kept = form or TableForm()
+            form = TableForm(duplicate, per_axis=kept.per_axis, direction_in_apply=kept.direction_in_apply)
         self.form = form or TableForm()
         self.specs: dict[str | None, RopeSpec] = dict(spec)
         self.precision = check_precision(precision)
@@ -257,11 +260,18 @@ class RotaryEmbedding(torch.nn.Module):
             length = self.max_seq_len_cached
         return self._tables(spec, position_ids.to(x.device), x, length)
 
+    def _backwards(self, spec: RopeSpec) -> bool:
+        """Whether the tables carry a -angle direction (sin negated): for a spec turning by -angle,
+        unless the family's apply function turns them back itself (``TableForm.direction_in_apply``)."""
+        return spec.angle_sign < 0 and not self.form.direction_in_apply
+
     def _tables(self, spec: RopeSpec, position_ids: torch.Tensor, x: torch.Tensor, seq_len):
         work = torch.float32 if self.precision == "hf" else torch.float64
+        # +angle tables, sin negated at the end where they carry the direction (exact either way)
+        backwards, spec = self._backwards(spec), spec.turning_forward()
         if self.legacy_cache and self.precision == "hf" and isinstance(spec.scaling, Linear):
             angles = legacy.legacy_angles_hf(spec, position_ids, self.max_seq_len_cached)
-            return self._shaped(angles.cos(), angles.sin(), x.dtype)
+            return self._shaped(angles.cos(), angles.sin(), x.dtype, backwards)
         if self.form.per_axis and spec.mrope_section is not None:
             # one table per position axis; the family's apply function selects the sections
             if position_ids.dim() == 2:
@@ -278,13 +288,13 @@ class RotaryEmbedding(torch.nn.Module):
             cos, sin = cos_sin(
                 spec, position_ids, dtype=work, device=x.device, precision=self.precision, seq_len=seq_len
             )
-        return self._shaped(cos, sin, x.dtype)
+        return self._shaped(cos, sin, x.dtype, backwards)
 
     def _static_frequencies(self) -> dict[RopeSpec, tuple]:
         """(inv_freq, attention factor) of every spec whose frequencies do not depend on the
         sequence length (all but dynamic NTK and LongRoPE), computed and checked once."""
         out = {}
-        for spec in self.specs.values():
+        for spec in (s.turning_forward() for s in self.specs.values()):  # the keys _tables looks up
             if isinstance(spec.scaling, (Dynamic, LongRope)):
                 continue
             cos_sin(spec, 1, precision=self.precision)  # every check on the spec's frequencies, once
@@ -295,7 +305,7 @@ class RotaryEmbedding(torch.nn.Module):
         return out
 
     def _legacy_tables(self, n: int, dtype, device):
-        spec = self.spec
+        backwards, spec = self._backwards(self.spec), self.spec.turning_forward()
         if self.precision == "hf":
             cos, sin = legacy.legacy_tables_hf(spec, n, max(self.max_seq_len_cached, n))
         else:
@@ -304,13 +314,16 @@ class RotaryEmbedding(torch.nn.Module):
         cos, sin = (cos, sin) if device is None else (cos.to(device), sin.to(device))
         if not self._shaped_is_pair():
             raise RopeShapeError(f"the legacy seq_len form returns (cos, sin); duplicate={self.duplicate!r} does not")
-        return self._shaped(cos, sin, dtype)
+        return self._shaped(cos, sin, dtype, backwards)
 
     def _shaped_is_pair(self) -> bool:
         return self.form.duplicate in ("cat", "repeat")
 
-    def _shaped(self, cos: torch.Tensor, sin: torch.Tensor, dtype):
-        """Compact tables in the family's form, in ``dtype`` (one cast, at the end)."""
+    def _shaped(self, cos: torch.Tensor, sin: torch.Tensor, dtype, backwards: bool = False):
+        """Compact tables in the family's form, in ``dtype`` (one cast, at the end); ``backwards``
+        negates sin (the rotation by -angle)."""
+        if backwards:
+            sin = -sin
         dup = self.form.duplicate
         if dup == "cat":
             return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((sin, sin), dim=-1).to(dtype)

@@ -5,7 +5,8 @@ signature that rotates with ``ropekit.apply_rope`` / ``apply_rope_qk``.  Everyth
 the family is decided there: the layout, how to take one column per pair from the family's table
 form (a slice: ``[..., :r/2]`` of ``cat((c, c))``, ``[..., ::2]`` of ``repeat_interleave``), whether
 the legacy convention indexes the table by ``position_ids``, which axis owns each mRoPE column,
-and DeepSeek's interleave-in / half-out reordering.  Nothing on the hot path inspects values: no
+DeepSeek's interleave-in / half-out reordering, and the direction (``inverse``: NanoChat's apply
+turns its +angle tables by -angle, which is ropekit's inverse rotation).  Nothing on the hot path inspects values: no
 ``torch.equal``, no host read, no graph break.
 
 Conventions (``Convention``):
@@ -46,6 +47,7 @@ class Convention:
     indexed: bool = False  # legacy: cos/sin are whole tables, gathered by position_ids
     mrope_section: tuple[int, ...] | None = None
     backend: str | None = None
+    inverse: bool = False  # the family function turns by -angle of its tables (NanoChat)
 
     def __post_init__(self):
         if self.kind not in CONVENTIONS:
@@ -95,38 +97,40 @@ def build_rotator(conv: Convention):
     return builders[conv.kind](conv)
 
 
-def _rotate_qk(q, k, cos, sin, unsqueeze_dim, *, layout: str, backend: str | None):
+def _rotate_qk(q, k, cos, sin, unsqueeze_dim, *, layout: str, backend: str | None, inverse: bool = False):
     """What every q/k stand-in ends with, once it has one column per pair of each table."""
     c, s = _shared(cos, sin)
-    return apply_rope_qk(q, k, c, s, layout=layout, format=_format(unsqueeze_dim), backend=backend)
+    fmt = _format(unsqueeze_dim)
+    return apply_rope_qk(q, k, c, s, layout=layout, format=fmt, backend=backend, inverse=inverse)
 
 
 def _qk(conv: Convention):
     compact = _compactor(conv.duplicate)
-    layout, backend = conv.layout, conv.backend
+    layout, backend, inverse = conv.layout, conv.backend, conv.inverse
 
     if conv.indexed:
 
         def rotate_indexed(q, k, cos, sin, position_ids, unsqueeze_dim=1):
             # the legacy table [S_max, D]: gather each token's row (what cos[position_ids] did)
             c, s = compact(cos)[position_ids], compact(sin)[position_ids]
-            return _rotate_qk(q, k, c, s, unsqueeze_dim, layout=layout, backend=backend)
+            return _rotate_qk(q, k, c, s, unsqueeze_dim, layout=layout, backend=backend, inverse=inverse)
 
         return rotate_indexed
 
     def rotate(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
-        return _rotate_qk(q, k, compact(cos), compact(sin), unsqueeze_dim, layout=layout, backend=backend)
+        c, s = compact(cos), compact(sin)
+        return _rotate_qk(q, k, c, s, unsqueeze_dim, layout=layout, backend=backend, inverse=inverse)
 
     return rotate
 
 
 def _qk_half_out(conv: Convention):
     compact = _compactor(conv.duplicate)
-    backend = conv.backend
+    backend, inverse = conv.backend, conv.inverse
 
     def rotate_interleave_half_out(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
         c, s = compact(cos), compact(sin)
-        q2, k2 = _rotate_qk(q, k, c, s, unsqueeze_dim, layout="interleaved", backend=backend)
+        q2, k2 = _rotate_qk(q, k, c, s, unsqueeze_dim, layout="interleaved", backend=backend, inverse=inverse)
         return _half_out(q2), _half_out(k2)
 
     return rotate_interleave_half_out
@@ -134,7 +138,7 @@ def _qk_half_out(conv: Convention):
 
 def _mrope(conv: Convention):
     compact = _compactor(conv.duplicate)
-    layout, backend = conv.layout, conv.backend
+    layout, backend, inverse = conv.layout, conv.backend, conv.inverse
     if conv.mrope_section is None:
         raise RopeShapeError("the mrope convention needs the spec's mrope_section")
     # (axis, first column, end column) per section: T, H, W, T, ... as transformers' i % 3
@@ -148,29 +152,30 @@ def _mrope(conv: Convention):
         return torch.cat([t[axis, ..., a:b] for axis, a, b in segments], dim=-1)
 
     def rotate_mrope(q, k, cos, sin, mrope_section=None, unsqueeze_dim=1):
-        return _rotate_qk(q, k, select(cos), select(sin), unsqueeze_dim, layout=layout, backend=backend)
+        c, s = select(cos), select(sin)
+        return _rotate_qk(q, k, c, s, unsqueeze_dim, layout=layout, backend=backend, inverse=inverse)
 
     return rotate_mrope
 
 
 def _single_sin_cos(conv: Convention):
-    layout, backend = conv.layout, conv.backend
+    layout, backend, inverse = conv.layout, conv.backend, conv.inverse
 
     def rotate_one(tensor, sin, cos):
         # GPT-J: tensor [B, S, H, D], sin/cos [B, S, r/2] already one column per pair
         c, s = _shared(cos, sin)
-        return apply_rope(tensor, c, s, layout=layout, format="bshd", backend=backend)
+        return apply_rope(tensor, c, s, layout=layout, format="bshd", backend=backend, inverse=inverse)
 
     return rotate_one
 
 
 def _complex(conv: Convention):
-    layout, backend = conv.layout, conv.backend
+    layout, backend, inverse = conv.layout, conv.backend, conv.inverse
 
     def rotate_complex(xq, xk, freqs_cis):
         # DeepSeek-V2: q/k [B, H, S, D] in pairs (2i, 2i+1); freqs_cis [B, S, r/2] complex, factor included
         c, s = _shared(freqs_cis.real, freqs_cis.imag)
         c, s = c.to(xq.device), s.to(xq.device)
-        return apply_rope_qk(xq, xk, c, s, layout=layout, format="bhsd", backend=backend)
+        return apply_rope_qk(xq, xk, c, s, layout=layout, format="bhsd", backend=backend, inverse=inverse)
 
     return rotate_complex
