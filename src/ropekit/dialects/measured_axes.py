@@ -106,7 +106,7 @@ def pair_axes(probe, spec, tol: float) -> tuple[int, ...]:
     pos = axis_positions(n_axes)
     cos, sin = _module_tables(probe, pos)
     members = _members(probe.form, spec.n_pairs, cos.shape[-1])
-    plain = spec.without_mrope()
+    plain = spec.without_mrope().turning_forward()  # modules hand over +angle tables (see Probe.table_err)
     with one_thread():
         ours = [cos_sin(plain, pos[a], precision="hf", seq_len=len(SAMPLE_POSITIONS)) for a in range(n_axes)]
     # err[a, m, j]: member m of pair j in the module's table against ropekit's column j at axis a's positions
