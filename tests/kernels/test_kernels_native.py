@@ -141,23 +141,27 @@ def test_a_failing_build_is_a_visible_fallback(monkeypatch, tmp_path, caplog):
     assert os.listdir(tmp_path) == []  # the failed build left nothing behind
 
 
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_native_bf16_matches_reference_on_every_bf16_bit_pattern(inplace):
+def test_native_bf16_matches_reference_on_every_bf16_bit_pattern(inplace, layout):
     """Every one of the 65536 bf16 patterns (NaNs, infinities, subnormals, -0) as either pair member,
-    compared as bits (a NaN is not equal to itself): the SIMD steps of 8 pairs and the scalar tail
-    (68 pairs = 8 steps + 4) round exactly like torch's float32 -> bfloat16."""
-    R = 68
+    compared as bits (a NaN is not equal to itself): the SIMD steps (8 pairs half, 4 interleaved)
+    and the scalar tail (70 pairs = 8 steps + 6, or 17 steps + 2) round exactly like torch's
+    float32 -> bfloat16."""
+    R = 70
     patterns = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
     g = torch.Generator().manual_seed(3)
     first = patterns[torch.randperm(patterns.numel(), generator=g)]
     second = patterns[torch.randperm(patterns.numel(), generator=g)]
     n = patterns.numel() // R * R
-    x = torch.cat((first[:n].view(-1, R), second[:n].view(-1, R)), dim=-1).view(torch.bfloat16)
+    members = (first[:n].view(-1, R), second[:n].view(-1, R))
+    x = torch.stack(members, dim=-1).flatten(-2) if layout == "interleaved" else torch.cat(members, dim=-1)
+    x = x.view(torch.bfloat16)
     x = x.view(1, -1, 1, 2 * R)
     S = x.shape[1]
     cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=2 * R, base=100.0), S)
     pos = torch.arange(S).view(1, S)
-    kw = dict(interleaved=False, inverse=False)
+    kw = dict(interleaved=layout == "interleaved", inverse=False)
     want = rotate_reference(x, cos, sin, pos, inplace=False, **kw)
     y = x.clone()
     got = cpu.rotate_cpu(y, cos, sin, pos, inplace=inplace, **kw)

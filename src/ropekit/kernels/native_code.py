@@ -86,16 +86,39 @@ static inline i64 bf16_rows_simd(const uint16_t *x, uint16_t *o, const float *c,
     }
     return i;
 }
+/* the same for an interleaved row (pairs 2i, 2i + 1), 4 pairs per 8 loaded values: each table
+   entry is duplicated onto its pair, and x * (c, c) + swap(x) * (-s, s) gives a * c - b * s and
+   b * c + a * s with the same two roundings (adding -(b * s) is subtracting b * s exactly) */
+static inline i64 bf16_pairs_simd(const uint16_t *x, uint16_t *o, const float *c, const float *sn, i64 R) {
+    const __m128i z = _mm_setzero_si128();
+    const __m128 flip = _mm_castsi128_ps(_mm_set_epi32(0, (int)0x80000000u, 0, (int)0x80000000u));
+    i64 i = 0;
+    for (; i + 4 <= R; i += 4) {
+        const __m128i xv = _mm_loadu_si128((const __m128i *)(x + 2 * i));
+        const __m128 v0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xv)), v1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xv));
+        const __m128 cv = _mm_loadu_ps(c + i), sv = _mm_loadu_ps(sn + i);
+        const __m128 c0 = _mm_unpacklo_ps(cv, cv), c1 = _mm_unpackhi_ps(cv, cv);
+        const __m128 s0 = _mm_xor_ps(_mm_unpacklo_ps(sv, sv), flip), s1 = _mm_xor_ps(_mm_unpackhi_ps(sv, sv), flip);
+        const __m128 w0 = _mm_shuffle_ps(v0, v0, _MM_SHUFFLE(2, 3, 0, 1)); /* (b, a) of each pair */
+        const __m128 w1 = _mm_shuffle_ps(v1, v1, _MM_SHUFFLE(2, 3, 0, 1));
+        const __m128 y0 = _mm_add_ps(_mm_mul_ps(v0, c0), _mm_mul_ps(w0, s0));
+        const __m128 y1 = _mm_add_ps(_mm_mul_ps(v1, c1), _mm_mul_ps(w1, s1));
+        _mm_storeu_si128((__m128i *)(o + 2 * i), _mm_packus_epi32(bf16_round4(y0), bf16_round4(y1)));
+    }
+    return i;
+}
 #define BF16_SIMD(x, o, c, sn, R) bf16_rows_simd(x, o, c, sn, R)
+#define BF16_PAIRS_SIMD(x, o, c, sn, R) bf16_pairs_simd(x, o, c, sn, R)
 #else
 #define BF16_SIMD(x, o, c, sn, R) 0
+#define BF16_PAIRS_SIMD(x, o, c, sn, R) 0
 #endif
 #define NO_SIMD(x, o, c, sn, R) 0
 
 /* one contiguous half-layout row (pairs i, R + i), out of place (restrict: x and o never overlap,
    so the loop vectorizes without alias checks) or in place (one pointer: each iteration reads its
    two elements before it writes them); SIMD does the pairs it can first (0 where there is none) */
-#define DEFINE_ROWS(NAME, T, M, LOAD, STORE, SIMD)                                                 \
+#define DEFINE_ROWS(NAME, T, M, LOAD, STORE, SIMD, PAIRS_SIMD)                                               \
 static inline void NAME##_row(const T *restrict x, T *restrict o, const M *restrict c,              \
                               const M *restrict sn, i64 R) {                                       \
     for (i64 i = SIMD(x, o, c, sn, R); i < R; ++i) {                                            \
@@ -109,6 +132,14 @@ static inline void NAME##_row_inplace(T *y, const M *restrict c, const M *restri
         const M a = LOAD(y + i), b = LOAD(y + R + i);                                           \
         STORE(y + i, a * c[i] - b * sn[i]);                                                     \
         STORE(y + R + i, b * c[i] + a * sn[i]);                                                 \
+    }                                                                                           \
+}                                                                                               \
+/* one contiguous interleaved row (pairs 2i, 2i + 1), in place or not (each pair read first) */    \
+static inline void NAME##_pairs(const T *x, T *o, const M *restrict c, const M *restrict sn, i64 R) { \
+    for (i64 i = PAIRS_SIMD(x, o, c, sn, R); i < R; ++i) {                                      \
+        const M a = LOAD(x + 2 * i), b = LOAD(x + 2 * i + 1);                                   \
+        STORE(o + 2 * i, a * c[i] - b * sn[i]);                                                 \
+        STORE(o + 2 * i + 1, b * c[i] + a * sn[i]);                                             \
     }                                                                                           \
 }
 
@@ -138,6 +169,11 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
                     NAME##_row(xr, orow, c, sn, R);                                             \
                     if (copy_tail) memcpy(orow + 2 * R, xr + 2 * R, (D - 2 * R) * sizeof(T));   \
                 }                                                                               \
+                continue;                                                                       \
+            }                                                                                   \
+            if (xd == 1 && od == 1) { /* interleaved, contiguous: no staging arrays either */       \
+                NAME##_pairs(xr, orow, c, sn, R);                                               \
+                if (copy_tail && orow != xr) memcpy(orow + 2 * R, xr + 2 * R, (D - 2 * R) * sizeof(T)); \
                 continue;                                                                       \
             }                                                                                   \
             if (xd == 1 && !interleaved) {                                                      \
@@ -172,10 +208,10 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
     return 0;                                                                                   \
 }
 
-DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store, NO_SIMD)
-DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store, BF16_SIMD)
-DEFINE_ROWS(rope_f16, _Float16, float, f16_load, f16_store, NO_SIMD)
-DEFINE_ROWS(rope_f64, double, double, f64_load, f64_store, NO_SIMD)
+DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store, NO_SIMD, NO_SIMD)
+DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store, BF16_SIMD, BF16_PAIRS_SIMD)
+DEFINE_ROWS(rope_f16, _Float16, float, f16_load, f16_store, NO_SIMD, NO_SIMD)
+DEFINE_ROWS(rope_f64, double, double, f64_load, f64_store, NO_SIMD, NO_SIMD)
 DEFINE_ROPE(rope_f32, float, float, f32_load, f32_store)
 DEFINE_ROPE(rope_bf16, uint16_t, float, bf16_load, bf16_store)
 DEFINE_ROPE(rope_f16, _Float16, float, f16_load, f16_store)
