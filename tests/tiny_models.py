@@ -87,8 +87,17 @@ KWARGS: dict[str, dict] = {
     "falcon": dict(alibi=False, new_decoder_architecture=True, num_kv_heads=2, parallel_attn=True, ffn_hidden_size=64),
     "persimmon": dict(partial_rotary_factor=0.5),
     "nanochat": {},  # rotate_half by -angle (5.x only)
+    # ERNIE-4.5-VL's text tower (5.x): 8 pairs, mrope_section [height, width, time] = [3, 3, 2]
+    "ernie4_5_vl_moe_text": dict(
+        moe_num_experts=4,
+        moe_k=2,
+        moe_intermediate_size=[32, 32],
+        moe_num_shared_experts=1,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [3, 3, 2]},
+    ),
 }
-MODEL_TYPE = {"gemma3": "gemma3_text"}  # the text-only config of a multimodal family
+#: the text-only config of a multimodal family
+MODEL_TYPE = {"gemma3": "gemma3_text", "ernie4_5_vl_moe": "ernie4_5_vl_moe_text"}
 
 
 def transformers_version() -> tuple[int, int]:

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from . import scaling
+from . import mrope, scaling
 from .errors import RopeSpecError, RopeSpecTypeError, short_repr
 from .layouts import LAYOUTS, normalize_layout  # re-exported: spec.normalize_layout is older than layouts
 from .scaling import *  # noqa: F403 -- re-exported: the scaling variants are part of the spec's vocabulary
@@ -67,6 +67,10 @@ class RopeSpec:
       mrope_section: multimodal RoPE: how many frequencies each position axis (temporal,
         height, width) owns; sums to rotary_dim / 2.  ``mrope_interleaved`` picks Qwen3-VL's
         round-robin assignment instead of Qwen2-VL's contiguous sections.
+      mrope_axes: multimodal RoPE with any other arrangement: the position axis (0, 1, ...)
+        of every rotating pair, rotary_dim / 2 of them (ERNIE-4.5-VL alternates height and
+        width, then time).  ``mrope_section`` then counts the pairs of each axis (derived when
+        omitted); a map that is one of the section kinds is stored as that kind (``ropekit.mrope``).
       angle_sign: the direction pairs turn: pair i at position p turns by
         ``angle_sign * p * inv_freq[i]``.  1 (every family but one); -1 for NanoChat, whose apply
         function is rotate_half with sin negated.  Tables carry it as an exact sign flip of sin.
@@ -83,6 +87,7 @@ class RopeSpec:
     attention_factor: float | None = None
     mrope_section: tuple[int, ...] | None = None
     mrope_interleaved: bool = False
+    mrope_axes: tuple[int, ...] | None = None
     angle_sign: int = 1
     source: str | None = dataclasses.field(default=None, compare=False)
     # not a field people set: version of the dict format, for forward compatibility
@@ -132,21 +137,13 @@ class RopeSpec:
                 "attention_factor",
                 check_number("attention_factor", self.attention_factor, low=0.0, low_inclusive=False),
             )
-        if self.mrope_section is not None:
-            section = self.mrope_section
-            if isinstance(section, (str, bytes)) or not hasattr(section, "__iter__"):
-                raise RopeSpecTypeError(f"mrope_section={short_repr(section)} must be a list of integers")
-            section = tuple(check_int(f"mrope_section[{i}]", s, low=0) for i, s in enumerate(section))
-            if sum(section) != rotary_dim // 2:
-                raise RopeSpecError(
-                    f"mrope_section={short_repr(list(section))} sums to {sum(section)}; it must sum to "
-                    f"rotary_dim / 2 = {rotary_dim // 2}"
-                )
-            set_field(self, "mrope_section", section)
-        if not isinstance(self.mrope_interleaved, bool):
-            raise RopeSpecTypeError(f"mrope_interleaved={short_repr(self.mrope_interleaved)} must be a bool")
-        if self.mrope_interleaved and self.mrope_section is None:
-            raise RopeSpecError("mrope_interleaved=True needs mrope_section")
+        # the three mRoPE fields are one fact (the axis of each pair): checked and stored in one form
+        section, interleaved, axes = mrope.normalize(
+            self.mrope_section, self.mrope_interleaved, self.mrope_axes, rotary_dim // 2
+        )
+        set_field(self, "mrope_section", section)
+        set_field(self, "mrope_interleaved", interleaved)
+        set_field(self, "mrope_axes", axes)
         set_field(self, "angle_sign", _check_angle_sign(self.angle_sign))
         if self.source is not None and not isinstance(self.source, str):
             raise RopeSpecTypeError(f"source={short_repr(self.source)} must be a string or None")
@@ -190,6 +187,10 @@ class RopeSpec:
     def with_scaling(self, scaling: Scaling | dict | None) -> RopeSpec:
         return self.replace(scaling=scaling)
 
+    def without_mrope(self) -> RopeSpec:
+        """The same rotation over one position axis: no mRoPE sections, kind or axis map."""
+        return self.replace(mrope_section=None, mrope_interleaved=False, mrope_axes=None)
+
     def turning_forward(self) -> RopeSpec:
         """The same spec turning by +angle: the tables a family's rotary module hands to an apply
         function that applies the direction itself (NanoChat negates sin inside its rotate_half).
@@ -215,6 +216,8 @@ class RopeSpec:
             "mrope_section": None if self.mrope_section is None else list(self.mrope_section),
             "mrope_interleaved": self.mrope_interleaved,
         }
+        if self.mrope_axes is not None:  # only when set, so the section kinds' dicts stay as they were
+            out["mrope_axes"] = list(self.mrope_axes)
         if self.angle_sign != 1:  # only when -1, so existing spec dicts (and caches keyed by them) stay
             out["angle_sign"] = self.angle_sign
         if self.source is not None:  # only when set, so existing spec dicts stay as they were
@@ -259,7 +262,9 @@ class RopeSpec:
             parts.append(f"{self.scaling.kind}({params})")
         if self.attention_factor is not None:
             parts.append(f"attention_factor={self.attention_factor:g}")
-        if self.mrope_section is not None:
+        if self.mrope_axes is not None:
+            parts.append(f"mrope={list(self.mrope_section)} axes {mrope.describe_axes(self.mrope_axes)}")
+        elif self.mrope_section is not None:
             kind = "interleaved" if self.mrope_interleaved else "contiguous"
             parts.append(f"mrope={list(self.mrope_section)} {kind}")
         if self.angle_sign != 1:

@@ -4,9 +4,10 @@
 kernels index them by position.  Duplicated, transformers-shaped tables (``cat((cos, cos))``)
 exist only at the transformers boundary.
 
-Multimodal RoPE (``spec.mrope_section``): positions carry a leading axis of 3 (temporal,
-height, width); every column takes its angle from the axis that owns that frequency, so the
-result has shape ``positions.shape[1:] + (rotary_dim / 2,)``.
+Multimodal RoPE (``spec.mrope_section``, and ``spec.mrope_axes`` for arrangements that are not
+sections): positions carry a leading axis, one row per position axis (temporal, height, width);
+every column takes its angle from the axis that drives that pair (``mrope_axis_of_columns``), so
+the result has shape ``positions.shape[1:] + (rotary_dim / 2,)``.
 
 Direction (``spec.angle_sign = -1``): pairs turn by -angle, so sin is negated (exactly) and
 cos unchanged; every kernel then rotates by -angle with no flag of its own.
@@ -18,6 +19,7 @@ import torch
 
 from .errors import RopeArgumentError, RopePositionError, RopeSpecError, RopeSpecTypeError, RopeTypeError, short_repr
 from .frequencies import check_precision, inv_freq
+from .mrope import axis_map
 from .spec import RopeSpec
 
 __all__ = [
@@ -123,23 +125,26 @@ def _check_factor_fits(factor: float, dtype: torch.dtype, precision: str) -> Non
 
 
 def mrope_axis_of_columns(spec: RopeSpec) -> torch.Tensor:
-    """For mRoPE: which position axis (0 temporal, 1 height, 2 width) drives each table column.
+    """For mRoPE: which position axis (0 temporal, 1 height, 2 width, ...) drives each table column.
 
     Contiguous (Qwen2-VL): the first ``section[0]`` columns follow axis 0, the next ``section[1]``
     axis 1, and so on.  Interleaved (Qwen3-VL): columns cycle T, H, W, ... — column j follows
-    axis ``j % 3`` while ``j < 3 * section[j % 3]`` for H and W, and axis 0 otherwise.
+    axis ``j % 3`` while ``j < 3 * section[j % 3]`` for H and W, and axis 0 otherwise.  Any other
+    arrangement: ``spec.mrope_axes``, the axis of each column (the arithmetic: ``ropekit.mrope``).
+
+    >>> import ropekit as rk
+    >>> mrope_axis_of_columns(rk.RopeSpec(head_dim=8, mrope_section=(2, 1, 1))).tolist()
+    [0, 0, 1, 2]
+    >>> mrope_axis_of_columns(rk.RopeSpec(head_dim=8, mrope_axes=(1, 2, 0, 0))).tolist()
+    [1, 2, 0, 0]
     """
     section = spec.mrope_section
     if section is None:
         raise RopeSpecError("spec has no mrope_section")
-    n = spec.n_pairs
-    if not spec.mrope_interleaved:
-        return torch.repeat_interleave(torch.arange(len(section)), torch.tensor(section))
-    axis = torch.zeros(n, dtype=torch.int64)
-    cols = torch.arange(n)
-    for a in range(1, len(section)):
-        axis[(cols % len(section) == a) & (cols < len(section) * section[a])] = a
-    return axis
+    axes = spec.mrope_axes
+    if axes is None:
+        axes = axis_map(section, spec.mrope_interleaved, spec.n_pairs)
+    return torch.tensor(axes, dtype=torch.int64)
 
 
 def cos_sin(

@@ -71,10 +71,6 @@ REFUSED = {
     "sam3_vit_model": f"{_IMAGE} axial 2-D (height, width) positions",
     # the sections split the duplicated table: a pair's two members follow different axes
     **dict.fromkeys(("hunyuan_vl", "hunyuan_vl_text"), "the two members of a pair follow different axes"),
-    # the first 44 columns alternate height / width, the last 20 follow time: neither section kind
-    **dict.fromkeys(
-        ("ernie4_5_vl_moe", "ernie4_5_vl_moe_text"), "match neither contiguous nor interleaved mRoPE sections"
-    ),
 }
 
 
@@ -269,3 +265,23 @@ def test_layer_type_without_rope_is_refused():
     assert family_layer_types(config) == ["sliding_attention"]
     with pytest.raises(RopeConfigError, match="use no RoPE"):
         rk.from_config(config, layer_type="full_attention")
+
+
+def test_per_axis_check_catches_a_wrong_axis_map():
+    """ERNIE-4.5-VL against its own module: the axis map read from its config is exact at distinct
+    per-axis positions; height and width swapped, or the same counts as either section kind, are not."""
+    from ropekit.dialects.measured import measure
+
+    config = census()["ernie4_5_vl_moe"]
+    spec = rk.from_config(config)
+    probe = Probe(config)
+    assert spec.mrope_axes == (1, 2) * 22 + (0,) * 20 and spec.layout == "interleaved"
+    assert probe.table_err(spec) <= TABLE_TOL and probe.score_err(spec) <= SCORE_TOL
+    assert probe.axes_err(spec) <= TABLE_TOL
+    swapped = spec.replace(mrope_axes=tuple({1: 2, 2: 1}.get(a, a) for a in spec.mrope_axes))
+    assert probe.axes_err(swapped) > TABLE_TOL
+    for interleaved in (False, True):
+        assert probe.axes_err(spec.replace(mrope_axes=None, mrope_interleaved=interleaved)) > TABLE_TOL
+    # the fallback for families outside the table measures the same map from the module itself
+    measured = measure(config).spec
+    assert measured == spec and "axis of each pair measured" in measured.source

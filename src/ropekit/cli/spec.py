@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 
+from ..mrope import describe_axes
 from .arguments import add_command, add_config_reading
 
 
@@ -159,5 +160,7 @@ def run(args) -> int:
         for key, value in spec.to_dict().items():
             if key == "scaling" and value is not None:
                 value = {k: (f"[{len(v)} values]" if isinstance(v, list) else v) for k, v in value.items()}
+            if key == "mrope_axes" and value is not None:  # one axis per pair: run-length encoded
+                value = describe_axes(tuple(value))
             print(f"{key:26s} {value}")
     return 0

@@ -206,6 +206,45 @@ def _layout(cfg, family, fam, layout) -> str:
     return fam.layout
 
 
+def _mrope_fields(params, fam: Family | None, n_pairs: int, rope_type: str, where: str) -> dict[str, Any]:
+    """The RopeSpec's mRoPE fields: the family's own arrangement, or the config's sections."""
+    if fam is None or fam.mrope is None:
+        if params.get("mrope_section") is None:
+            return {}
+        interleaved = flag(params, "mrope_interleaved", False, where=where + ".")
+        return {"mrope_section": params["mrope_section"], "mrope_interleaved": interleaved}
+    section = params.get("mrope_section", fam.mrope_section)
+    if fam.mrope != "alternating":
+        return {"mrope_section": section, "mrope_interleaved": fam.mrope == "interleaved"}
+    if rope_type != "default":  # its rotary module raises for any other rope type
+        raise RopeConfigError(f"{where}.rope_type={rope_type!r}: ERNIE-4.5-VL's RoPE takes only 'default'")
+    return {"mrope_axes": alternating_axes(section, n_pairs, where)}
+
+
+def alternating_axes(section: Any, n_pairs: int, where: str = "rope_parameters") -> tuple[int, ...]:
+    """ERNIE-4.5-VL's axis of each pair: its ``mrope_section`` is ``[height, width, time]`` pairs;
+    the first ``height + width`` pairs alternate height (axis 1) and width (axis 2), the rest follow
+    time (axis 0), every pair at its own frequency (transformers pre-permutes ``inv_freq`` and
+    regroups the tables so that this holds).
+
+    >>> alternating_axes([2, 2, 1], 5)
+    (1, 2, 1, 2, 0)
+    """
+    ok = isinstance(section, (list, tuple)) and len(section) == 3
+    ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in section)
+    if not ok:
+        raise RopeConfigError(f"{where}.mrope_section={section!r} must be three integers [height, width, time]")
+    height, width, time = section
+    if height != width or time < 1 or height + width + time != n_pairs:
+        # transformers' module stacks the height and width frequencies pair by pair, and slices
+        # the time frequencies from the end: anything else fails there or leaves pairs unset
+        raise RopeConfigError(
+            f"{where}.mrope_section={list(section)} must be [h, h, t] with t >= 1 and 2h + t = rotary_dim / 2 = "
+            f"{n_pairs} (ERNIE-4.5-VL alternates height and width pair by pair, then time)"
+        )
+    return (1, 2) * height + (0,) * time
+
+
 def read(
     source: Source, layer_type: str | None = None, layout: str | None = None, release: tuple | None = None
 ) -> RopeSpec:
@@ -276,13 +315,7 @@ def _read(source: Source, layer_type, layout, release) -> RopeSpec:
     validate(params, rules, where, rope_type)
     try:
         scaling, attention_factor = scaling_of(cfg, params, rope_type, rotary_dim, partial, where, rules, family)
-        mrope_section, mrope_interleaved = None, False
-        if fam is not None and fam.mrope is not None:
-            section = params.get("mrope_section", fam.mrope_section)
-            mrope_section, mrope_interleaved = section, fam.mrope == "interleaved"
-        elif params.get("mrope_section") is not None:
-            mrope_section = params["mrope_section"]
-            mrope_interleaved = flag(params, "mrope_interleaved", False, where=where + ".")
+        mrope = _mrope_fields(params, fam, rotary_dim // 2, rope_type, where)
         max_key = {"chatglm": "seq_length", "gptj": "n_positions", "codegen": "n_positions"}.get(
             family, "max_position_embeddings"
         )
@@ -297,8 +330,7 @@ def _read(source: Source, layer_type, layout, release) -> RopeSpec:
             scaling=scaling,
             max_position_embeddings=None if max_pos is None else integer(cfg, max_key),
             attention_factor=attention_factor,
-            mrope_section=mrope_section,
-            mrope_interleaved=mrope_interleaved,
+            **mrope,
             angle_sign=fam.angle_sign if fam is not None else 1,
         )
     except RopeConfigError:

@@ -23,7 +23,9 @@ class Family:
     theta: its config class's default ``rope_theta`` (used only when the config omits it).
     partial: its config class's default ``partial_rotary_factor``.
     head_dim: its config class's default ``head_dim`` (None: hidden_size // num_attention_heads).
-    mrope: "contiguous" (Qwen2-VL) or "interleaved" (Qwen3-VL) multimodal RoPE, with its default sections.
+    mrope: "contiguous" (Qwen2-VL) or "interleaved" (Qwen3-VL) multimodal RoPE, with its default sections;
+      "alternating" (ERNIE-4.5-VL): sections [height, width, time], height and width alternating
+      pair by pair, then time (``hf_config.alternating_axes``).
     angle_sign: -1 where its apply function turns pairs by -angle (NanoChat), else 1.
     """
 
@@ -80,6 +82,8 @@ FAMILIES: dict[str, Family] = {
     "qwen3_vl_text": Family("half", theta=5e5, head_dim=128, mrope="interleaved", mrope_section=(24, 20, 20)),
     "qwen3_vl_moe_text": Family("half", theta=5e5, head_dim=128, mrope="interleaved", mrope_section=(24, 20, 20)),
     # interleaved families (pairs (2i, 2i + 1))
+    # ERNIE-4.5-VL: rotate_half_text pairs (2i, 2i + 1); its tables repeat each column
+    "ernie4_5_vl_moe_text": Family("interleaved", theta=5e5, mrope="alternating", mrope_section=(22, 22, 20)),
     "gptj": Family("interleaved"),  # key rotary_dim, base fixed at 10000
     "codegen": Family("interleaved"),
     "glm": Family("interleaved", partial=0.5, head_dim=128),
@@ -103,6 +107,7 @@ TEXT_OF = {
     "qwen2_5_vl": "qwen2_5_vl_text",
     "qwen3_vl": "qwen3_vl_text",
     "qwen3_vl_moe": "qwen3_vl_moe_text",
+    "ernie4_5_vl_moe": "ernie4_5_vl_moe_text",
 }
 # architecture class-name prefixes -> model_type (longest prefix wins)
 _ARCH_PREFIX = {
@@ -144,6 +149,8 @@ _ARCH_PREFIX = {
     "Nemotron": "nemotron",
     "NanoChat": "nanochat",
     "ChatGLM": "chatglm",
+    "Ernie4_5_VLMoe": "ernie4_5_vl_moe",
+    "Ernie4_5_VL_Moe": "ernie4_5_vl_moe",
 }
 
 

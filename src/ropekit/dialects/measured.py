@@ -8,7 +8,9 @@ family's ``apply_rotary_pos_emb`` with q/k vectors.  A spec is returned only whe
 * exactly one layout and direction reproduces the attention scores ``q_m . k_n`` of the
   family's apply function (scores, not rotated vectors: some families write their output in
   another order).  The direction is measured like the layout: a family whose apply turns pairs
-  by -angle (NanoChat's rotate_half negates sin) gets ``angle_sign=-1``, and its source says so.
+  by -angle (NanoChat's rotate_half negates sin) gets ``angle_sign=-1``, and its source says so;
+* for a module with mRoPE sections, the tables at distinct per-axis positions equal too: a named
+  section kind, or the axis of each pair measured (``measured_axes``).
 
 Anything else is refused with the reason.  The spec's ``source`` says that it was measured.
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RopeConfigError, RopeError
+from .measured_axes import axis_positions, measure_axes
 from .rotary_modules import (
     SAMPLE_POSITIONS,
     apply_function_of,
@@ -248,7 +251,7 @@ class Probe:
         pos = axis_positions(len(self.mrope_section))
         with one_thread():
             try:
-                cos, sin, self.axes_form = compact_tables(*call_rotary(self.module, self.layer_type, pos[:, None, :]))
+                cos, sin, _ = compact_tables(*call_rotary(self.module, self.layer_type, pos[:, None, :]))
             except Exception as exc:
                 raise module_failed(self.family, self.rotary_class, self.config, exc, "per-axis positions") from None
             c, s = cos_sin(
@@ -257,51 +260,6 @@ class Probe:
         if c.shape != cos.shape:
             return math.inf
         return max((c - cos).abs().max().item(), (s - sin).abs().max().item())
-
-
-def axis_positions(n_axes: int):
-    """[n_axes, n] positions that differ between axes at almost every token: axis a is the sample
-    positions rolled by 7a (an mRoPE column driven by the wrong axis shows at once)."""
-    import torch
-
-    base = torch.tensor(SAMPLE_POSITIONS, dtype=torch.int64)
-    return torch.stack([base.roll(7 * a) for a in range(n_axes)])
-
-
-def _measure_axes(probe: Probe, spec):
-    """The spec with the module's own mRoPE sections, contiguous or interleaved: whichever
-    reproduces its tables at distinct per-axis positions; refused when neither does."""
-    section, family = probe.mrope_section, probe.family
-    # interleaved sections (Qwen3-VL) give columns to the height/width axes by section[1:] and every
-    # other column to the temporal axis, so section[0] only has to make the sum (a module may leave
-    # it short: Qwen4-Exp's [11, 11, 10] over 128 pairs is (107, 11, 10))
-    candidates = {"interleaved": (spec.n_pairs - sum(section[1:]), *section[1:])}
-    if sum(section) == spec.n_pairs:
-        candidates = {"contiguous": section, **candidates}
-    elif candidates["interleaved"][0] < 0:
-        raise RopeConfigError(
-            f"model_type={family!r}: {probe.rotary_class.__name__}'s mrope_section {list(section)} sums to "
-            f"{sum(section)}, but it rotates {spec.n_pairs} pairs"
-        )
-    errs = {}
-    for kind, sections in candidates.items():
-        candidate = spec.replace(mrope_section=sections, mrope_interleaved=kind == "interleaved")
-        errs[kind] = err = probe.axes_err(candidate)
-        if err <= TABLE_TOL:
-            return candidate
-    shown = ", ".join(f"{kind}: {err:.3g}" for kind, err in errs.items())
-    if probe.axes_form.endswith("compact") and probe.axes_form != probe.form:
-        raise RopeConfigError(
-            f"model_type={family!r}: {probe.rotary_class.__name__} splits its duplicated table by mrope_section "
-            f"{list(section)}, so at distinct per-axis positions the two members of a pair follow different axes "
-            f"and turn by different angles: not a rotation, which no RopeSpec describes (exact for text positions "
-            f"only, where every axis is equal); refusing rather than guessing"
-        )
-    raise RopeConfigError(
-        f"model_type={family!r}: at distinct per-axis positions {probe.rotary_class.__name__}'s tables match "
-        f"neither contiguous nor interleaved mRoPE sections {list(section)} (table error {shown}): its axes drive "
-        f"columns in another order, or the two members of a pair by different axes; refusing rather than guessing"
-    )
 
 
 def _slice_of_head(probe: Probe, spec):
@@ -381,8 +339,10 @@ def measure(config, layer_type: str | None = None) -> Measurement:
             f"tables by {table_err:.3g}; refusing rather than guessing"
         )
     if probe.mrope_section is not None:
-        spec = _measure_axes(probe, spec)
+        spec = measure_axes(probe, spec, TABLE_TOL)
     spec, where = _slice_of_head(probe, spec)
+    if spec.mrope_axes is not None:
+        where += "; the position axis of each pair measured at distinct per-axis positions"
     version = _transformers().__version__
     if spec.angle_sign < 0:
         where += "; it turns pairs by -angle (angle_sign=-1, measured)"

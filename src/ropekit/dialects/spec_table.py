@@ -10,6 +10,7 @@ tiny   all    half    8/8          10000  none     1
 
 from __future__ import annotations
 
+from ..mrope import describe_axes
 from ..spec import RopeSpec
 
 __all__ = ["spec_table", "describe_scaling"]
@@ -41,7 +42,9 @@ def describe_scaling(spec: RopeSpec) -> str:
         parts.append(
             f"longrope x{s.factor:g} (orig {s.original_max_position_embeddings}, {len(s.long_factor)} factors)"
         )
-    if spec.mrope_section is not None:
+    if spec.mrope_axes is not None:
+        parts.append(f"mrope {list(spec.mrope_section)} axes {describe_axes(spec.mrope_axes)}")
+    elif spec.mrope_section is not None:
         parts.append(f"mrope {list(spec.mrope_section)} {'interleaved' if spec.mrope_interleaved else 'contiguous'}")
     return ", ".join(parts)
 

@@ -103,7 +103,8 @@ def transformers_rope_fn(config, layer_type: str | None = None):
     takes_ids = "position_ids" in inspect.signature(rotary.forward).parameters
     kwargs = {"layer_type": layer_type} if layer_type is not None else {}
     apply_takes_ids = "position_ids" in inspect.signature(apply).parameters
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg  # a multimodal config's LM part
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
 
     def fn(x, positions):
         q = x.float()[None, None]  # [batch 1, heads 1, n, head_dim]

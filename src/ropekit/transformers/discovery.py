@@ -133,7 +133,8 @@ PROBE_POSITIONS = 16
 
 def call_rotary(mod, x: torch.Tensor, n: int, layer_type=None, axes: int | None = None, legacy: bool | None = None):
     """Call a rotary module the way its family's model does (``legacy``: by ``seq_len=``; default:
-    what its signature says), for positions ``0..n-1``."""
+    what its signature says), for positions ``0..n-1``; with ``axes``, one row of positions per
+    mRoPE axis ``[axes, 1, n]``, axis a holding ``0..n-1`` rolled by 5a (every axis differs)."""
     params = inspect.signature(mod.forward).parameters
     if legacy is None:
         legacy = "position_ids" not in params
@@ -141,7 +142,7 @@ def call_rotary(mod, x: torch.Tensor, n: int, layer_type=None, axes: int | None 
         return mod(x, seq_len=n)
     pos = torch.arange(n, device=x.device)[None]
     if axes:
-        pos = pos.unsqueeze(0).expand(axes, 1, n)
+        pos = torch.stack([pos.roll(5 * a, dims=-1) for a in range(axes)])
     if layer_type is not None and "layer_type" in params:
         return mod(x, pos, layer_type)
     return mod(x, pos)

@@ -4,7 +4,7 @@ Every family's rotary module returns cos/sin in a form its own apply function ex
 
 * ``"cat"``: ``cat((c, c))`` on the last axis (almost every family, and GLM, whose apply
   function re-interleaves the first half itself);
-* ``"repeat"``: ``repeat_interleave(c, 2)`` (Cohere, Cohere2);
+* ``"repeat"``: ``repeat_interleave(c, 2)`` (Cohere, Cohere2, ERNIE-4.5-VL);
 * ``"sin_cos"``: one column per pair, returned as ``(sin, cos)`` (GPT-J, CodeGen);
 * ``"complex"``: one complex tensor ``cos + i sin`` (DeepSeek-V2's ``freqs_cis``).
 
@@ -35,7 +35,7 @@ __all__ = ["TableForm", "table_form", "DUPLICATES", "family_name"]
 DUPLICATES = ("cat", "repeat", "sin_cos", "complex")
 
 #: families whose rotary module repeats columns (pairs are adjacent: the interleaved layout)
-_REPEAT = frozenset({"cohere", "cohere2"})
+_REPEAT = frozenset({"cohere", "cohere2", "ernie4_5_vl_moe"})
 #: families whose tables are (sin, cos), one column per pair
 _SIN_COS = frozenset({"gptj", "codegen"})
 #: families whose tables are one complex tensor
@@ -47,6 +47,7 @@ _TEXT_OF = {
     "qwen2_5_vl_text": "qwen2_5_vl",
     "qwen3_vl_text": "qwen3_vl",
     "qwen3_vl_moe_text": "qwen3_vl_moe",
+    "ernie4_5_vl_moe_text": "ernie4_5_vl_moe",
 }
 
 

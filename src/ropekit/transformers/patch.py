@@ -148,7 +148,9 @@ def _read_specs(model) -> dict[str | None, RopeSpec]:
 def _replacement(mod, specs, form, precision):
     """A RotaryEmbedding standing in for ``mod``, proven equal to it on probe positions."""
     x = torch.zeros(1, dtype=torch.float32, device=_device_of(mod))
-    axes = 3 if form.per_axis and any(s.mrope_section for s in specs.values()) else None
+    sections = [s.mrope_section for s in specs.values() if s.mrope_section is not None]
+    # mRoPE: compared at positions that differ between the axes, so a pair on the wrong axis shows
+    axes = len(sections[0]) if sections else None
     slack = discovery.buffer_dtype(mod)
     legacy = discovery.is_legacy_module(mod)
     multi = "layer_type" in inspect.signature(mod.forward).parameters and len(specs) > 1

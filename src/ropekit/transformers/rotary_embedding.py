@@ -276,7 +276,7 @@ class RotaryEmbedding(torch.nn.Module):
             # one table per position axis; the family's apply function selects the sections
             if position_ids.dim() == 2:
                 position_ids = position_ids.unsqueeze(0).expand(len(spec.mrope_section), *position_ids.shape)
-            spec = spec.replace(mrope_section=None, mrope_interleaved=False)
+            spec = spec.without_mrope()
         frequencies = self._frequencies.get(spec)
         if frequencies is not None and torch.compiler.is_compiling():
             # inside a compiled graph: the frequencies checked once in eager mode, and no position
@@ -300,7 +300,7 @@ class RotaryEmbedding(torch.nn.Module):
             cos_sin(spec, 1, precision=self.precision)  # every check on the spec's frequencies, once
             out[spec] = _inv_freq(spec, precision=self.precision)
             if spec.mrope_section is not None:  # the per-axis form strips the sections (see above)
-                plain = spec.replace(mrope_section=None, mrope_interleaved=False)
+                plain = spec.without_mrope()
                 out[plain] = _inv_freq(plain, precision=self.precision)
         return out
 
