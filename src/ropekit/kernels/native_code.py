@@ -109,9 +109,11 @@ static inline i64 bf16_pairs_simd(const uint16_t *x, uint16_t *o, const float *c
 }
 #define BF16_SIMD(x, o, c, sn, R) bf16_rows_simd(x, o, c, sn, R)
 #define BF16_PAIRS_SIMD(x, o, c, sn, R) bf16_pairs_simd(x, o, c, sn, R)
+#define BF16_PAIRS 1
 #else
 #define BF16_SIMD(x, o, c, sn, R) 0
 #define BF16_PAIRS_SIMD(x, o, c, sn, R) 0
+#define BF16_PAIRS 0
 #endif
 #define NO_SIMD(x, o, c, sn, R) 0
 
@@ -145,7 +147,7 @@ static inline void NAME##_pairs(const T *x, T *o, const M *restrict c, const M *
 
 /* rows [row0, row1) of the B*S token rows; returns 0, or 1 + the row whose position is outside
    the table (nothing of that row is written) */
-#define DEFINE_ROPE(NAME, T, M, LOAD, STORE)                                                       \
+#define DEFINE_ROPE(NAME, T, M, LOAD, STORE, PAIRS)                                                     \
 static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i64 P,                    \
          i64 S, i64 H, i64 R, i64 D, i64 row0, i64 row1,                                        \
          i64 xb, i64 xs, i64 xh, i64 xd, i64 ob, i64 os, i64 oh, i64 od, i64 pb, i64 ps,        \
@@ -171,7 +173,9 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
                 }                                                                               \
                 continue;                                                                       \
             }                                                                                   \
-            if (xd == 1 && od == 1) { /* interleaved, contiguous: no staging arrays either */       \
+            /* interleaved and contiguous, where SIMD steps exist: elsewhere gcc 12 vectorizes this loop's \
+               a * c - b * s / b * c + a * s into fused vfmaddsub despite -ffp-contract=off */     \
+            if (PAIRS && xd == 1 && od == 1) {                                                  \
                 NAME##_pairs(xr, orow, c, sn, R);                                               \
                 if (copy_tail && orow != xr) memcpy(orow + 2 * R, xr + 2 * R, (D - 2 * R) * sizeof(T)); \
                 continue;                                                                       \
@@ -212,10 +216,10 @@ DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store, NO_SIMD, NO_SIMD)
 DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store, BF16_SIMD, BF16_PAIRS_SIMD)
 DEFINE_ROWS(rope_f16, _Float16, float, f16_load, f16_store, NO_SIMD, NO_SIMD)
 DEFINE_ROWS(rope_f64, double, double, f64_load, f64_store, NO_SIMD, NO_SIMD)
-DEFINE_ROPE(rope_f32, float, float, f32_load, f32_store)
-DEFINE_ROPE(rope_bf16, uint16_t, float, bf16_load, bf16_store)
-DEFINE_ROPE(rope_f16, _Float16, float, f16_load, f16_store)
-DEFINE_ROPE(rope_f64, double, double, f64_load, f64_store)
+DEFINE_ROPE(rope_f32, float, float, f32_load, f32_store, 0)
+DEFINE_ROPE(rope_bf16, uint16_t, float, bf16_load, bf16_store, BF16_PAIRS)
+DEFINE_ROPE(rope_f16, _Float16, float, f16_load, f16_store, 0)
+DEFINE_ROPE(rope_f64, double, double, f64_load, f64_store, 0)
 
 enum { A_DTYPE, A_N, A_COS, A_SIN, A_POS, A_P, A_B, A_S, A_R, A_PB, A_PS, A_INTERLEAVED, A_INVERSE, A_HEAD };
 enum { T_X, T_O, T_H, T_D, T_XB, T_XS, T_XH, T_XD, T_OB, T_OS, T_OH, T_OD, T_COPY_TAIL, T_PER };
