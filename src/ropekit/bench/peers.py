@@ -32,17 +32,10 @@ def cpu_providers(shape: Shape, dtype: torch.dtype) -> dict[str, tuple[Callable[
     q, k, pos, cos, sin = make_inputs(shape, dtype)
     positions = pos if shape.decode else None
     from ropekit.kernels import cpu
-    from ropekit.kernels.huge_pages import new_output
 
     auto = "native C kernel" if cpu.ready(wait=True) else "lean eager (native kernel unavailable)"
     out: dict[str, tuple[Callable[[], object], str]] = {
         "clone": (lambda: (q.clone(), k.clone()), "q.clone(), k.clone()"),
-        # the floor of an out-of-place call whose output lands where ropekit's lands (huge pages
-        # for big outputs, kernels.huge_pages): what of ropekit's lead over clone() is the allocation
-        "copy to new_output": (
-            lambda: (new_output(q).copy_(q), new_output(k).copy_(k)),
-            "kernels.huge_pages.new_output(x).copy_(x)",
-        ),
         "ropekit": (lambda: rk.apply_rope_qk(q, k, cos, sin, positions=positions), f"apply_rope_qk, backend={auto}"),
     }
     # in place: no output allocation (on a CPU, a fresh output's page faults can cost more than

@@ -1,16 +1,22 @@
-"""Fresh outputs of big out-of-place CPU calls, backed by transparent huge pages.
+"""Opt-in: fresh outputs of big out-of-place CPU calls backed by transparent huge pages.
 
-Why: torch's CPU allocator hands a tensor of tens of MiB fresh anonymous memory, and the first
-write to each 4 KiB page of it is a page fault in which the kernel zeroes the page.  For a
-2x4096x32x128 q plus its k, those faults cost more than the rotation itself (measured on 2 cores:
-``clone()`` 64 ms, the same copy into an existing tensor 27 ms).  A private mapping advised
-``MADV_HUGEPAGE`` faults in 2 MiB pages, 512 times fewer faults for the same bytes.
+Why it exists: torch's CPU allocator hands a tensor of 32 MiB or more fresh anonymous memory on
+every call (glibc maps blocks that big afresh), and the first write to each 4 KiB page of it is a
+page fault in which the kernel zeroes the page.  A private mapping advised ``MADV_HUGEPAGE``
+faults in 2 MiB pages, 512 times fewer faults for the same bytes.
 
-Used only where it pays and cannot surprise: outputs of at least ``MIN_BYTES`` (32 MiB), on Linux with
-transparent huge pages not set to ``never``, unless ``ROPEKIT_HUGE_PAGES=0``.  Anything else (or
-a failed ``mmap``/``madvise``) is an ordinary ``torch.empty``.  The tensor owns its mapping
-(``torch.frombuffer`` keeps it alive and unmaps it with the tensor), its storage is exactly its
-own bytes, 2 MiB aligned, and it is contiguous like ``torch.empty``.
+Why it is off by default (``ROPEKIT_HUGE_PAGES=1`` turns it on): measured on 2 cores, an
+out-of-place ``apply_rope`` of a 2x4096x32x128 float32 tensor takes 30-37 ms with huge pages
+against 49-51 ms without, once a process is warm; but the first few calls of a fresh process take
+130-140 ms with them (fresh huge pages come slowly), which breaks the first-call promise (a first
+call within 2x of the steady one; benchmarks/first_call.py measured 4.2x with them, 1.4x
+without).  A long-running process that rotates big batches out of place can opt in.
+
+Used only where it pays: outputs of at least ``MIN_BYTES`` (32 MiB), on Linux with transparent
+huge pages not set to ``never``.  Anything else (or a failed ``mmap``/``madvise``) is an ordinary
+tensor from torch's allocator.  The tensor owns its mapping (``torch.frombuffer`` keeps it alive
+and unmaps it with the tensor), its storage is exactly its own bytes, 2 MiB aligned, and it is
+contiguous like ``torch.empty``.
 
 >>> import torch
 >>> from ropekit.kernels.huge_pages import new_output
@@ -41,9 +47,9 @@ _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 @functools.cache
 def enabled() -> bool:
-    """Whether big outputs get huge pages here: Linux ``madvise``, THP not ``never``, and
-    ``ROPEKIT_HUGE_PAGES`` not ``0``."""
-    if os.environ.get("ROPEKIT_HUGE_PAGES", "1") == "0" or not hasattr(mmap, "MADV_HUGEPAGE"):
+    """Whether big outputs get huge pages here: ``ROPEKIT_HUGE_PAGES=1``, Linux ``madvise``, and
+    THP not ``never``."""
+    if os.environ.get("ROPEKIT_HUGE_PAGES") != "1" or not hasattr(mmap, "MADV_HUGEPAGE"):
         return False
     try:
         with open(_THP_MODE) as f:
