@@ -25,6 +25,7 @@ from .spec import RopeSpec
 __all__ = [
     "cos_sin",
     "tables_from",
+    "checked_positions",
     "as_positions",
     "mrope_axis_of_columns",
     "MAX_EXACT_POSITION",
@@ -147,6 +148,24 @@ def mrope_axis_of_columns(spec: RopeSpec) -> torch.Tensor:
     return torch.tensor(axes, dtype=torch.int64)
 
 
+def checked_positions(spec: RopeSpec, positions) -> torch.Tensor:
+    """``positions`` as ``cos_sin`` checks them (``as_positions``, and a table of at most
+    ``MAX_TABLE_ELEMENTS`` entries): for a caller of ``tables_from`` whose frequencies are checked
+    once but whose positions change every call.
+
+    >>> import ropekit as rk
+    >>> checked_positions(rk.RopeSpec(head_dim=8), [0, 3]).tolist()
+    [0, 3]
+    """
+    positions = as_positions(positions)
+    if positions.numel() * spec.n_pairs > MAX_TABLE_ELEMENTS:
+        raise RopePositionError(
+            f"positions {list(positions.shape)} with rotary_dim={spec.rotary_dim} is a table of "
+            f"{positions.numel() * spec.n_pairs} entries; at most {MAX_TABLE_ELEMENTS}"
+        )
+    return positions
+
+
 def cos_sin(
     spec: RopeSpec,
     positions,
@@ -183,12 +202,7 @@ def cos_sin(
             f"positions={positions} with rotary_dim={spec.rotary_dim} is a table of {positions * spec.n_pairs} "
             f"entries; at most {MAX_TABLE_ELEMENTS} (ropekit.tables.MAX_TABLE_ELEMENTS)"
         )
-    positions = as_positions(positions)
-    if positions.numel() * spec.n_pairs > MAX_TABLE_ELEMENTS:
-        raise RopePositionError(
-            f"positions {list(positions.shape)} with rotary_dim={spec.rotary_dim} is a table of "
-            f"{positions.numel() * spec.n_pairs} entries; at most {MAX_TABLE_ELEMENTS}"
-        )
+    positions = checked_positions(spec, positions)
     if device is None:
         device = positions.device
     positions = _mrope_axes(spec, positions)

@@ -49,7 +49,7 @@ from ..errors import RopeShapeError, RopeSpecError
 from ..frequencies import attention_factor, check_precision
 from ..frequencies import inv_freq as _inv_freq
 from ..spec import Dynamic, Linear, LongRope, RopeSpec
-from ..tables import cos_sin, tables_from
+from ..tables import checked_positions, cos_sin, tables_from
 from . import legacy
 from .checkpoint_keys import INV_FREQ_KEY, check_inv_freq
 from .forms import DUPLICATES, TableForm, table_form
@@ -278,9 +278,12 @@ class RotaryEmbedding(torch.nn.Module):
                 position_ids = position_ids.unsqueeze(0).expand(len(spec.mrope_section), *position_ids.shape)
             spec = spec.without_mrope()
         frequencies = self._frequencies.get(spec)
-        if frequencies is not None and torch.compiler.is_compiling():
-            # inside a compiled graph: the frequencies checked once in eager mode, and no position
-            # read back to the host (cos_sin checks positions by value: a graph break per layer)
+        if frequencies is not None:
+            # the frequencies were computed and checked once (recomputing them was a third of an
+            # eager decode step's forward); eager calls still check the positions by value, a
+            # compiled graph reads none back to the host (that would be a graph break per layer)
+            if not torch.compiler.is_compiling():
+                position_ids = checked_positions(spec, position_ids)
             cos, sin = tables_from(
                 spec, position_ids, *frequencies, dtype=work, device=x.device, precision=self.precision
             )
