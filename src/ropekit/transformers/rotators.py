@@ -64,6 +64,26 @@ def _compactor(duplicate: str):
     raise RopeShapeError(f"duplicate={duplicate!r} is not a duplicated (cat / repeat) table form")
 
 
+def _per_forward(compact):
+    """``_shared(compact(cos), compact(sin))``, remembered for the last (cos, sin): every attention
+    layer of one forward is handed the same two tensors, and the four views cost more than the
+    rest of a one-token call's bookkeeping.  A new tensor, or an in-place change of the old one
+    (its version counter), makes new views; while tracing nothing is remembered."""
+    last = [None]
+
+    def tables(cos, sin):
+        if torch.compiler.is_compiling():
+            return _shared(compact(cos), compact(sin))
+        hit = last[0]
+        if hit is not None and hit[0] is cos and hit[1] is sin and hit[2] == (cos._version, sin._version):
+            return hit[3]
+        pair = _shared(compact(cos), compact(sin))
+        last[0] = (cos, sin, (cos._version, sin._version), pair)
+        return pair
+
+    return tables
+
+
 def _format(unsqueeze_dim) -> str:
     # transformers unsqueezes cos [B, S, D] at the heads axis: 1 for [B, H, S, D], 2 for [B, S, H, D]
     if unsqueeze_dim == 1:
@@ -100,6 +120,10 @@ def build_rotator(conv: Convention):
 def _rotate_qk(q, k, cos, sin, unsqueeze_dim, *, layout: str, backend: str | None, inverse: bool = False):
     """What every q/k stand-in ends with, once it has one column per pair of each table."""
     c, s = _shared(cos, sin)
+    return _apply_qk(q, k, c, s, unsqueeze_dim, layout=layout, backend=backend, inverse=inverse)
+
+
+def _apply_qk(q, k, c, s, unsqueeze_dim, *, layout: str, backend: str | None, inverse: bool):
     fmt = _format(unsqueeze_dim)
     return apply_rope_qk(q, k, c, s, layout=layout, format=fmt, backend=backend, inverse=inverse)
 
@@ -117,9 +141,11 @@ def _qk(conv: Convention):
 
         return rotate_indexed
 
+    tables = _per_forward(compact)
+
     def rotate(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
-        c, s = compact(cos), compact(sin)
-        return _rotate_qk(q, k, c, s, unsqueeze_dim, layout=layout, backend=backend, inverse=inverse)
+        c, s = tables(cos, sin)
+        return _apply_qk(q, k, c, s, unsqueeze_dim, layout=layout, backend=backend, inverse=inverse)
 
     return rotate
 
