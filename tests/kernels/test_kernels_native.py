@@ -24,10 +24,18 @@ def built():
     assert native.ensure(wait=True), native.status()
 
 
+def _streaming(monkeypatch, on: bool) -> None:
+    """Out-of-place calls stream their outputs (bypassing the cache, pages populated in chunks)
+    from native.STREAM_MIN_BYTES on: 0 streams every one, a huge value none."""
+    monkeypatch.setattr(native, "STREAM_MIN_BYTES", 0 if on else 1 << 62)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 @pytest.mark.parametrize("rotary_dim", [80, 32])
-def test_native_is_bit_identical_to_reference(dtype, layout, rotary_dim):
+@pytest.mark.parametrize("stream", [False, True])
+def test_native_is_bit_identical_to_reference(dtype, layout, rotary_dim, stream, monkeypatch):
+    _streaming(monkeypatch, stream)
     spec = rk.RopeSpec(head_dim=80, rotary_dim=rotary_dim, layout=layout)
     cos, sin = rk.cos_sin(spec, 50)
     g = torch.Generator().manual_seed(1)
@@ -57,6 +65,27 @@ def test_native_q_and_k_split_over_threads_match_reference(monkeypatch):
     kw = dict(interleaved=False, inverse=False, inplace=False)
     assert torch.equal(gq, rotate_reference(q, cos, sin, pos, **kw))
     assert torch.equal(gk, rotate_reference(k, cos, sin, pos, **kw))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_streamed_outputs_over_many_chunks_and_threads_match_reference(dtype, layout, monkeypatch):
+    """Outputs of several MiB, streamed and populated chunk by chunk, split over two threads;
+    rotary_dim 96 of 128 (the tail copied), and a head dim whose rows are not 16-byte aligned
+    (the ordinary stores)."""
+    _streaming(monkeypatch, True)
+    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 1)
+    g = torch.Generator().manual_seed(5)
+    for head_dim, rotary_dim in ((128, 128), (128, 96), (74, 70)):
+        spec = rk.RopeSpec(head_dim=head_dim, rotary_dim=rotary_dim, layout=layout)
+        cos, sin = rk.cos_sin(spec, 600)
+        q = torch.randn(2, 300, 8, head_dim, generator=g).to(dtype)
+        k = torch.randn(2, 300, 2, head_dim, generator=g).to(dtype)
+        pos = torch.randint(0, 600, (2, 300), generator=g)
+        kw = dict(interleaved=layout == "interleaved", inverse=False, inplace=False)
+        gq, gk = cpu.rotate_qk_cpu(q, k, cos, sin, pos, **kw)
+        assert torch.equal(gq, rotate_reference(q, cos, sin, pos, **kw))
+        assert torch.equal(gk, rotate_reference(k, cos, sin, pos, **kw))
 
 
 def test_auto_cpu_call_uses_native_and_matches_oracle(monkeypatch):
@@ -143,12 +172,14 @@ def test_a_failing_build_is_a_visible_fallback(monkeypatch, tmp_path, caplog):
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_native_bf16_matches_reference_on_every_bf16_bit_pattern(inplace, layout):
+@pytest.mark.parametrize("R", [70, 64])
+def test_native_bf16_matches_reference_on_every_bf16_bit_pattern(inplace, layout, R, monkeypatch):
     """Every one of the 65536 bf16 patterns (NaNs, infinities, subnormals, -0) as either pair member,
     compared as bits (a NaN is not equal to itself): the SIMD steps (8 pairs half, 4 interleaved)
     and the scalar tail (70 pairs = 8 steps + 6, or 17 steps + 2) round exactly like torch's
-    float32 -> bfloat16."""
-    R = 70
+    float32 -> bfloat16; 64 pairs out of place is a 16-byte aligned row, written by the streaming
+    steps."""
+    _streaming(monkeypatch, True)
     patterns = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
     g = torch.Generator().manual_seed(3)
     first = patterns[torch.randperm(patterns.numel(), generator=g)]

@@ -54,6 +54,11 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-share
 #: below this many elements one thread does the whole call (a pool hand-off costs ~30 us)
 PARALLEL_MIN_NUMEL = 1 << 19
 
+#: out-of-place calls writing at least this many bytes stream their outputs: stores that bypass the
+#: cache (an output this much bigger than the last-level cache is evicted before anyone reads it,
+#: and a cached store first reads the line it overwrites) and pages populated a chunk at a time
+STREAM_MIN_BYTES = 16 << 20
+
 #: the dtype codes of native_code's rope_run
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
 _STATE: dict = {"state": "not built", "reason": None, "cache": None, "lib": None, "thread": None, "run": None}
@@ -192,7 +197,10 @@ def _pack(pairs, cos, sin, pos, start: int, interleaved: bool, inverse: bool, B:
         pb = pb if pos.shape[0] != 1 else 0
         vals = [_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), pos.data_ptr(), P, B, S, R]
         vals += [pb, ps]
-    vals += [int(interleaved), int(inverse)]
+    out_bytes = 0
+    for x4, o4 in pairs:
+        out_bytes += o4.nbytes if o4 is not x4 else -(1 << 62)  # in place: never streamed
+    vals += [int(interleaved), int(inverse), int(out_bytes >= STREAM_MIN_BYTES)]
     for x4, o4 in pairs:
         shape = x4.shape
         tail = int(o4 is not x4 and 2 * R < shape[3])
@@ -200,7 +208,7 @@ def _pack(pairs, cos, sin, pos, start: int, interleaved: bool, inverse: bool, B:
     return array.array("q", vals)  # ~20x cheaper to build than a ctypes array; rope_run reads its buffer
 
 
-assert len(ARGS) == 13 and len(PER_TENSOR) == 13  # _pack writes them in this order
+assert len(ARGS) == 14 and len(PER_TENSOR) == 13  # _pack writes them in this order
 
 
 def rotate_native(pairs, cos, sin, pos, *, interleaved: bool, inverse: bool, start: int = 0) -> None:
