@@ -88,6 +88,61 @@ def test_streamed_outputs_over_many_chunks_and_threads_match_reference(dtype, la
         assert torch.equal(gk, rotate_reference(k, cos, sin, pos, **kw))
 
 
+def test_calls_from_many_threads_at_once_match_reference(monkeypatch):
+    """Python threads calling at the same time (ctypes releases the GIL): one call has the helper
+    threads, the others rotate alone; every result is the reference's."""
+    import threading
+
+    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 1)
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=128), 64)
+    g = torch.Generator().manual_seed(7)  # big enough that the calls' C parts (GIL released) overlap
+    cases = [(torch.randn(4, 64, 8, 128, generator=g), torch.randint(0, 64, (4, 64), generator=g)) for _ in range(4)]
+    kw = dict(interleaved=False, inverse=False, inplace=False)
+    wants = [rotate_reference(x, cos, sin, pos, **kw) for x, pos in cases]
+    failures = []
+
+    def work(i):
+        x, pos = cases[i]
+        for _ in range(30):
+            if not torch.equal(cpu.rotate_cpu(x, cos, sin, pos, **kw), wants[i]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_a_forked_child_rotates_alone(tmp_path):
+    """The helper threads do not survive a fork: a child's calls rotate on its one thread (and
+    finish) instead of waiting for helpers that are not there."""
+    script = (
+        "import os, sys, torch, ropekit as rk\n"
+        "from ropekit.kernels import cpu, native\n"
+        "from ropekit.kernels.reference import rotate_reference\n"
+        "assert native.ensure(wait=True)\n"
+        "native.PARALLEL_MIN_NUMEL = 1\n"
+        "torch.set_num_threads(2)\n"
+        "cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=64), 64)\n"
+        "x, pos = torch.randn(4, 16, 6, 64), torch.randint(0, 64, (4, 16))\n"
+        "kw = dict(interleaved=False, inverse=False, inplace=False)\n"
+        "want = rotate_reference(x, cos, sin, pos, **kw)\n"
+        "assert torch.equal(cpu.rotate_cpu(x, cos, sin, pos, **kw), want)  # the helpers start here\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    ok = all(torch.equal(cpu.rotate_cpu(x, cos, sin, pos, **kw), want) for _ in range(5))\n"
+        "    os._exit(0 if ok else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    env = dict(os.environ, ROPEKIT_CACHE_DIR=native._cache_dir())
+    env["PYTHONPATH"] = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_auto_cpu_call_uses_native_and_matches_oracle(monkeypatch):
     seen = []
     real = native.rotate_native
