@@ -26,6 +26,7 @@ import math
 import torch
 
 from .errors import RopeSpecError, short_repr
+from .mrope import pairs_axes, rank_in_axis
 from .spec import MAX_INT, Dynamic, Linear, Llama3, LongRope, Proportional, RopeSpec, Yarn, yarn_mscale
 
 __all__ = ["inv_freq", "attention_factor", "PRECISIONS", "check_precision", "yarn_bounds"]
@@ -217,6 +218,18 @@ def _hf(spec: RopeSpec, seq_len: int | None) -> torch.Tensor:
     raise RopeSpecError(f"scaling={s!r} is not supported")  # pragma: no cover
 
 
+def _axial(spec: RopeSpec, one_axis) -> torch.Tensor:
+    """Axial RoPE: axis a's n_a pairs get the ladder of a rotary_dim = 2 n_a RoPE of their own
+    (``one_axis``, the precision's arithmetic, computes it), in the order the pairs come."""
+    axes = pairs_axes(spec.mrope_section, spec.mrope_interleaved, spec.mrope_axes, spec.n_pairs)
+    ladders = [one_axis(RopeSpec(head_dim=2 * n, base=spec.base), None) for n in spec.mrope_section if n]
+    start = [0]
+    for n in spec.mrope_section:
+        start.append(start[-1] + n)
+    index = torch.tensor([start[a] + k for a, k in zip(axes, rank_in_axis(axes))], dtype=torch.int64)
+    return torch.cat(ladders)[index]
+
+
 def inv_freq(spec: RopeSpec, seq_len: int | None = None, precision: str = "exact") -> tuple[torch.Tensor, float]:
     """Inverse frequencies (one per rotating pair) and the attention factor.
 
@@ -233,7 +246,8 @@ def inv_freq(spec: RopeSpec, seq_len: int | None = None, precision: str = "exact
     precision = check_precision(precision)
     seq_len = _check_seq_len(seq_len)
     try:
-        inv = _exact(spec, seq_len) if precision == "exact" else _hf(spec, seq_len)
+        one_axis = _exact if precision == "exact" else _hf
+        inv = _axial(spec, one_axis) if spec.axial else one_axis(spec, seq_len)
         factor = attention_factor(spec)
     except (OverflowError, ZeroDivisionError) as exc:  # Python-float scalars of extreme specs
         raise RopeSpecError(f"spec {spec.describe()} has no finite frequencies ({exc})") from None

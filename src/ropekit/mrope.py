@@ -26,6 +26,12 @@ kind, so two specs that rotate alike are equal, and their JSON is the named kind
 ((1, 2, 1), False, None)
 >>> describe_axes((1, 2, 1, 2, 0, 0))
 '(1 2)x2 0x2'
+
+Axial RoPE (image models, ``RopeSpec.axial``) uses the same maps, but every axis has a frequency
+ladder of its own: pair ``j`` turns at the ``rank_in_axis(axes)[j]``-th frequency of its axis.
+
+>>> rank_in_axis((0, 1, 0, 1, 1))
+(0, 0, 1, 1, 2)
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Any
 from .errors import RopeSpecError, RopeSpecTypeError, short_repr
 from .scaling import check_int
 
-__all__ = ["axis_map", "normalize", "describe_axes"]
+__all__ = ["axis_map", "pairs_axes", "rank_in_axis", "normalize", "describe_axes"]
 
 
 def axis_map(section: tuple[int, ...], interleaved: bool, n_pairs: int) -> tuple[int, ...]:
@@ -48,6 +54,21 @@ def axis_map(section: tuple[int, ...], interleaved: bool, n_pairs: int) -> tuple
         return tuple(axis for axis, width in enumerate(section) for _ in range(width))
     n_axes = len(section)
     return tuple(j % n_axes if j % n_axes and j < n_axes * section[j % n_axes] else 0 for j in range(n_pairs))
+
+
+def pairs_axes(section: tuple[int, ...], interleaved: bool, axes: tuple[int, ...] | None, n_pairs: int):
+    """The axis of every pair of a spec's (normalized) mRoPE fields, whichever form they take."""
+    return axes if axes is not None else axis_map(section, interleaved, n_pairs)
+
+
+def rank_in_axis(axes: tuple[int, ...]) -> tuple[int, ...]:
+    """For every pair, how many pairs before it follow the same axis: its index in that axis's ladder."""
+    seen: dict[int, int] = {}
+    ranks = []
+    for a in axes:
+        ranks.append(seen.get(a, 0))
+        seen[a] = ranks[-1] + 1
+    return tuple(ranks)
 
 
 def _check_section(section: Any, n_pairs: int) -> tuple[int, ...]:

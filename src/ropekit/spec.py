@@ -71,6 +71,11 @@ class RopeSpec:
         of every rotating pair, rotary_dim / 2 of them (ERNIE-4.5-VL alternates height and
         width, then time).  ``mrope_section`` then counts the pairs of each axis (derived when
         omitted); a map that is one of the section kinds is stored as that kind (``ropekit.mrope``).
+      axial: axial RoPE of image models (MLCD, SAM 3, DINOv3, EfficientLoFTR): every position
+        axis (row, column, ...) has a frequency ladder of its own over the pairs that follow it, so
+        the k-th of the n_a pairs of axis a turns at ``base ** (-k / n_a)`` (``inv_freq[j]`` of the
+        1-D ladder otherwise).  Needs the axes (``mrope_section`` / ``mrope_axes``) and no scaling;
+        positions may be negative or fractional (patch-centre coordinates).
       angle_sign: the direction pairs turn: pair i at position p turns by
         ``angle_sign * p * inv_freq[i]``.  1 (every family but one); -1 for NanoChat, whose apply
         function is rotate_half with sin negated.  Tables carry it as an exact sign flip of sin.
@@ -88,6 +93,7 @@ class RopeSpec:
     mrope_section: tuple[int, ...] | None = None
     mrope_interleaved: bool = False
     mrope_axes: tuple[int, ...] | None = None
+    axial: bool = False
     angle_sign: int = 1
     source: str | None = dataclasses.field(default=None, compare=False)
     # not a field people set: version of the dict format, for forward compatibility
@@ -144,6 +150,7 @@ class RopeSpec:
         set_field(self, "mrope_section", section)
         set_field(self, "mrope_interleaved", interleaved)
         set_field(self, "mrope_axes", axes)
+        _check_axial(self.axial, section, self.scaling)
         set_field(self, "angle_sign", _check_angle_sign(self.angle_sign))
         if self.source is not None and not isinstance(self.source, str):
             raise RopeSpecTypeError(f"source={short_repr(self.source)} must be a string or None")
@@ -189,6 +196,11 @@ class RopeSpec:
 
     def without_mrope(self) -> RopeSpec:
         """The same rotation over one position axis: no mRoPE sections, kind or axis map."""
+        if self.axial:
+            raise RopeSpecError(
+                "an axial spec has no one-axis form: each axis has a frequency ladder of its own, so without "
+                "its axes the frequencies would change"
+            )
         return self.replace(mrope_section=None, mrope_interleaved=False, mrope_axes=None)
 
     def turning_forward(self) -> RopeSpec:
@@ -218,6 +230,8 @@ class RopeSpec:
         }
         if self.mrope_axes is not None:  # only when set, so the section kinds' dicts stay as they were
             out["mrope_axes"] = list(self.mrope_axes)
+        if self.axial:  # only when set, so existing spec dicts stay as they were
+            out["axial"] = True
         if self.angle_sign != 1:  # only when -1, so existing spec dicts (and caches keyed by them) stay
             out["angle_sign"] = self.angle_sign
         if self.source is not None:  # only when set, so existing spec dicts stay as they were
@@ -267,9 +281,25 @@ class RopeSpec:
         elif self.mrope_section is not None:
             kind = "interleaved" if self.mrope_interleaved else "contiguous"
             parts.append(f"mrope={list(self.mrope_section)} {kind}")
+        if self.axial:
+            parts.append("axial (one frequency ladder per axis)")
         if self.angle_sign != 1:
             parts.append("angle_sign=-1 (turns by -angle)")
         return " ".join(parts)
+
+
+def _check_axial(axial: Any, section, scaling) -> None:
+    if not isinstance(axial, bool):
+        raise RopeSpecTypeError(f"axial={short_repr(axial)} must be a bool")
+    if axial and section is None:
+        raise RopeSpecError(
+            "axial=True needs the position axes: mrope_section or mrope_axes (which pairs follow which axis)"
+        )
+    if axial and scaling is not None:
+        raise RopeSpecError(
+            f"axial=True with scaling={scaling.kind!r}: no axial (image) RoPE scales its frequencies, so ropekit "
+            "does not define what that would mean; drop one of them"
+        )
 
 
 def _check_angle_sign(value: Any) -> int:

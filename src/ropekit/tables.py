@@ -19,7 +19,7 @@ import torch
 
 from .errors import RopeArgumentError, RopePositionError, RopeSpecError, RopeSpecTypeError, RopeTypeError, short_repr
 from .frequencies import check_precision, inv_freq
-from .mrope import axis_map
+from .mrope import pairs_axes
 from .spec import RopeSpec
 
 __all__ = [
@@ -45,8 +45,10 @@ POSITION_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint
                    torch.bfloat16, torch.float32, torch.float64)  # fmt: skip
 
 
-def as_positions(positions, name: str = "positions") -> torch.Tensor:
-    """An int/range/sequence/tensor of positions as an integer (or float) tensor, validated."""
+def as_positions(positions, name: str = "positions", signed: bool = False) -> torch.Tensor:
+    """An int/range/sequence/tensor of positions as an integer (or float) tensor, validated.
+    ``signed``: negative positions are allowed (image coordinates centred on the image, for an
+    axial spec); token positions never are."""
     if isinstance(positions, bool):
         raise RopeTypeError(f"{name}={positions!r} must be an int, a range or a tensor of positions")
     if isinstance(positions, int):
@@ -83,10 +85,11 @@ def as_positions(positions, name: str = "positions") -> torch.Tensor:
             raise RopePositionError(f"{name} contains non-finite values")
     if positions.numel():
         lo, hi = positions.min().item(), positions.max().item()
-        if lo < 0:
+        if lo < 0 and not signed:
             raise RopePositionError(f"{name} contains {lo}; positions must be >= 0")
-        if hi > MAX_EXACT_POSITION:
-            raise RopePositionError(f"{name} contains {hi}; positions above 2**53 are not representable exactly")
+        if max(hi, -lo) > MAX_EXACT_POSITION:
+            far = hi if hi > -lo else lo
+            raise RopePositionError(f"{name} contains {far}; positions beyond 2**53 are not representable exactly")
     return positions
 
 
@@ -139,12 +142,9 @@ def mrope_axis_of_columns(spec: RopeSpec) -> torch.Tensor:
     >>> mrope_axis_of_columns(rk.RopeSpec(head_dim=8, mrope_axes=(1, 2, 0, 0))).tolist()
     [1, 2, 0, 0]
     """
-    section = spec.mrope_section
-    if section is None:
+    if spec.mrope_section is None:
         raise RopeSpecError("spec has no mrope_section")
-    axes = spec.mrope_axes
-    if axes is None:
-        axes = axis_map(section, spec.mrope_interleaved, spec.n_pairs)
+    axes = pairs_axes(spec.mrope_section, spec.mrope_interleaved, spec.mrope_axes, spec.n_pairs)
     return torch.tensor(axes, dtype=torch.int64)
 
 
@@ -157,7 +157,7 @@ def checked_positions(spec: RopeSpec, positions) -> torch.Tensor:
     >>> checked_positions(rk.RopeSpec(head_dim=8), [0, 3]).tolist()
     [0, 3]
     """
-    positions = as_positions(positions)
+    positions = as_positions(positions, signed=spec.axial)
     if positions.numel() * spec.n_pairs > MAX_TABLE_ELEMENTS:
         raise RopePositionError(
             f"positions {list(positions.shape)} with rotary_dim={spec.rotary_dim} is a table of "

@@ -22,7 +22,8 @@ import pytest
 import ropekit as rk
 from ropekit.dialects.measured import SCORE_TOL, TABLE_TOL, Probe, axis_positions, family_layer_types
 from ropekit.dialects.rotary_modules import rope_sub_configs
-from ropekit.errors import RopeConfigError
+from ropekit.errors import RopeConfigError, RopePositionError
+from ropekit.tables import mrope_axis_of_columns
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,16 +62,19 @@ CONSISTENT = {
 }
 
 #: model_type -> words of the RopeConfigError that refuses it (transformers 5.24), with why
-_IMAGE = "is an image rotary with"
 REFUSED = {
-    # image rotaries: 2-D grids, normalized float coordinates, axial frequencies repeated per axis
-    "efficientloftr": f"{_IMAGE} 2-D (row, column) positions",
-    "eomt_dinov3": f"{_IMAGE} 2-D normalized float patch-centre coordinates",
-    "mlcd": f"{_IMAGE} axial 2-D (height, width) positions",
-    "mlcd_vision_model": f"{_IMAGE} axial 2-D (height, width) positions",
-    "sam3_vit_model": f"{_IMAGE} axial 2-D (height, width) positions",
     # the sections split the duplicated table: a pair's two members follow different axes
     **dict.fromkeys(("hunyuan_vl", "hunyuan_vl_text"), "the two members of a pair follow different axes"),
+}
+
+#: the 2-D image rotaries: model_type -> (layout, pairs per axis, whether the axes alternate pair by
+#: pair), read from each family's modeling code by hand (transformers 5.24), not from ropekit
+IMAGE = {
+    "mlcd": ("half", 26, False),  # head_dim 104: cat(height freqs, width freqs), duplicated by cat
+    "mlcd_vision_model": ("half", 26, False),
+    "sam3_vit_model": ("interleaved", 16, False),  # cat(h, w), repeat_interleave(2), rotate_pairwise
+    "eomt_dinov3": ("half", 16, False),  # angles (N, 2, head_dim/4).flatten(1, 2).tile(2)
+    "efficientloftr": ("interleaved", 64, True),  # emb[..., 0::2] rows, emb[..., 1::2] columns
 }
 
 
@@ -285,3 +289,80 @@ def test_per_axis_check_catches_a_wrong_axis_map():
     # the fallback for families outside the table measures the same map from the module itself
     measured = measure(config).spec
     assert measured == spec and "axis of each pair measured" in measured.source
+
+
+@pytest.mark.parametrize("model_type", sorted(IMAGE))
+def test_image_rotaries_are_axial(model_type):
+    """The image rotaries read as axial specs: the layout and axis arrangement their code has, exact
+    against their own module on a grid of patches; one frequency ladder for both axes (not axial), the
+    axes swapped, or the other layout, all fail the tolerances."""
+    layout, per_axis, alternate = IMAGE[model_type]
+    config = census()[model_type]
+    spec = rk.from_config(config)
+    probe = Probe(config)
+    assert (spec.layout, spec.axial, spec.mrope_section) == (layout, True, (per_axis, per_axis))
+    assert spec.mrope_interleaved == alternate and "axial image RoPE" in spec.source
+    assert probe.table_err(spec) <= TABLE_TOL and probe.score_err(spec) <= SCORE_TOL
+    assert probe.positions.shape[0] == 2  # [2, N]: one row per axis
+    if bool((probe.positions < 0).any()):  # DINOv3's centred coordinates: only an axial spec takes them
+        with pytest.raises(RopePositionError, match="must be >= 0"):
+            probe.table_err(spec.replace(axial=False))
+    else:
+        assert probe.table_err(spec.replace(axial=False)) > TABLE_TOL
+    axes = mrope_axis_of_columns(spec).tolist()
+    swapped = spec.replace(mrope_section=None, mrope_axes=[1 - a for a in axes], mrope_interleaved=False)
+    assert probe.table_err(swapped) > TABLE_TOL
+    assert probe.score_err(spec.with_layout("half" if layout == "interleaved" else "interleaved")) > SCORE_TOL
+    assert probe.table_err(spec.replace(base=spec.base * 1.001)) > TABLE_TOL
+
+
+def test_image_rotary_tables_against_its_own_module():
+    """SAM 3's module at hand-made fractional (h, w) ids, as its global layers scale them, against
+    ropekit's tables at the transposed ids (hf precision, bit for bit)."""
+    import torch
+    from transformers.models.sam3 import modeling_sam3
+
+    config = census()["sam3_vit_model"]
+    spec = rk.from_config(config)
+    ids = torch.stack([torch.arange(20).repeat_interleave(3), torch.arange(3).repeat(20)], dim=-1) * (24 / 7)
+    cos, sin = modeling_sam3.Sam3ViTRotaryEmbedding(config)(torch.zeros(1), ids)
+    mine_cos, mine_sin = rk.cos_sin(spec, ids.T, precision="hf")
+    assert torch.equal(cos[0, :, 0::2], mine_cos) and torch.equal(sin[0, :, 0::2], mine_sin)
+
+
+def test_image_rotaries_have_no_drop_in_module_and_no_patch():
+    """Their modules take the family's own patch inputs: RotaryEmbedding(config) refuses (naming the
+    way to build the tables), spec= takes ropekit's [2, N] positions; hf.patch refuses at patch() time."""
+    import torch
+
+    from ropekit.errors import RopeError, RopeSpecError
+    from transformers import MLCDVisionConfig, MLCDVisionModel
+
+    config = MLCDVisionConfig(
+        hidden_size=64, num_attention_heads=4, num_hidden_layers=1, intermediate_size=64, image_size=28, patch_size=14
+    )
+    with pytest.raises(RopeSpecError, match="axial image RoPE.*ropekit.cos_sin"):
+        rk.RotaryEmbedding(config)
+    spec = rk.from_config(config)
+    pos = torch.stack([torch.arange(3).repeat_interleave(2), torch.arange(2).repeat(3)])
+    cos, _ = rk.RotaryEmbedding(spec=spec)(torch.zeros(1, 6, 16), pos)
+    assert torch.equal(cos[:, : spec.n_pairs], rk.cos_sin(spec, pos)[0])
+    model = MLCDVisionModel(config).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RopeError, match="apply_rotary_pos_emb_vision"):
+        rk.hf.patch(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_hunyuan_vl_is_refused_with_the_per_pair_reading_named():
+    """HunyuanOCR's module splits its duplicated table by its sections: the refusal names the per-pair
+    reading (contiguous sections over the compact table). That reading equals the module at text
+    positions and differs at distinct per-axis positions, which is why it is not read silently."""
+    config = consistent_config("hunyuan_vl", census()["hunyuan_vl"])
+    with pytest.raises(RopeConfigError, match=r"rotate contiguous mrope_section=\[16, 16, 16, 16\] instead"):
+        rk.from_config(config)
+    probe = Probe(config)
+    base = config.get_text_config().rope_parameters["rope_theta"]
+    spec = rk.RopeSpec(head_dim=2 * probe.n_pairs, base=base, mrope_section=(16, 16, 16, 16))
+    assert probe.table_err(spec) == 0.0 and probe.score_err(spec) <= SCORE_TOL
+    assert probe.axes_err(spec) > 0.1

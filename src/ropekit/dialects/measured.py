@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RopeConfigError, RopeError
+from .image_rotaries import adapter_of, axes_on_grid, call_on_grid
 from .measured_axes import axis_positions, measure_axes
 from .rotary_modules import (
     SAMPLE_POSITIONS,
@@ -37,7 +38,6 @@ from .rotary_modules import (
     call_rotary,
     check_rope_sub_configs,
     compact_tables,
-    image_rotary_reason,
     module_failed,
     no_rope_layer_types,
     one_thread,
@@ -64,6 +64,8 @@ __all__ = [
 TABLE_TOL = 2e-6
 #: largest relative attention-score difference accepted between the two apply functions
 SCORE_TOL = 1e-5
+#: the sequence length the probe's tables are for (dynamic / longrope frequencies depend on it)
+_SEQ_LEN = len(SAMPLE_POSITIONS)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class Probe:
     is then judged against them (``table_err``, ``score_err``, ``axes_err``)."""
 
     def __init__(self, config, layer_type: str | None = None):
+        import torch
+
         if _transformers() is None:
             raise RopeConfigError("measuring a family's RoPE needs transformers: pip install 'ropekit[hf]'")
         self.family = family = getattr(config, "model_type", None)
@@ -150,12 +154,8 @@ class Probe:
         if cls is None:
             raise RopeConfigError(f"model_type={family!r}: transformers has no text RotaryEmbedding for this config")
         self.rotary_class = cls
-        image = image_rotary_reason(cls)
-        if image is not None:
-            raise RopeConfigError(
-                f"model_type={family!r}: {cls.__name__} is an image rotary with {image}; a RopeSpec describes "
-                f"a 1-D RoPE over token positions, so ropekit refuses rather than guessing"
-            )
+        #: how to call an image rotary on a grid of patches (None for a token RoPE)
+        self.image = adapter_of(cls)
         if layer_type is not None and layer_type in no_rope_layer_types(self.config):
             raise RopeConfigError(
                 f"model_type={family!r}: rope_parameters[{layer_type!r}] is null: "
@@ -177,15 +177,22 @@ class Probe:
             section = section.get(layer_type)
         #: the mRoPE sections the module itself uses (its default when the config has none)
         self.mrope_section = tuple(section) if section else None
+        modeling = importlib.import_module(cls.__module__)
+        #: the positions the module was called at: token positions, or [2, N] for a grid of patches
+        self.positions = torch.tensor(SAMPLE_POSITIONS)
         try:
             with one_thread():
-                self.raw = call_rotary(module, layer_type)
+                if self.image is None:
+                    self.raw = call_rotary(module, layer_type)
+                else:
+                    self.positions, *self.raw = call_on_grid(self.image, modeling, module)
         except Exception as exc:
             raise module_failed(family, cls, self.config, exc, f"calling {cls.__name__}") from None
         self.cos, self.sin, self.form = compact_tables(*self.raw)
-        self.apply_fn = apply_function_of(
-            importlib.import_module(cls.__module__), complex_table=self.raw[1] is None, config=self.config
-        )
+        if self.image is not None:
+            self.apply_fn = getattr(modeling, self.image.apply, None)
+        else:
+            self.apply_fn = apply_function_of(modeling, complex_table=self.raw[1] is None, config=self.config)
         if self.apply_fn is None:
             raise RopeConfigError(f"model_type={family!r}: its modeling module has no apply function to probe")
 
@@ -204,11 +211,7 @@ class Probe:
 
         with one_thread():
             c, s = cos_sin(
-                spec.turning_forward(),
-                torch.tensor(SAMPLE_POSITIONS),
-                dtype=torch.float32,
-                precision="hf",
-                seq_len=len(SAMPLE_POSITIONS),
+                spec.turning_forward(), self.positions, dtype=torch.float32, precision="hf", seq_len=_SEQ_LEN
             )
         if c.shape != self.cos.shape:
             return math.inf
@@ -224,13 +227,13 @@ class Probe:
 
         with one_thread():
             try:
-                q, k, ref = probe_scores(self.apply_fn, *self.raw, 2 * self.n_pairs, spec.mrope_section)
+                heads_last = self.image is not None and self.image.heads_last
+                q, k, ref = probe_scores(self.apply_fn, *self.raw, 2 * self.n_pairs, spec.mrope_section, heads_last)
             except Exception as exc:
                 raise RopeConfigError(
                     f"model_type={self.family!r}: probing {self.apply_fn.__name__} failed: {exc!r}"[:400]
                 ) from None
-            pos = torch.tensor(SAMPLE_POSITIONS)
-            cos, sin = cos_sin(spec, pos, dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS))
+            cos, sin = cos_sin(spec, self.positions, dtype=torch.float32, precision="hf", seq_len=_SEQ_LEN)
             if spec.rotary_dim != 2 * self.n_pairs:
                 return math.inf
             qr, kr = apply_rope_qk(q, k, cos, sin, layout=spec.layout, format="bhsd", backend="reference")
@@ -254,9 +257,7 @@ class Probe:
                 cos, sin, _ = compact_tables(*call_rotary(self.module, self.layer_type, pos[:, None, :]))
             except Exception as exc:
                 raise module_failed(self.family, self.rotary_class, self.config, exc, "per-axis positions") from None
-            c, s = cos_sin(
-                spec.turning_forward(), pos, dtype=torch.float32, precision="hf", seq_len=len(SAMPLE_POSITIONS)
-            )
+            c, s = cos_sin(spec.turning_forward(), pos, dtype=torch.float32, precision="hf", seq_len=_SEQ_LEN)
         if c.shape != cos.shape:
             return math.inf
         return max((c - cos).abs().max().item(), (s - sin).abs().max().item())
@@ -273,7 +274,7 @@ def _slice_of_head(probe: Probe, spec):
         return spec, ""
     params = list(inspect.signature(probe.apply_fn).parameters)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 2, len(SAMPLE_POSITIONS), spec.head_dim, generator=gen)
+    x = torch.randn(1, 2, probe.cos.shape[0], spec.head_dim, generator=gen)
     a, b = probe.raw
     try:
         with torch.no_grad(), one_thread():
@@ -300,23 +301,55 @@ def _turn_text(spec) -> str:
     return spec.layout if spec.angle_sign == 1 else f"{spec.layout} by -angle"
 
 
+def _read_layout(probe: Probe, layout: str, layer_type):
+    """ropekit's reading of the probed config in ``layout`` (an image rotary: measured on its grid)."""
+    family, name = probe.family, probe.rotary_class.__name__
+    if probe.image is not None:
+        return _image_spec(probe, layout)
+    try:
+        return _read_spec(probe.config, layout, layer_type, probe.n_pairs)
+    except RopeError as exc:
+        why = f"model_type={family!r}: {exc}"
+        if "must be even" in str(exc):  # odd nominal rotary_dim (head_dim * partial_rotary_factor)
+            why += (
+                f"; transformers' own {name} then builds {probe.n_pairs} frequencies base**(-2i/odd) "
+                f"(tables {2 * probe.n_pairs} wide), which no RopeSpec (base**(-2i/rotary_dim), rotary_dim "
+                f"even) describes; set head_dim (released checkpoints of such families do)"
+            )
+        raise RopeConfigError(why) from None
+
+
+def _image_spec(probe: Probe, layout: str):
+    """The axial spec of an image rotary: the axis of each pair read from its grid, its base from the
+    config, every axis with a ladder of its own (``RopeSpec.axial``); the tables then judge it."""
+    from ..spec import RopeSpec
+
+    family, name = probe.family, probe.rotary_class.__name__
+    axes = axes_on_grid(probe.positions, probe.sin)
+    if axes is None or axes_on_grid(probe.positions, probe.cos) != axes:
+        raise RopeConfigError(
+            f"model_type={family!r}: on a grid of patches some column of {name}'s tables follows no single axis "
+            f"(or several); refusing rather than guessing"
+        )
+    params = getattr(probe.config, "rope_parameters", None) or {}
+    kind = params.get("rope_type", "default")
+    if kind not in ("default", "axial"):
+        raise RopeConfigError(f"model_type={family!r}: rope_type={kind!r} on an image rotary is not one ropekit reads")
+    try:
+        return RopeSpec(
+            head_dim=2 * probe.n_pairs, base=params.get("rope_theta"), layout=layout, mrope_axes=axes, axial=True
+        )
+    except RopeError as exc:
+        raise RopeConfigError(f"model_type={family!r}: {exc}") from None
+
+
 def measure(config, layer_type: str | None = None) -> Measurement:
     """Measure the RoPE of a transformers ``PretrainedConfig`` from its family's modeling code."""
     probe = Probe(config, layer_type)
     family, name = probe.family, probe.rotary_class.__name__
     results = {}
     for layout in ("half", "interleaved"):
-        try:
-            spec = _read_spec(probe.config, layout, layer_type, probe.n_pairs)
-        except RopeError as exc:
-            why = f"model_type={family!r}: {exc}"
-            if "must be even" in str(exc):  # odd nominal rotary_dim (head_dim * partial_rotary_factor)
-                why += (
-                    f"; transformers' own {name} then builds {probe.n_pairs} frequencies base**(-2i/odd) "
-                    f"(tables {2 * probe.n_pairs} wide), which no RopeSpec (base**(-2i/rotary_dim), rotary_dim "
-                    f"even) describes; set head_dim (released checkpoints of such families do)"
-                )
-            raise RopeConfigError(why) from None
+        spec = _read_layout(probe, layout, layer_type)
         # the direction is measured like the layout: +angle first, -angle where +angle fails
         for sign in (1, -1):
             candidate = spec.replace(angle_sign=sign)
@@ -338,6 +371,10 @@ def measure(config, layer_type: str | None = None) -> Measurement:
             f"model_type={family!r}: ropekit's reading ({spec.describe()}) differs from {name}'s "
             f"tables by {table_err:.3g}; refusing rather than guessing"
         )
+    if probe.image is not None:
+        where = f"; an axial image RoPE whose positions are {probe.image.positions}"
+        note = f"measured from transformers {_transformers().__version__} {name} and {probe.apply_fn.__name__}{where}"
+        return Measurement(spec.replace(source=note), table_err, score_err, note)
     if probe.mrope_section is not None:
         spec = measure_axes(probe, spec, TABLE_TOL)
     spec, where = _slice_of_head(probe, spec)

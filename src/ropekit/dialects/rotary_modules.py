@@ -6,8 +6,7 @@ RopeSpec cannot describe at all, each refused with the exact reason:
 
 * composite configs whose transformer stacks each carry their own RoPE (BLT's encoder, global
   transformer, decoder and patcher): one spec per sub-config, so the caller names the sub-config;
-* image rotaries whose positions are not token indices (2-D grids, normalized float coordinates,
-  axial height/width frequencies repeated per axis).
+* (image rotaries, whose positions are patch grids, are called by ``image_rotaries``).
 
 >>> from transformers import LlamaConfig
 >>> cls, cfg = pick_rotary(LlamaConfig(hidden_size=64, num_attention_heads=4))
@@ -28,7 +27,6 @@ __all__ = [
     "rotary_classes",
     "pick_rotary",
     "rope_sub_configs",
-    "image_rotary_reason",
     "check_rope_sub_configs",
     "SAMPLE_POSITIONS",
     "call_rotary",
@@ -47,20 +45,6 @@ SAMPLE_POSITIONS = (*range(32), 100, 257, 1000, 2047)
 #: rotary classes of other towers (images, audio, diffusion heads): 2D / other position schemes,
 #: not the language model's
 _OTHER_TOWERS = ("Vision", "Audio", "DiT", "Talker", "Video")
-
-#: image rotaries whose class name does not say so, and what their positions are (read from
-#: each family's modeling code in transformers 5.24); a RopeSpec rotates by one integer token
-#: position per head, with inv_freq[i] = base ** (-2i / rotary_dim)
-_IMAGE_POSITIONS = {
-    "EfficientLoFTRRotaryEmbedding": "2-D (row, column) positions of the aggregated feature grid, derived from "
-    "the feature map's height and width (its forward takes no position ids)",
-    "EomtDinov3RotaryEmbedding": "2-D normalized float patch-centre coordinates in [-1, 1], angle "
-    "2*pi*coordinate*inv_freq, jittered and rescaled in training (its forward takes pixel values, no position ids)",
-    "MLCDRotaryEmbedding": "axial 2-D (height, width) positions: the same head_dim/4 frequencies repeated for "
-    "each axis, one half of the pairs per axis",
-    "Sam3ViTRotaryEmbedding": "axial 2-D (height, width) positions: the same head_dim/4 frequencies repeated "
-    "for each axis, one half of the pairs per axis",
-}
 
 
 def _modeling_module_of(config_class: type):
@@ -167,11 +151,6 @@ def pick_rotary(config):
     return None, None
 
 
-def image_rotary_reason(cls) -> str | None:
-    """Why ``cls`` is an image rotary a RopeSpec cannot describe (None for a 1-D token RoPE)."""
-    return _IMAGE_POSITIONS.get(cls.__name__)
-
-
 # -- calling a family's own rotary module and apply function ------------------------------------
 
 
@@ -229,18 +208,22 @@ def apply_function_of(module, complex_table: bool, config):
     return None
 
 
-def probe_scores(apply_fn, a, b, width, mrope_section):
+def probe_scores(apply_fn, a, b, width, mrope_section, heads_last: bool = False):
     """q.k scores (q at every position, k at every position) from the family's apply function,
-    called as its attention calls it: with the rotary module's outputs in the order it returns them."""
+    called as its attention calls it: with the rotary module's outputs in the order it returns them
+    (``heads_last``: q as [b, s, h, d] with [s, d] tables, as MLCD's vision apply takes them)."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
     # two heads: a function written for [b, s, h, d] cannot broadcast a [b, h, s, d] input, and back
-    q = torch.randn(1, 2, len(SAMPLE_POSITIONS), width, generator=gen)
-    k = torch.randn(1, 2, len(SAMPLE_POSITIONS), width, generator=gen)
+    q = torch.randn(1, 2, a.shape[0], width, generator=gen)
+    k = torch.randn(1, 2, a.shape[0], width, generator=gen)
     params = list(inspect.signature(apply_fn).parameters)
     with torch.no_grad():
-        if b is None:  # (xq, xk, freqs_cis): DeepSeek-V2 on [b, h, s, d], Llama 4 on [b, s, h, d]
+        if heads_last:
+            qr, kr = apply_fn(q.transpose(1, 2), k.transpose(1, 2), a, b)
+            qr, kr = qr.transpose(1, 2), kr.transpose(1, 2)
+        elif b is None:  # (xq, xk, freqs_cis): DeepSeek-V2 on [b, h, s, d], Llama 4 on [b, s, h, d]
             try:
                 qr, kr = apply_fn(q, k, a[None])
             except RuntimeError:

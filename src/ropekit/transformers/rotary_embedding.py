@@ -114,6 +114,14 @@ class RotaryEmbedding(torch.nn.Module):
             raise RopeSpecError("max_position_embeddings, base and scaling_factor belong to the legacy form: pass dim=")
         if config is not None:
             spec = _specs_from_config(config)
+            if any(s.axial for s in (spec.values() if isinstance(spec, dict) else [spec])):
+                # its module takes the family's own patch positions ([N, 2] ids, a feature map, pixels)
+                raise RopeSpecError(
+                    f"model_type={_model_type(config)!r} has an axial image RoPE, whose module takes the family's "
+                    "own patch positions; RotaryEmbedding stands in for token RoPE modules. Build its tables with "
+                    "ropekit.cos_sin(ropekit.from_config(config), positions) (positions [2, N], see spec.source), "
+                    "or pass spec= for a module taking ropekit's [2, N] positions"
+                )
             form = form or table_form(_model_type(config))
         if isinstance(spec, RopeSpec):
             spec = {None: spec}
@@ -302,7 +310,7 @@ class RotaryEmbedding(torch.nn.Module):
                 continue
             cos_sin(spec, 1, precision=self.precision)  # every check on the spec's frequencies, once
             out[spec] = _inv_freq(spec, precision=self.precision)
-            if spec.mrope_section is not None:  # the per-axis form strips the sections (see above)
+            if spec.mrope_section is not None and not spec.axial:  # the per-axis form strips the sections
                 plain = spec.without_mrope()
                 out[plain] = _inv_freq(plain, precision=self.precision)
         return out
