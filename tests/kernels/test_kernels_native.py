@@ -65,6 +65,11 @@ def test_native_q_and_k_split_over_threads_match_reference(monkeypatch):
     kw = dict(interleaved=False, inverse=False, inplace=False)
     assert torch.equal(gq, rotate_reference(q, cos, sin, pos, **kw))
     assert torch.equal(gk, rotate_reference(k, cos, sin, pos, **kw))
+    # in place, every row is rotated exactly once (a chunk claimed twice would turn twice)
+    for _ in range(20):  # the split takes a different share of the chunks each time
+        yq, yk = q.clone(), k.clone()
+        cpu.rotate_qk_cpu(yq, yk, cos, sin, pos, interleaved=False, inverse=False, inplace=True)
+        assert torch.equal(yq, gq) and torch.equal(yk, gk)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
