@@ -157,10 +157,12 @@ i64 rope_run_parallel(const i64 *a, i64 rows, i64 threads) {
     const i64 started = pool_now_ns();
     for (i64 c; (c = pool_claim(gen, 1)) >= 0;) pool_run_chunk(c);
     const i64 worked = pool_now_ns();
-    /* a helper finishes the chunks it claimed: spin briefly, then sleep, so that a helper whose
-       core was taken can move to this one (a yield would keep this core busy) */
+    /* a helper finishes the chunks it claimed: spin at most as long as this thread worked (a
+       sleeping thread takes up to ~0.5 ms to wake on this VM: sleeping at once made S=512 1.5x
+       slower), then sleep, so that a helper whose core was taken can move to this one (a yield
+       would keep this core busy) */
     for (i64 spin = 0; atomic_load_explicit(&pool_done, memory_order_acquire) < job_chunks; ++spin) {
-        if (spin < 2000) {
+        if ((spin & 63) != 63 || pool_now_ns() - worked < worked - started) {
             pool_relax();
             continue;
         }
