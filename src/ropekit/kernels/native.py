@@ -56,9 +56,11 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-share
 #: the library's source: the rotation, then the thread split
 C_SOURCE = ROTATION_SOURCE + POOL_SOURCE
 
-#: below this many elements one thread does the whole call (measured on 2 cores: the thread split
-#: breaks even at ~20K elements of a decode step, and halves 160K)
-PARALLEL_MIN_NUMEL = 1 << 15
+#: below this many elements one thread does the whole call.  Measured on 2 cores: splitting a
+#: decode step (32 x 40 heads x 128 = 164K elements) over both made it 0.87-0.95x the time on a
+#: quiet machine but 1.2-1.4x with another process on one core (the helper wakes late, on a busy
+#: core); a call of 512K elements and more is long enough for the split to pay either way
+PARALLEL_MIN_NUMEL = 1 << 19
 
 #: out-of-place calls writing at least this many bytes stream their outputs: stores that bypass the
 #: cache (an output this much bigger than the last-level cache is evicted before anyone reads it,

@@ -10,9 +10,10 @@ that has to wait for a busy core costs a scheduler tick (4 ms measured on 2 core
 rotation itself takes 50 us.  A Python pool hand-off also costs ~30 us, more than a decode step
 saves; this one costs a few (helpers spin for 50 us after a call before they sleep).
 
-A split that did not pay (the caller waited for a helper longer than it worked itself: the
-helper's core is taken by other processes) makes the next calls rotate alone, 1, 3, 7, ... up
-to 1023 of them, before the split is tried again.
+A split that did not pay (the caller waited for a helper longer than it worked itself, or the
+helpers did less than a quarter of the chunks: their cores are taken by other processes, or they
+woke too late) makes the next calls rotate alone, 1, 3, 7, ... up to 1023 of them, before the
+split is tried again.
 
 One call uses the helpers at a time (another thread calling meanwhile rotates alone).  After a
 fork the child has no helpers: its calls rotate alone.  The positions are checked on the calling
@@ -155,7 +156,8 @@ i64 rope_run_parallel(const i64 *a, i64 rows, i64 threads) {
     pthread_cond_broadcast(&pool_cv);
     pthread_mutex_unlock(&pool_mu);
     const i64 started = pool_now_ns();
-    for (i64 c; (c = pool_claim(gen, 1)) >= 0;) pool_run_chunk(c);
+    i64 own = 0;
+    for (i64 c; (c = pool_claim(gen, 1)) >= 0; ++own) pool_run_chunk(c);
     const i64 worked = pool_now_ns();
     /* a helper finishes the chunks it claimed: spin at most as long as this thread worked (a
        sleeping thread takes up to ~0.5 ms to wake on this VM: sleeping at once made S=512 1.5x
@@ -171,10 +173,12 @@ i64 rope_run_parallel(const i64 *a, i64 rows, i64 threads) {
             pthread_cond_wait(&pool_done_cv, &pool_mu);
         pthread_mutex_unlock(&pool_mu);
     }
-    /* waited longer than it worked: the helper was slow to finish its chunks (its core is busy
-       with other processes), so alone would have been faster.  Rotate alone for the next 1, 3,
-       7, ... calls (at most 1023), and try the split again after that; a split that pays resets */
-    if (pool_now_ns() - worked > worked - started) {
+    /* waited longer than it worked (the helper was slow to finish its chunks: its core is busy
+       with other processes), or the helpers did less than a quarter of the chunks (they woke too
+       late to help, and waking them cost this thread): alone would have been as fast or faster.
+       Rotate alone for the next 1, 3, 7, ... calls (at most 1023), and try the split again after
+       that; a split that pays resets */
+    if (pool_now_ns() - worked > worked - started || 4 * (job_chunks - own) < job_chunks) {
         pool_backoff = pool_backoff < 512 ? 2 * pool_backoff + 1 : 1023;
         atomic_store_explicit(&pool_skip, pool_backoff, memory_order_relaxed);
     } else {
