@@ -10,10 +10,9 @@ that has to wait for a busy core costs a scheduler tick (4 ms measured on 2 core
 rotation itself takes 50 us.  A Python pool hand-off also costs ~30 us, more than a decode step
 saves; this one costs a few (helpers spin for 50 us after a call before they sleep).
 
-A split that did not pay (the caller waited for a helper longer than it worked itself, or the
-helpers did less than a quarter of the chunks: their cores are taken by other processes, or they
-woke too late) makes the next calls rotate alone, 1, 3, 7, ... up to 1023 of them, before the
-split is tried again.
+Only calls of ``native.PARALLEL_MIN_NUMEL`` elements and more come here: a decode step split
+over two cores was 0.87-0.95x the time on a quiet machine, but 1.2-1.4x with another process on
+one core (a helper that wakes late, on a busy core, costs more than its chunks save).
 
 One call uses the helpers at a time (another thread calling meanwhile rotates alone).  After a
 fork the child has no helpers: its calls rotate alone.  The positions are checked on the calling
@@ -39,8 +38,6 @@ static uint32_t pool_posted = 0;             /* the same, under pool_mu */
 static _Atomic uint64_t pool_ticket = 0;     /* generation << 32 | first << 16 | end of the unclaimed chunks */
 static _Atomic i64 pool_done = 0;            /* chunks of this generation finished */
 static _Atomic i64 pool_bad = 0;
-static _Atomic i64 pool_skip = 0;            /* calls left to rotate alone after a split that did not pay */
-static i64 pool_backoff = 0;                 /* the next such pause, under pool_busy */
 static const i64 *job_args;                  /* the job of the current generation: written before */
 static i64 job_rows, job_chunk, job_chunks;  /* its ticket is published, read after a claim */
 
@@ -133,10 +130,6 @@ static void pool_start(i64 helpers) {
 i64 rope_run_parallel(const i64 *a, i64 rows, i64 threads) {
     i64 bad = rope_run(a, 0, 0, 1);
     if (bad || threads < 2 || rows < 2) return bad ? bad : rope_run(a, 0, rows, 0);
-    if (atomic_load_explicit(&pool_skip, memory_order_relaxed) > 0) {
-        atomic_fetch_sub_explicit(&pool_skip, 1, memory_order_relaxed);
-        return rope_run(a, 0, rows, 0);
-    }
     if (pthread_mutex_trylock(&pool_busy) != 0) return rope_run(a, 0, rows, 0);
     if (pool_helpers >= 0 && pool_helpers < threads - 1) pool_start(threads - 1);
     if (pool_helpers <= 0) {
@@ -156,8 +149,7 @@ i64 rope_run_parallel(const i64 *a, i64 rows, i64 threads) {
     pthread_cond_broadcast(&pool_cv);
     pthread_mutex_unlock(&pool_mu);
     const i64 started = pool_now_ns();
-    i64 own = 0;
-    for (i64 c; (c = pool_claim(gen, 1)) >= 0; ++own) pool_run_chunk(c);
+    for (i64 c; (c = pool_claim(gen, 1)) >= 0;) pool_run_chunk(c);
     const i64 worked = pool_now_ns();
     /* a helper finishes the chunks it claimed: spin at most as long as this thread worked (a
        sleeping thread takes up to ~0.5 ms to wake on this VM: sleeping at once made S=512 1.5x
@@ -172,17 +164,6 @@ i64 rope_run_parallel(const i64 *a, i64 rows, i64 threads) {
         while (atomic_load_explicit(&pool_done, memory_order_acquire) < job_chunks)
             pthread_cond_wait(&pool_done_cv, &pool_mu);
         pthread_mutex_unlock(&pool_mu);
-    }
-    /* waited longer than it worked (the helper was slow to finish its chunks: its core is busy
-       with other processes), or the helpers did less than a quarter of the chunks (they woke too
-       late to help, and waking them cost this thread): alone would have been as fast or faster.
-       Rotate alone for the next 1, 3, 7, ... calls (at most 1023), and try the split again after
-       that; a split that pays resets */
-    if (pool_now_ns() - worked > worked - started || 4 * (job_chunks - own) < job_chunks) {
-        pool_backoff = pool_backoff < 512 ? 2 * pool_backoff + 1 : 1023;
-        atomic_store_explicit(&pool_skip, pool_backoff, memory_order_relaxed);
-    } else {
-        pool_backoff = 0;
     }
     bad = atomic_load_explicit(&pool_bad, memory_order_relaxed);
     pthread_mutex_unlock(&pool_busy);
