@@ -6,9 +6,12 @@ threads *claim* (one atomic compare-and-swap each): the caller rotates chunks it
 start and waits only for chunks a helper has already claimed, so a helper that the OS has not
 scheduled yet delays nothing.  On a machine whose cores other processes share this matters: a
 fixed split (a Python thread pool, or an OpenMP team) waits for its slowest thread, and a thread
-that has to wait for a busy core costs a scheduler tick (4 ms measured on 2 cores) where the
-rotation itself takes 50 us.  A Python pool hand-off also costs ~30 us, more than a decode step
-saves; this one costs a few (helpers spin for 50 us after a call before they sleep).
+that has to wait for a busy core costs a scheduler tick (4 ms measured on 2 cores).  For a chunk
+a helper has started the caller spins at most as long as it worked itself, then sleeps (a
+sleeping thread takes up to ~0.5 ms to wake on a VM; a helper whose core was taken can then move
+to the caller's).  Helpers spin for 50 us after a call before they sleep.  With the Python pool
+this replaces, a child forked after its parent had split a call waited forever for pool threads
+that do not exist in it.
 
 Only calls of ``native.PARALLEL_MIN_NUMEL`` elements and more come here: a decode step split
 over two cores was 0.87-0.95x the time on a quiet machine, but 1.2-1.4x with another process on
