@@ -59,12 +59,46 @@ def _init_function(rope_type: str):
 
 
 def rope_config_validation(config, ignore_keys=None):
+    """4.4x: ropekit's check of ``config.rope_scaling`` as it stands (with the caller's
+    ``ignore_keys``, as the family's config passes them), then ``from_config`` reads the config."""
+    import ropekit as rk
+    from ropekit.dialects.hf_scaling import validate
+    from ropekit.dialects.releases import installed_release, rules_for
+
+    params = getattr(config, "rope_scaling", None)
+    if params:
+        _logged(
+            validate,
+            dict(params),
+            rules_for(installed_release()),
+            "rope_scaling",
+            ignore=ignore_keys or (),
+            max_position_embeddings=config.max_position_embeddings,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rk.RopeConfigWarning)  # said once, above
+        try:
+            rk.from_config(config.to_dict())
+        except rk.RopeConfigError as exc:
+            _raise_as_transformers(exc)
+
+
+def _logged(check, *args, **kwargs) -> None:
+    """Run ropekit's ``check``: a refusal raises transformers' exception for it, a RopeConfigWarning
+    becomes the warning transformers logs (the tests assert on those logs)."""
+    import logging
+
     import ropekit as rk
 
-    try:
-        rk.from_config(config.to_dict())
-    except rk.RopeConfigError as exc:
-        raise (KeyError if "is missing" in str(exc) else ValueError)(str(exc)) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            check(*args, **kwargs)
+        except rk.RopeConfigError as exc:
+            _raise_as_transformers(exc)
+    for warning in caught:
+        if issubclass(warning.category, rk.RopeConfigWarning):
+            logging.getLogger("transformers.modeling_rope_utils").warning(str(warning.message))
 
 
 def _raise_as_transformers(exc) -> None:
@@ -94,8 +128,6 @@ def _v5_validate_rope(self) -> None:
     ``from_config`` reads it, as the rotary module would.  A RopeConfigWarning of the check becomes
     the warning transformers logs (the test asserts on those logs).
     """
-    import logging
-
     import ropekit as rk
     from ropekit.dialects import layer_types_of
     from ropekit.dialects.hf_scaling import validate
@@ -103,7 +135,6 @@ def _v5_validate_rope(self) -> None:
 
     if not getattr(self, "rope_parameters", None):
         return
-    logger = logging.getLogger("transformers.modeling_rope_utils")
     rules = rules_for(installed_release())
     for layer_type in layer_types_of(self) or [None]:
         params = self.rope_parameters if layer_type is None else self.rope_parameters.get(layer_type)
@@ -111,22 +142,15 @@ def _v5_validate_rope(self) -> None:
             continue  # a layer type without RoPE
         where = "rope_parameters" if layer_type is None else f"rope_parameters[{layer_type!r}]"
         rope_type = params.get("rope_type", params.get("type", "default"))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                validate(
-                    dict(params),
-                    rules,
-                    where,
-                    rope_type,
-                    ignore=self.ignore_keys_at_rope_validation or (),
-                    max_position_embeddings=self.max_position_embeddings,
-                )
-            except rk.RopeConfigError as exc:
-                _raise_as_transformers(exc)
-        for warning in caught:
-            if issubclass(warning.category, rk.RopeConfigWarning):
-                logger.warning(str(warning.message))
+        _logged(
+            validate,
+            dict(params),
+            rules,
+            where,
+            rope_type,
+            ignore=self.ignore_keys_at_rope_validation or (),
+            max_position_embeddings=self.max_position_embeddings,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rk.RopeConfigWarning)  # said once, above
             try:
