@@ -352,3 +352,17 @@ def test_image_rotaries_have_no_drop_in_module_and_no_patch():
     with pytest.raises(RopeError, match="apply_rotary_pos_emb_vision"):
         rk.hf.patch(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_hunyuan_vl_is_refused_with_the_per_pair_reading_named():
+    """HunyuanOCR's module splits its duplicated table by its sections: the refusal names the per-pair
+    reading (contiguous sections over the compact table). That reading equals the module at text
+    positions and differs at distinct per-axis positions, which is why it is not read silently."""
+    config = consistent_config("hunyuan_vl", census()["hunyuan_vl"])
+    with pytest.raises(RopeConfigError, match=r"rotate contiguous mrope_section=\[16, 16, 16, 16\] instead"):
+        rk.from_config(config)
+    probe = Probe(config)
+    base = config.get_text_config().rope_parameters["rope_theta"]
+    spec = rk.RopeSpec(head_dim=2 * probe.n_pairs, base=base, mrope_section=(16, 16, 16, 16))
+    assert probe.table_err(spec) == 0.0 and probe.score_err(spec) <= SCORE_TOL
+    assert probe.axes_err(spec) > 0.1

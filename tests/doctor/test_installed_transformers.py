@@ -35,3 +35,15 @@ def test_partial_rotary_is_measured_as_each_release_runs_it(version):
     res = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == [version, "half", "r=4/16", "base=10000"], res.stdout
+
+
+def test_an_image_rotary_is_not_fingerprinted_as_a_token_rope():
+    """MLCD's module takes [N, 2] patch ids: fed 1-D positions it once read as 'no RoPE', and the
+    doctor then found no disagreement with ropekit's axial reading. Now the 1-D black box refuses."""
+    from ropekit.doctor.installed_transformers import transformers_rope_fn
+    from ropekit.errors import RopeConfigError
+
+    pytest.importorskip("transformers")
+    config = {"model_type": "mlcd_vision_model", "hidden_size": 64, "num_attention_heads": 4}
+    with pytest.raises(RopeConfigError, match="axial image rotary over a grid of patches"):
+        transformers_rope_fn(config)

@@ -129,12 +129,20 @@ def pair_axes(probe, spec, tol: float) -> tuple[int, ...]:
                 f"rather than guessing"
             )
         if len({d[0] for d in drivers}) > 1:
+            section = list(probe.mrope_section)
+            per_pair = (
+                f"; runtimes that split the compact table (one column per pair) by these sections rotate "
+                f"contiguous mrope_section={section} instead, a rotation: RopeSpec(..., mrope_section={section}) "
+                f"describes that reading, which differs from {name} at image positions"
+                if sum(section) == spec.n_pairs
+                else ""
+            )
             raise RopeConfigError(
                 f"model_type={family!r}: {name} splits its duplicated table by mrope_section "
-                f"{list(probe.mrope_section)}, so at distinct per-axis positions the two members of a pair follow "
+                f"{section}, so at distinct per-axis positions the two members of a pair follow "
                 f"different axes (pair {j}: columns {cols} follow axes {[d[0] for d in drivers]}) and turn by "
                 f"different angles: not a rotation, which no RopeSpec describes (exact for text positions only, "
-                f"where every axis is equal); refusing rather than guessing"
+                f"where every axis is equal); refusing rather than guessing{per_pair}"
             )
         axes.append(drivers[0][0])
     return tuple(axes)

@@ -88,6 +88,12 @@ def _rotary_and_apply(cfg, layer_type=None):
     if cls is None:  # rotary classes that do not take a config: an older release
         return _attention_built(cfg)
     probe = Probe(cfg, layer_type)
+    if probe.image is not None:
+        # fn(x, positions[n]) is a 1-D black box; these modules take the family's own patch inputs
+        raise RopeConfigError(
+            f"{probe.rotary_class.__name__} is an axial image rotary over a grid of patches: a 1-D fingerprint "
+            "does not apply (ropekit's reading of it is measured from this module on a grid: spec.source)"
+        )
     return probe.module, probe.apply_fn
 
 
