@@ -57,6 +57,13 @@ CASES = {
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 512,
     },
+    "llama3-original-beyond-max": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 4096,
+    },
     "longrope-no-original": {
         "rope_type": "longrope",
         "factor": 4.0,
@@ -97,6 +104,8 @@ def _kinds(messages) -> set[str]:
             kinds.add("implicit factor")
         if "Unrecognized keys" in text or "do not belong" in text:
             kinds.add("unrecognized keys")
+        if "less than max_position_embeddings" in text or "is not less than" in text:
+            kinds.add("original not below max")
     return kinds
 
 

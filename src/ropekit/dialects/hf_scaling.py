@@ -15,7 +15,8 @@ as strictly as that release does:
   where transformers logs "Unrecognized keys"; keys the family keeps there on purpose (``ignore``:
   mRoPE sections, 5.x ``ignore_keys_at_rope_validation``) pass, as transformers lets them.
 * yarn whose ``factor`` differs from ``max_position_embeddings / original_max_position_embeddings``
-  (4.56 and later) -> a ``RopeConfigWarning``, where transformers logs "implicit factor".
+  (4.56 and later) -> a ``RopeConfigWarning``, where transformers logs "implicit factor"; llama3
+  whose ``original_max_position_embeddings`` is not below ``max_position_embeddings`` -> one too.
 * 4.37 / 4.38: ``rope_scaling`` must be exactly ``{"type", "factor"}``, type linear or dynamic,
   factor a float > 1 (those releases raise ``ValueError`` otherwise).
 
@@ -127,6 +128,16 @@ def validate(
         )
     if rope_type == "yarn" and rules.yarn_warns_implicit_factor:
         _check_implicit_factor(params, rules, where, max_position_embeddings)
+    original = params.get(_ORIGINAL)
+    if rope_type == "llama3" and _is_number(original) and _is_number(max_position_embeddings):
+        if original >= max_position_embeddings:  # every release with llama3 logs this
+            warnings.warn(
+                f"{where}.original_max_position_embeddings={original!r} is not less than max_position_embeddings="
+                f"{max_position_embeddings!r}: llama3 scaling assumes a context extended beyond the pretraining "
+                f"length (transformers logs a warning and runs it, so does ropekit)",
+                RopeConfigWarning,
+                stacklevel=4,
+            )
 
 
 def _yarn_keys(rules: Rules) -> tuple[str, ...]:
