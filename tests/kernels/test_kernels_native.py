@@ -24,10 +24,18 @@ def built():
     assert native.ensure(wait=True), native.status()
 
 
+def _streaming(monkeypatch, on: bool) -> None:
+    """Out-of-place calls stream their outputs (bypassing the cache, pages populated in chunks)
+    from native.STREAM_MIN_BYTES on: 0 streams every one, a huge value none."""
+    monkeypatch.setattr(native, "STREAM_MIN_BYTES", 0 if on else 1 << 62)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 @pytest.mark.parametrize("rotary_dim", [80, 32])
-def test_native_is_bit_identical_to_reference(dtype, layout, rotary_dim):
+@pytest.mark.parametrize("stream", [False, True])
+def test_native_is_bit_identical_to_reference(dtype, layout, rotary_dim, stream, monkeypatch):
+    _streaming(monkeypatch, stream)
     spec = rk.RopeSpec(head_dim=80, rotary_dim=rotary_dim, layout=layout)
     cos, sin = rk.cos_sin(spec, 50)
     g = torch.Generator().manual_seed(1)
@@ -57,6 +65,87 @@ def test_native_q_and_k_split_over_threads_match_reference(monkeypatch):
     kw = dict(interleaved=False, inverse=False, inplace=False)
     assert torch.equal(gq, rotate_reference(q, cos, sin, pos, **kw))
     assert torch.equal(gk, rotate_reference(k, cos, sin, pos, **kw))
+    # in place, every row is rotated exactly once (a chunk claimed twice would turn twice)
+    for _ in range(20):  # the split takes a different share of the chunks each time
+        yq, yk = q.clone(), k.clone()
+        cpu.rotate_qk_cpu(yq, yk, cos, sin, pos, interleaved=False, inverse=False, inplace=True)
+        assert torch.equal(yq, gq) and torch.equal(yk, gk)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_streamed_outputs_over_many_chunks_and_threads_match_reference(dtype, layout, monkeypatch):
+    """Outputs of several MiB, streamed and populated chunk by chunk, split over two threads;
+    rotary_dim 96 of 128 (the tail copied), and a head dim whose rows are not 16-byte aligned
+    (the ordinary stores)."""
+    _streaming(monkeypatch, True)
+    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 1)
+    g = torch.Generator().manual_seed(5)
+    for head_dim, rotary_dim in ((128, 128), (128, 96), (74, 70)):
+        spec = rk.RopeSpec(head_dim=head_dim, rotary_dim=rotary_dim, layout=layout)
+        cos, sin = rk.cos_sin(spec, 600)
+        q = torch.randn(2, 300, 8, head_dim, generator=g).to(dtype)
+        k = torch.randn(2, 300, 2, head_dim, generator=g).to(dtype)
+        pos = torch.randint(0, 600, (2, 300), generator=g)
+        kw = dict(interleaved=layout == "interleaved", inverse=False, inplace=False)
+        gq, gk = cpu.rotate_qk_cpu(q, k, cos, sin, pos, **kw)
+        assert torch.equal(gq, rotate_reference(q, cos, sin, pos, **kw))
+        assert torch.equal(gk, rotate_reference(k, cos, sin, pos, **kw))
+
+
+def test_calls_from_many_threads_at_once_match_reference(monkeypatch):
+    """Python threads calling at the same time (ctypes releases the GIL): one call has the helper
+    threads, the others rotate alone; every result is the reference's."""
+    import threading
+
+    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 1)
+    cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=128), 64)
+    g = torch.Generator().manual_seed(7)  # big enough that the calls' C parts (GIL released) overlap
+    cases = [(torch.randn(4, 64, 8, 128, generator=g), torch.randint(0, 64, (4, 64), generator=g)) for _ in range(4)]
+    kw = dict(interleaved=False, inverse=False, inplace=False)
+    wants = [rotate_reference(x, cos, sin, pos, **kw) for x, pos in cases]
+    failures = []
+
+    def work(i):
+        x, pos = cases[i]
+        for _ in range(30):
+            if not torch.equal(cpu.rotate_cpu(x, cos, sin, pos, **kw), wants[i]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_a_forked_child_rotates_alone(tmp_path):
+    """The helper threads do not survive a fork: a child's calls rotate on its one thread (and
+    finish) instead of waiting for helpers that are not there."""
+    script = (
+        "import os, sys, torch, ropekit as rk\n"
+        "from ropekit.kernels import cpu, native\n"
+        "from ropekit.kernels.reference import rotate_reference\n"
+        "assert native.ensure(wait=True)\n"
+        "native.PARALLEL_MIN_NUMEL = 1\n"
+        "torch.set_num_threads(2)\n"
+        "cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=64), 64)\n"
+        "x, pos = torch.randn(4, 16, 6, 64), torch.randint(0, 64, (4, 16))\n"
+        "kw = dict(interleaved=False, inverse=False, inplace=False)\n"
+        "want = rotate_reference(x, cos, sin, pos, **kw)\n"
+        "assert torch.equal(cpu.rotate_cpu(x, cos, sin, pos, **kw), want)  # the helpers start here\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    ok = all(torch.equal(cpu.rotate_cpu(x, cos, sin, pos, **kw), want) for _ in range(5))\n"
+        "    os._exit(0 if ok else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    env = dict(os.environ, ROPEKIT_CACHE_DIR=native._cache_dir())
+    env["PYTHONPATH"] = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_auto_cpu_call_uses_native_and_matches_oracle(monkeypatch):
@@ -143,12 +232,14 @@ def test_a_failing_build_is_a_visible_fallback(monkeypatch, tmp_path, caplog):
 
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_native_bf16_matches_reference_on_every_bf16_bit_pattern(inplace, layout):
+@pytest.mark.parametrize("R", [70, 64])
+def test_native_bf16_matches_reference_on_every_bf16_bit_pattern(inplace, layout, R, monkeypatch):
     """Every one of the 65536 bf16 patterns (NaNs, infinities, subnormals, -0) as either pair member,
     compared as bits (a NaN is not equal to itself): the SIMD steps (8 pairs half, 4 interleaved)
     and the scalar tail (70 pairs = 8 steps + 6, or 17 steps + 2) round exactly like torch's
-    float32 -> bfloat16."""
-    R = 70
+    float32 -> bfloat16; 64 pairs out of place is a 16-byte aligned row, written by the streaming
+    steps."""
+    _streaming(monkeypatch, True)
     patterns = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
     g = torch.Generator().manual_seed(3)
     first = patterns[torch.randperm(patterns.numel(), generator=g)]

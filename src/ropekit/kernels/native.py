@@ -17,8 +17,10 @@ with a warning.
 The cache lives in ``$ROPEKIT_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ropekit`` or
 ``~/.cache/ropekit``), one file per (source, compiler, CPU features), written atomically.
 
-Threads: ctypes releases the GIL during the call, so big tensors are split by token rows over
-``torch.get_num_threads()`` threads from one persistent pool.
+Threads: ctypes releases the GIL during the call, so calls of more than ``PARALLEL_MIN_NUMEL``
+elements are split by token rows over ``torch.get_num_threads()`` threads: the calling one and
+the library's own helpers (``native_pool``: chunks claimed, no waiting for a thread the OS has
+not scheduled).
 
 >>> from ropekit.kernels import native
 >>> sorted(native.status())
@@ -27,38 +29,47 @@ Threads: ctypes releases the GIL during the call, so big tensors are split by to
 
 from __future__ import annotations
 
-import array
 import ctypes
 import hashlib
 import logging
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from ..errors import RopeArgumentError, RopePositionError
-from .native_code import ARGS, C_SOURCE, MAX_PAIRS, PER_TENSOR
+from .native_code import ARGS, MAX_PAIRS, PER_TENSOR
+from .native_code import C_SOURCE as ROTATION_SOURCE
+from .native_pool import POOL_SOURCE
 
 __all__ = ["ensure", "status", "rotate_native", "supports", "FLAGS", "MAX_PAIRS", "PositionOutOfTable"]
 
 log = logging.getLogger("ropekit")
 
 #: -ffp-contract=off: no fused multiply-add, so the rounding is the reference's (see native_code)
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu11")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu11", "-pthread")
+#: the library's source: the rotation, then the thread split
+C_SOURCE = ROTATION_SOURCE + POOL_SOURCE
 
-#: below this many elements one thread does the whole call (a pool hand-off costs ~30 us)
-PARALLEL_MIN_NUMEL = 1 << 19
+#: below this many elements one thread does the whole call (measured on 2 cores: the thread split
+#: breaks even at ~20K elements of a decode step, and halves 160K)
+PARALLEL_MIN_NUMEL = 1 << 15
+
+#: out-of-place calls writing at least this many bytes stream their outputs: stores that bypass the
+#: cache (an output this much bigger than the last-level cache is evicted before anyone reads it,
+#: and a cached store first reads the line it overwrites) and pages populated a chunk at a time
+STREAM_MIN_BYTES = 16 << 20
 
 #: the dtype codes of native_code's rope_run
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
 _STATE: dict = {"state": "not built", "reason": None, "cache": None, "lib": None, "thread": None, "run": None}
+_STATE["parallel"] = None
 _LOCK = threading.Lock()
-_POOL: dict = {}
 
 
 def _compiler() -> str | None:
@@ -113,8 +124,11 @@ def _load(path: str) -> None:
     lib = ctypes.CDLL(path)
     run = lib.rope_run
     run.restype = ctypes.c_int64
-    run.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
-    _STATE.update(lib=lib, run=run, state="ready", reason=None)
+    run.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]  # args: _pack's bytes
+    parallel = lib.rope_run_parallel
+    parallel.restype = ctypes.c_int64
+    parallel.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64]
+    _STATE.update(lib=lib, run=run, parallel=parallel, state="ready", reason=None)
 
 
 def _build_and_load(path: str, cc: str) -> None:
@@ -166,12 +180,6 @@ def supports(x: torch.Tensor, cos: torch.Tensor) -> bool:
     return x.dtype in _DTYPES and x.device.type == "cpu" and cos.shape[-1] <= MAX_PAIRS
 
 
-def _pool(n: int) -> ThreadPoolExecutor:
-    if _POOL.get("n") != n:
-        _POOL.update(n=n, pool=ThreadPoolExecutor(max_workers=n, thread_name_prefix="ropekit-native"))
-    return _POOL["pool"]
-
-
 class PositionOutOfTable(RopePositionError):
     """A token's position is outside the table (raised before anything is written): ``row`` is the
     flat token row, ``position`` its table row."""
@@ -181,26 +189,31 @@ class PositionOutOfTable(RopePositionError):
         self.row, self.position = row, position
 
 
-def _pack(pairs, cos, sin, pos, start: int, interleaved: bool, inverse: bool, B: int, S: int):
-    """The int64 argument array of ``rope_run`` (layout: native_code.ARGS, then PER_TENSOR each).
-    Each tensor attribute is read once: on a decode step this packing is a good part of the call."""
+def _pack(pairs, cos, sin, pos, start: int, flags: tuple, B: int, S: int) -> bytes:
+    """The int64 argument array of ``rope_run`` (layout: native_code.ARGS, then PER_TENSOR each;
+    ``flags``: interleaved, inverse, stream).  Each tensor attribute is read once, and the array
+    is one ``struct.pack`` (half the time of an ``array.array``): on a decode step this packing is
+    a good part of the call."""
     P, R = cos.shape
     if pos is None:  # rows start, start + 1, ... for every sequence: no position tensor at all
-        vals = [_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), 0, P, B, S, R, start, 0]
+        vals = [_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), 0, P, B, S, R, start, 0, *flags]
     else:  # [B, S] or [1, S] (one row of positions for every sequence: batch stride 0)
         pb, ps = pos.stride()
         pb = pb if pos.shape[0] != 1 else 0
         vals = [_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), pos.data_ptr(), P, B, S, R]
-        vals += [pb, ps]
-    vals += [int(interleaved), int(inverse)]
+        vals += (pb, ps, *flags)
     for x4, o4 in pairs:
         shape = x4.shape
-        tail = int(o4 is not x4 and 2 * R < shape[3])
-        vals += [x4.data_ptr(), o4.data_ptr(), shape[2], shape[3], *x4.stride(), *o4.stride(), tail]
-    return array.array("q", vals)  # ~20x cheaper to build than a ctypes array; rope_run reads its buffer
+        tail = o4 is not x4 and 2 * R < shape[3]
+        vals += (x4.data_ptr(), o4.data_ptr(), shape[2], shape[3], *x4.stride(), *o4.stride(), tail)
+    packer = _PACKERS.get(len(vals))
+    if packer is None:
+        packer = _PACKERS[len(vals)] = struct.Struct(f"={len(vals)}q")
+    return packer.pack(*vals)
 
 
-assert len(ARGS) == 13 and len(PER_TENSOR) == 13  # _pack writes them in this order
+_PACKERS: dict = {}  # one struct.Struct per argument count
+assert len(ARGS) == 14 and len(PER_TENSOR) == 13  # _pack writes them in this order
 
 
 def rotate_native(pairs, cos, sin, pos, *, interleaved: bool, inverse: bool, start: int = 0) -> None:
@@ -209,7 +222,8 @@ def rotate_native(pairs, cos, sin, pos, *, interleaved: bool, inverse: bool, sta
     rows ``start + s``).  Needs ``ensure()`` first.  Every position is checked before anything
     is written (``PositionOutOfTable``)."""
     x0 = pairs[0][0]
-    math = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    dtype = x0.dtype
+    math = torch.float64 if dtype == torch.float64 else torch.float32
     if cos.dtype != math or not cos.is_contiguous():
         cos = cos.to(math).contiguous()  # the reference rounds the tables to the math dtype too
     if sin.dtype != math or not sin.is_contiguous():
@@ -219,20 +233,19 @@ def rotate_native(pairs, cos, sin, pos, *, interleaved: bool, inverse: bool, sta
     shape = x0.shape
     B, S = shape[0], shape[1]
     rows = B * S
-    packed = _pack(pairs, cos, sin, pos, start, interleaved, inverse, B, S)  # pointers: all live to the end
-    args = packed.buffer_info()[0]  # the address; ``packed`` stays alive until the calls return
-    run = _STATE["run"]
-    # one thread below PARALLEL_MIN_NUMEL (x0's size decides: k is smaller than q)
-    n = 1 if len(pairs) * x0.numel() < PARALLEL_MIN_NUMEL else max(1, min(torch.get_num_threads(), rows))
-    if n == 1:
-        bad = run(args, 0, rows, 1)
+    numel = x0.numel()
+    out = 0  # elements written out of place (in place: never streamed)
+    if len(pairs) * numel * dtype.itemsize >= STREAM_MIN_BYTES:
+        for x4, o4 in pairs:
+            out = out + o4.numel() if o4 is not x4 else -(1 << 62)
+    flags = (interleaved, inverse, out * dtype.itemsize >= STREAM_MIN_BYTES)
+    args = _pack(pairs, cos, sin, pos, start, flags, B, S)  # pointers: all live to the end of the calls
+    # one thread below PARALLEL_MIN_NUMEL (x0's size decides: k is smaller than q); above, the
+    # library's own helpers (native_pool), which check the positions first too
+    if len(pairs) * numel < PARALLEL_MIN_NUMEL or (threads := torch.get_num_threads()) < 2:
+        bad = _STATE["run"](args, 0, rows, 1)
     else:
-        bad = run(args, 0, 0, 1)  # positions first, on this thread: no worker writes a row before it
-        if not bad:
-            bounds = [rows * i // n for i in range(n + 1)]
-            futures = [_pool(n - 1).submit(run, args, bounds[i], bounds[i + 1], 0) for i in range(1, n)]
-            results = [run(args, bounds[0], bounds[1], 0)] + [f.result() for f in futures]
-            bad = next((r for r in results if r), 0)
+        bad = _STATE["parallel"](args, rows, threads)
     if bad < 0:
         raise RopeArgumentError(f"rotary pairs {cos.shape[1]} exceed the native kernel's {MAX_PAIRS}")
     if bad:

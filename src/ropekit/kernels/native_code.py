@@ -19,14 +19,22 @@ anything when one lies outside the table: an in-place call never half-rotates it
 Each (token, head) row is first read into two local arrays of the math dtype (de-interleaved
 for the interleaved layout): the rotation then reads nothing it writes, so in place is one pass
 with no scratch buffer, and any stride of x is handled by the same loop.
+
+Big out-of-place calls (``stream`` set by ``kernels.native``) write their contiguous rows with
+streaming stores (``movntps``/``movntdq``: the same values, written around the cache, so no line
+is read just to be overwritten) and populate fresh output pages a chunk at a time (one
+``madvise`` per 256 KiB instead of a page fault per 4 KiB).  Measured on 2 cores (znver1,
+Llama-3-8B heads at S=4096, fresh outputs): fp32 26.4 -> 21.0 ms, bf16 18.1 -> 11.9 ms.
 """
 
 #: the most rotary pairs of one row (the kernel stages a row in arrays of this size on its stack)
 MAX_PAIRS = 4096
+#: fresh output pages are populated this many bytes at a time, each chunk just before it is written
+POPULATE_BYTES = 1 << 18
 
 #: the header of ``args``: dtype code (0 fp32, 1 bf16, 2 fp16, 3 fp64), tensors, table and position
 #: pointers, table rows P, batch B, sequence S, pairs R, position strides, flags
-ARGS = ("dtype", "n", "cos", "sin", "pos", "P", "B", "S", "R", "pb", "ps", "interleaved", "inverse")
+ARGS = ("dtype", "n", "cos", "sin", "pos", "P", "B", "S", "R", "pb", "ps", "interleaved", "inverse", "stream")
 #: (pos 0: no position tensor, token s of every sequence takes row pb + s)
 #: then, per tensor: its pointers, heads, head dim, strides of x and out, copy_tail
 PER_TENSOR = ("x", "o", "H", "D", "xb", "xs", "xh", "xd", "ob", "os", "oh", "od", "copy_tail")
@@ -34,9 +42,41 @@ PER_TENSOR = ("x", "o", "H", "D", "xb", "xs", "xh", "xd", "ob", "os", "oh", "od"
 C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#if defined(__linux__)
+#include <errno.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#endif
 
 typedef int64_t i64;
 #define MAX_PAIRS @MAX_PAIRS@
+#define POPULATE_BYTES @POPULATE_BYTES@
+
+/* Fresh output memory: the first write to each page is a fault in which the OS zeroes it.
+   MADV_POPULATE_WRITE (Linux 5.14) takes a chunk's faults in one call, just before the chunk is
+   written (so the zeroed pages are still in cache); it changes no byte.  Only whole pages inside
+   [start, start + bytes) are asked for, and only when the first of them is not mapped yet
+   (mincore): memory the allocator hands out again is mapped already, and asking for it costs a
+   walk of its pages for nothing.  An older kernel (EINVAL) is not asked again. */
+#if defined(__linux__)
+static long page_size = 0;
+static int populate_ok = 1;
+static void populate(void *start, i64 bytes) {
+    if (!populate_ok) return;
+    if (page_size <= 0) page_size = sysconf(_SC_PAGESIZE);
+    if (page_size <= 0) { populate_ok = 0; return; }
+    const uintptr_t mask = (uintptr_t)page_size - 1;
+    const uintptr_t first = ((uintptr_t)start + mask) & ~mask, end = ((uintptr_t)start + (uintptr_t)bytes) & ~mask;
+    unsigned char mapped = 0;
+    if (end <= first || (mincore((void *)first, (size_t)page_size, &mapped) == 0 && (mapped & 1))) return;
+    if (madvise((void *)first, end - first, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) populate_ok = 0;
+}
+#else
+static void populate(void *start, i64 bytes) { (void)start; (void)bytes; }
+#endif
 
 static inline float bf16_load(const uint16_t *p) {
     uint32_t u = (uint32_t)(*p) << 16; float f; memcpy(&f, &u, 4); return f;
@@ -67,60 +107,89 @@ static inline __m128i bf16_round4(__m128 f) {
     const __m128i r = _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(u, _mm_set1_epi32(0x7fff)), lsb), 16);
     return _mm_blendv_epi8(r, _mm_set1_epi32(0xffff), _mm_castps_si128(_mm_cmpunord_ps(f, f)));
 }
-static inline i64 bf16_rows_simd(const uint16_t *x, uint16_t *o, const float *c, const float *sn, i64 R) {
-    const __m128i z = _mm_setzero_si128();
-    i64 i = 0;
-    for (; i + 8 <= R; i += 8) {
-        const __m128i xa = _mm_loadu_si128((const __m128i *)(x + i));
-        const __m128i xb = _mm_loadu_si128((const __m128i *)(x + R + i));
-        const __m128 a0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xa)), a1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xa));
-        const __m128 b0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xb)), b1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xb));
-        const __m128 c0 = _mm_loadu_ps(c + i), c1 = _mm_loadu_ps(c + i + 4);
-        const __m128 s0 = _mm_loadu_ps(sn + i), s1 = _mm_loadu_ps(sn + i + 4);
-        const __m128 p0 = _mm_sub_ps(_mm_mul_ps(a0, c0), _mm_mul_ps(b0, s0));
-        const __m128 p1 = _mm_sub_ps(_mm_mul_ps(a1, c1), _mm_mul_ps(b1, s1));
-        const __m128 q0 = _mm_add_ps(_mm_mul_ps(b0, c0), _mm_mul_ps(a0, s0));
-        const __m128 q1 = _mm_add_ps(_mm_mul_ps(b1, c1), _mm_mul_ps(a1, s1));
-        _mm_storeu_si128((__m128i *)(o + i), _mm_packus_epi32(bf16_round4(p0), bf16_round4(p1)));
-        _mm_storeu_si128((__m128i *)(o + R + i), _mm_packus_epi32(bf16_round4(q0), bf16_round4(q1)));
-    }
-    return i;
+#define BF16_ROWS_SIMD(NAME, STORE128)                                                                       \
+static inline i64 NAME(const uint16_t *x, uint16_t *o, const float *c, const float *sn, i64 R) {              \
+    const __m128i z = _mm_setzero_si128();                                                                    \
+    i64 i = 0;                                                                                                \
+    for (; i + 8 <= R; i += 8) {                                                                              \
+        const __m128i xa = _mm_loadu_si128((const __m128i *)(x + i));                                        \
+        const __m128i xb = _mm_loadu_si128((const __m128i *)(x + R + i));                                    \
+        const __m128 a0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xa));                                        \
+        const __m128 a1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xa));                                        \
+        const __m128 b0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xb));                                        \
+        const __m128 b1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xb));                                        \
+        const __m128 c0 = _mm_loadu_ps(c + i), c1 = _mm_loadu_ps(c + i + 4);                                 \
+        const __m128 s0 = _mm_loadu_ps(sn + i), s1 = _mm_loadu_ps(sn + i + 4);                               \
+        const __m128 p0 = _mm_sub_ps(_mm_mul_ps(a0, c0), _mm_mul_ps(b0, s0));                                \
+        const __m128 p1 = _mm_sub_ps(_mm_mul_ps(a1, c1), _mm_mul_ps(b1, s1));                                \
+        const __m128 q0 = _mm_add_ps(_mm_mul_ps(b0, c0), _mm_mul_ps(a0, s0));                                \
+        const __m128 q1 = _mm_add_ps(_mm_mul_ps(b1, c1), _mm_mul_ps(a1, s1));                                \
+        STORE128((__m128i *)(o + i), _mm_packus_epi32(bf16_round4(p0), bf16_round4(p1)));                    \
+        STORE128((__m128i *)(o + R + i), _mm_packus_epi32(bf16_round4(q0), bf16_round4(q1)));                \
+    }                                                                                                         \
+    return i;                                                                                                 \
 }
+BF16_ROWS_SIMD(bf16_rows_simd, _mm_storeu_si128)
+BF16_ROWS_SIMD(bf16_rows_stream, _mm_stream_si128)
 /* the same for an interleaved row (pairs 2i, 2i + 1), 4 pairs per 8 loaded values: each table
    entry is duplicated onto its pair, and x * (c, c) + swap(x) * (-s, s) gives a * c - b * s and
    b * c + a * s with the same two roundings (adding -(b * s) is subtracting b * s exactly) */
-static inline i64 bf16_pairs_simd(const uint16_t *x, uint16_t *o, const float *c, const float *sn, i64 R) {
-    const __m128i z = _mm_setzero_si128();
-    const __m128 flip = _mm_castsi128_ps(_mm_set_epi32(0, (int)0x80000000u, 0, (int)0x80000000u));
+#define BF16_PAIRS_SIMD_FN(NAME, STORE128)                                                                   \
+static inline i64 NAME(const uint16_t *x, uint16_t *o, const float *c, const float *sn, i64 R) {              \
+    const __m128i z = _mm_setzero_si128();                                                                    \
+    const __m128 flip = _mm_castsi128_ps(_mm_set_epi32(0, (int)0x80000000u, 0, (int)0x80000000u));           \
+    i64 i = 0;                                                                                                \
+    for (; i + 4 <= R; i += 4) {                                                                              \
+        const __m128i xv = _mm_loadu_si128((const __m128i *)(x + 2 * i));                                    \
+        const __m128 v0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xv));                                        \
+        const __m128 v1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xv));                                        \
+        const __m128 cv = _mm_loadu_ps(c + i), sv = _mm_loadu_ps(sn + i);                                    \
+        const __m128 c0 = _mm_unpacklo_ps(cv, cv), c1 = _mm_unpackhi_ps(cv, cv);                             \
+        const __m128 s0 = _mm_xor_ps(_mm_unpacklo_ps(sv, sv), flip), s1 = _mm_xor_ps(_mm_unpackhi_ps(sv, sv), flip); \
+        const __m128 w0 = _mm_shuffle_ps(v0, v0, _MM_SHUFFLE(2, 3, 0, 1)); /* (b, a) of each pair */         \
+        const __m128 w1 = _mm_shuffle_ps(v1, v1, _MM_SHUFFLE(2, 3, 0, 1));                                   \
+        const __m128 y0 = _mm_add_ps(_mm_mul_ps(v0, c0), _mm_mul_ps(w0, s0));                                \
+        const __m128 y1 = _mm_add_ps(_mm_mul_ps(v1, c1), _mm_mul_ps(w1, s1));                                \
+        STORE128((__m128i *)(o + 2 * i), _mm_packus_epi32(bf16_round4(y0), bf16_round4(y1)));                \
+    }                                                                                                         \
+    return i;                                                                                                 \
+}
+BF16_PAIRS_SIMD_FN(bf16_pairs_simd, _mm_storeu_si128)
+BF16_PAIRS_SIMD_FN(bf16_pairs_stream, _mm_stream_si128)
+/* fp32 half-layout rows with streaming stores, 4 pairs per step (the same two roundings as the
+   scalar loop; the compiler vectorizes that loop itself for ordinary stores) */
+static inline i64 f32_rows_stream(const float *x, float *o, const float *c, const float *sn, i64 R) {
     i64 i = 0;
     for (; i + 4 <= R; i += 4) {
-        const __m128i xv = _mm_loadu_si128((const __m128i *)(x + 2 * i));
-        const __m128 v0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xv)), v1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xv));
+        const __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + R + i);
         const __m128 cv = _mm_loadu_ps(c + i), sv = _mm_loadu_ps(sn + i);
-        const __m128 c0 = _mm_unpacklo_ps(cv, cv), c1 = _mm_unpackhi_ps(cv, cv);
-        const __m128 s0 = _mm_xor_ps(_mm_unpacklo_ps(sv, sv), flip), s1 = _mm_xor_ps(_mm_unpackhi_ps(sv, sv), flip);
-        const __m128 w0 = _mm_shuffle_ps(v0, v0, _MM_SHUFFLE(2, 3, 0, 1)); /* (b, a) of each pair */
-        const __m128 w1 = _mm_shuffle_ps(v1, v1, _MM_SHUFFLE(2, 3, 0, 1));
-        const __m128 y0 = _mm_add_ps(_mm_mul_ps(v0, c0), _mm_mul_ps(w0, s0));
-        const __m128 y1 = _mm_add_ps(_mm_mul_ps(v1, c1), _mm_mul_ps(w1, s1));
-        _mm_storeu_si128((__m128i *)(o + 2 * i), _mm_packus_epi32(bf16_round4(y0), bf16_round4(y1)));
+        _mm_stream_ps(o + i, _mm_sub_ps(_mm_mul_ps(a, cv), _mm_mul_ps(b, sv)));
+        _mm_stream_ps(o + R + i, _mm_add_ps(_mm_mul_ps(b, cv), _mm_mul_ps(a, sv)));
     }
     return i;
 }
 #define BF16_SIMD(x, o, c, sn, R) bf16_rows_simd(x, o, c, sn, R)
+#define BF16_STREAM(x, o, c, sn, R) bf16_rows_stream(x, o, c, sn, R)
 #define BF16_PAIRS_SIMD(x, o, c, sn, R) bf16_pairs_simd(x, o, c, sn, R)
+#define BF16_PAIRS_STREAM(x, o, c, sn, R) bf16_pairs_stream(x, o, c, sn, R)
+#define F32_STREAM(x, o, c, sn, R) f32_rows_stream(x, o, c, sn, R)
 #define BF16_PAIRS 1
+#define STREAM_FENCE() _mm_sfence()
 #else
 #define BF16_SIMD(x, o, c, sn, R) 0
+#define BF16_STREAM(x, o, c, sn, R) 0
 #define BF16_PAIRS_SIMD(x, o, c, sn, R) 0
+#define BF16_PAIRS_STREAM(x, o, c, sn, R) 0
+#define F32_STREAM(x, o, c, sn, R) 0
 #define BF16_PAIRS 0
+#define STREAM_FENCE() ((void)0)
 #endif
 #define NO_SIMD(x, o, c, sn, R) 0
 
 /* one contiguous half-layout row (pairs i, R + i), out of place (restrict: x and o never overlap,
    so the loop vectorizes without alias checks) or in place (one pointer: each iteration reads its
    two elements before it writes them); SIMD does the pairs it can first (0 where there is none) */
-#define DEFINE_ROWS(NAME, T, M, LOAD, STORE, SIMD, PAIRS_SIMD)                                               \
+#define DEFINE_ROWS(NAME, T, M, LOAD, STORE, SIMD, PAIRS_SIMD, STREAM, PAIRS_STREAM)                         \
 static inline void NAME##_row(const T *restrict x, T *restrict o, const M *restrict c,              \
                               const M *restrict sn, i64 R) {                                       \
     for (i64 i = SIMD(x, o, c, sn, R); i < R; ++i) {                                            \
@@ -143,6 +212,22 @@ static inline void NAME##_pairs(const T *x, T *o, const M *restrict c, const M *
         STORE(o + 2 * i, a * c[i] - b * sn[i]);                                                 \
         STORE(o + 2 * i + 1, b * c[i] + a * sn[i]);                                             \
     }                                                                                           \
+}                                                                                               \
+/* the same two out of place, with streaming stores where there are SIMD steps for them */       \
+static inline void NAME##_row_stream(const T *restrict x, T *restrict o, const M *restrict c,       \
+                                     const M *restrict sn, i64 R) {                                \
+    for (i64 i = STREAM(x, o, c, sn, R); i < R; ++i) {                                          \
+        const M a = LOAD(x + i), b = LOAD(x + R + i);                                           \
+        STORE(o + i, a * c[i] - b * sn[i]);                                                     \
+        STORE(o + R + i, b * c[i] + a * sn[i]);                                                 \
+    }                                                                                           \
+}                                                                                               \
+static inline void NAME##_pairs_stream(const T *x, T *o, const M *restrict c, const M *restrict sn, i64 R) { \
+    for (i64 i = PAIRS_STREAM(x, o, c, sn, R); i < R; ++i) {                                    \
+        const M a = LOAD(x + 2 * i), b = LOAD(x + 2 * i + 1);                                   \
+        STORE(o + 2 * i, a * c[i] - b * sn[i]);                                                 \
+        STORE(o + 2 * i + 1, b * c[i] + a * sn[i]);                                             \
+    }                                                                                           \
 }
 
 /* rows [row0, row1) of the B*S token rows; returns 0, or 1 + the row whose position is outside
@@ -151,13 +236,18 @@ static inline void NAME##_pairs(const T *x, T *o, const M *restrict c, const M *
 static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i64 P,                    \
          i64 S, i64 H, i64 R, i64 D, i64 row0, i64 row1,                                        \
          i64 xb, i64 xs, i64 xh, i64 xd, i64 ob, i64 os, i64 oh, i64 od, i64 pb, i64 ps,        \
-         i64 interleaved, i64 inverse, i64 copy_tail) {                                         \
+         i64 interleaved, i64 inverse, i64 copy_tail, i64 stream) {                             \
     M x1[MAX_PAIRS], x2[MAX_PAIRS], sn[MAX_PAIRS];                                              \
     if (R > MAX_PAIRS) return -1;                                                               \
     const M sign = inverse ? (M)-1 : (M)1;                                                      \
     const i64 e1 = interleaved ? 2 : 1, e2 = interleaved ? 1 : R; /* pair i: e1*i, e1*i + e2 */ \
+    /* streaming into one contiguous block of rows: its pages are populated a chunk at a time */ \
+    const int fill = stream && od == 1 && oh == D && os == H * D && ob == S * os;               \
+    const i64 chunk = fill ? POPULATE_BYTES / (os * (i64)sizeof(T)) + 1 : 1;                    \
     for (i64 row = row0; row < row1; ++row) {                                                   \
         const i64 b = row / S, s = row % S;                                                     \
+        if (fill && (row - row0) % chunk == 0)                                                  \
+            populate(o + row * os, (row1 - row < chunk ? row1 - row : chunk) * os * (i64)sizeof(T)); \
         const i64 p = pos ? pos[b * pb + s * ps] : pb + s; /* no pos: a run of rows from pb */  \
         if (p < 0 || p >= P) return 1 + row;                                                    \
         const M *c = cos + p * R;                                                               \
@@ -168,7 +258,9 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
             if (xd == 1 && od == 1 && !interleaved) { /* the common case: no staging arrays */      \
                 if (orow == xr) NAME##_row_inplace(orow, c, sn, R);                                 \
                 else {                                                                          \
-                    NAME##_row(xr, orow, c, sn, R);                                             \
+                    if (stream && (((uintptr_t)orow | (uintptr_t)(R * sizeof(T))) & 15) == 0)  \
+                        NAME##_row_stream(xr, orow, c, sn, R);                                  \
+                    else NAME##_row(xr, orow, c, sn, R);                                        \
                     if (copy_tail) memcpy(orow + 2 * R, xr + 2 * R, (D - 2 * R) * sizeof(T));   \
                 }                                                                               \
                 continue;                                                                       \
@@ -176,7 +268,8 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
             /* interleaved and contiguous, where SIMD steps exist: elsewhere gcc 12 vectorizes this loop's \
                a * c - b * s / b * c + a * s into fused vfmaddsub despite -ffp-contract=off */     \
             if (PAIRS && xd == 1 && od == 1) {                                                  \
-                NAME##_pairs(xr, orow, c, sn, R);                                               \
+                if (stream && orow != xr && ((uintptr_t)orow & 15) == 0) NAME##_pairs_stream(xr, orow, c, sn, R); \
+                else NAME##_pairs(xr, orow, c, sn, R);                                          \
                 if (copy_tail && orow != xr) memcpy(orow + 2 * R, xr + 2 * R, (D - 2 * R) * sizeof(T)); \
                 continue;                                                                       \
             }                                                                                   \
@@ -212,23 +305,24 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
     return 0;                                                                                   \
 }
 
-DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store, NO_SIMD, NO_SIMD)
-DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store, BF16_SIMD, BF16_PAIRS_SIMD)
-DEFINE_ROWS(rope_f16, _Float16, float, f16_load, f16_store, NO_SIMD, NO_SIMD)
-DEFINE_ROWS(rope_f64, double, double, f64_load, f64_store, NO_SIMD, NO_SIMD)
+DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store, NO_SIMD, NO_SIMD, F32_STREAM, NO_SIMD)
+DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store, BF16_SIMD, BF16_PAIRS_SIMD, BF16_STREAM,
+            BF16_PAIRS_STREAM)
+DEFINE_ROWS(rope_f16, _Float16, float, f16_load, f16_store, NO_SIMD, NO_SIMD, NO_SIMD, NO_SIMD)
+DEFINE_ROWS(rope_f64, double, double, f64_load, f64_store, NO_SIMD, NO_SIMD, NO_SIMD, NO_SIMD)
 DEFINE_ROPE(rope_f32, float, float, f32_load, f32_store, 0)
 DEFINE_ROPE(rope_bf16, uint16_t, float, bf16_load, bf16_store, BF16_PAIRS)
 DEFINE_ROPE(rope_f16, _Float16, float, f16_load, f16_store, 0)
 DEFINE_ROPE(rope_f64, double, double, f64_load, f64_store, 0)
 
-enum { A_DTYPE, A_N, A_COS, A_SIN, A_POS, A_P, A_B, A_S, A_R, A_PB, A_PS, A_INTERLEAVED, A_INVERSE, A_HEAD };
+enum { A_DTYPE, A_N, A_COS, A_SIN, A_POS, A_P, A_B, A_S, A_R, A_PB, A_PS, A_INTERLEAVED, A_INVERSE, A_STREAM, A_HEAD };
 enum { T_X, T_O, T_H, T_D, T_XB, T_XS, T_XH, T_XD, T_OB, T_OS, T_OH, T_OD, T_COPY_TAIL, T_PER };
 
 #define CALL_ROPE(NAME, T, M)                                                                       \
     NAME((const T *)(intptr_t)u[T_X], (T *)(intptr_t)u[T_O], (const M *)(intptr_t)a[A_COS],         \
          (const M *)(intptr_t)a[A_SIN], pos, a[A_P], a[A_S], u[T_H], a[A_R], u[T_D], row0, row1,    \
          u[T_XB], u[T_XS], u[T_XH], u[T_XD], u[T_OB], u[T_OS], u[T_OH], u[T_OD], a[A_PB], a[A_PS],  \
-         a[A_INTERLEAVED], a[A_INVERSE], u[T_COPY_TAIL])
+         a[A_INTERLEAVED], a[A_INVERSE], u[T_COPY_TAIL], a[A_STREAM])
 
 /* rows [row0, row1) of every tensor in args; 0, -1 (too many pairs), or 1 + the first row whose
    position is outside the table (with check: found before anything is written) */
@@ -241,18 +335,19 @@ i64 rope_run(const i64 *a, i64 row0, i64 row1, i64 check) {
             if (p < 0 || p >= a[A_P]) return 1 + row;
         }
     }
-    for (i64 t = 0; t < a[A_N]; ++t) {
+    i64 bad = 0;
+    for (i64 t = 0; t < a[A_N] && !bad; ++t) {
         const i64 *u = a + A_HEAD + t * T_PER;
-        i64 bad = -1;
+        bad = -1;
         switch (a[A_DTYPE]) {
             case 0: bad = CALL_ROPE(rope_f32, float, float); break;
             case 1: bad = CALL_ROPE(rope_bf16, uint16_t, float); break;
             case 2: bad = CALL_ROPE(rope_f16, _Float16, float); break;
             case 3: bad = CALL_ROPE(rope_f64, double, double); break;
         }
-        if (bad) return bad;
     }
-    return 0;
+    if (a[A_STREAM]) STREAM_FENCE(); /* streamed stores are visible before the caller's join */
+    return bad;
 }
 """
-C_SOURCE = C_SOURCE.replace("@MAX_PAIRS@", str(MAX_PAIRS))
+C_SOURCE = C_SOURCE.replace("@MAX_PAIRS@", str(MAX_PAIRS)).replace("@POPULATE_BYTES@", str(POPULATE_BYTES))
