@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import unittest
 import warnings
+
+# the ropekit of this tree, not whichever one the environment has installed
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 
 def _legacy_spec(rope_type: str, kwargs: dict):
@@ -55,19 +59,131 @@ def _init_function(rope_type: str):
 
 
 def rope_config_validation(config, ignore_keys=None):
+    """4.4x: ropekit's check of ``config.rope_scaling`` as it stands (with the caller's
+    ``ignore_keys``, as the family's config passes them), then ``from_config`` reads the config."""
+    import ropekit as rk
+    from ropekit.dialects.hf_scaling import validate
+    from ropekit.dialects.releases import installed_release, rules_for
+
+    params = getattr(config, "rope_scaling", None)
+    if params:
+        _logged(
+            validate,
+            dict(params),
+            rules_for(installed_release()),
+            "rope_scaling",
+            ignore=ignore_keys or (),
+            max_position_embeddings=config.max_position_embeddings,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rk.RopeConfigWarning)  # said once, above
+        try:
+            rk.from_config(config.to_dict())
+        except rk.RopeConfigError as exc:
+            _raise_as_transformers(exc)
+
+
+def _logged(check, *args, **kwargs) -> None:
+    """Run ropekit's ``check``: a refusal raises transformers' exception for it, a RopeConfigWarning
+    becomes the warning transformers logs (the tests assert on those logs)."""
+    import logging
+
+    import ropekit as rk
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            check(*args, **kwargs)
+        except rk.RopeConfigError as exc:
+            _raise_as_transformers(exc)
+    for warning in caught:
+        if issubclass(warning.category, rk.RopeConfigWarning):
+            logging.getLogger("transformers.modeling_rope_utils").warning(str(warning.message))
+
+
+def _raise_as_transformers(exc) -> None:
+    raise (KeyError if "is missing" in str(exc) else ValueError)(str(exc)) from None
+
+
+def _v5_init_function(config, device=None, seq_len=None, layer_type=None, **kwargs):
+    """5.x: ``fn(config, device, seq_len=, layer_type=) -> (inv_freq, attention_factor)``."""
+    import torch
+
     import ropekit as rk
 
     try:
-        rk.from_config(config.to_dict())
+        spec = rk.from_config(config, layer_type=layer_type)
     except rk.RopeConfigError as exc:
-        raise (KeyError if "is missing" in str(exc) else ValueError)(str(exc)) from None
+        _raise_as_transformers(exc)
+    inv, factor = rk.inv_freq(spec, seq_len=None if seq_len is None else int(seq_len), precision="hf")
+    return inv.to(device=device, dtype=torch.float32), factor
+
+
+def _v5_validate_rope(self) -> None:
+    """``PreTrainedConfig.validate_rope`` by ropekit, for every layer type's RoPE dict.
+
+    transformers checks the dict as it stands (its rotary module and config loading fill in the
+    pretraining length first; ``from_config`` reproduces those): ropekit's check of a raw dict is
+    ``hf_scaling.validate``, with the config's ``ignore_keys_at_rope_validation``.  Then
+    ``from_config`` reads it, as the rotary module would.  A RopeConfigWarning of the check becomes
+    the warning transformers logs (the test asserts on those logs).
+    """
+    import ropekit as rk
+    from ropekit.dialects import layer_types_of
+    from ropekit.dialects.hf_scaling import validate
+    from ropekit.dialects.releases import installed_release, rules_for
+
+    if not getattr(self, "rope_parameters", None):
+        return
+    rules = rules_for(installed_release())
+    for layer_type in layer_types_of(self) or [None]:
+        params = self.rope_parameters if layer_type is None else self.rope_parameters.get(layer_type)
+        if params is None:
+            continue  # a layer type without RoPE
+        where = "rope_parameters" if layer_type is None else f"rope_parameters[{layer_type!r}]"
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        _logged(
+            validate,
+            dict(params),
+            rules,
+            where,
+            rope_type,
+            ignore=self.ignore_keys_at_rope_validation or (),
+            max_position_embeddings=self.max_position_embeddings,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rk.RopeConfigWarning)  # said once, above
+            try:
+                rk.from_config(self, layer_type=layer_type)
+            except rk.RopeConfigError as exc:
+                _raise_as_transformers(exc)
+
+
+def install_v5_shim() -> list[str]:
+    """5.x: ``validate_rope``, ``ROPE_INIT_FUNCTIONS`` (updated in place: modeling files import the
+    dict itself) and the default-RoPE functions of the rotary modules the file calls."""
+    import transformers.modeling_rope_utils as rope_utils
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    types = list(rope_utils.ROPE_INIT_FUNCTIONS)
+    for rope_type in types:
+        rope_utils.ROPE_INIT_FUNCTIONS[rope_type] = _v5_init_function
+    rope_utils.RotaryEmbeddingConfigMixin.validate_rope = _v5_validate_rope
+    for module in (LlamaRotaryEmbedding, Gemma3RotaryEmbedding):
+        module.compute_default_rope_parameters = staticmethod(_v5_init_function)
+    return ["default", *types]
 
 
 def install_shim() -> list[str]:
+    from ropekit.dialects.releases import installed_release
+
+    if installed_release() >= (5, 0, 0):
+        return install_v5_shim()
     import transformers.modeling_rope_utils as rope_utils
 
     import transformers
-    from ropekit.dialects.releases import installed_release, rules_for
+    from ropekit.dialects.releases import rules_for
 
     types = [t for t in rules_for(installed_release()).scaling_types if t not in ("mrope", "su")]
     functions = {t: _init_function(t) for t in types}

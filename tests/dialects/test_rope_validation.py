@@ -157,3 +157,62 @@ def test_inverse_frequencies_equal_transformers(rope_type, params):
     spec = rk.from_config(config)
     mine, my_factor = rk.inv_freq(spec, precision="hf")
     assert torch.equal(mine, theirs) and my_factor == pytest.approx(their_factor, rel=1e-12)
+
+
+def _transformers_logs_unrecognized(config) -> bool:
+    with transformers_log() as records:
+        config.validate_rope()
+    return any("Unrecognized keys" in r.getMessage() for r in records)
+
+
+def _ropekit_warns(config) -> bool:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rk.from_config(config)
+    return any(issubclass(w.category, rk.RopeConfigWarning) and "do not belong" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize(
+    "config_class, ignore",
+    [
+        ("LlamaConfig", None),  # a text-only family: mRoPE keys are unrecognized
+        ("LlamaConfig", {"mrope_section"}),  # ... unless the config says to ignore them
+        ("Qwen2VLTextConfig", None),  # a multimodal family's class ignores them
+    ],
+)
+def test_mrope_keys_warn_where_transformers_logs(config_class, ignore):
+    config = getattr(transformers, config_class)(hidden_size=64, num_attention_heads=2)
+    config.rope_parameters = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]}
+    if ignore is not None:
+        config.ignore_keys_at_rope_validation = ignore
+    expected = _transformers_logs_unrecognized(config)
+    assert expected == (config_class == "LlamaConfig" and ignore is None)
+    assert _ropekit_warns(config) == expected
+
+
+def test_ignore_keys_in_a_config_json_are_honoured_as_transformers_does():
+    keys = {"hidden_size": 64, "num_attention_heads": 2}
+    params = {"rope_type": "default", "rope_theta": 1e4, "llama_4_scaling_beta": 0.1}
+    for ignore in ([], ["llama_4_scaling_beta"]):
+        cfg = {"model_type": "llama", **keys, "rope_parameters": dict(params), "ignore_keys_at_rope_validation": ignore}
+        config = transformers.LlamaConfig.from_dict({k: v for k, v in cfg.items() if k != "model_type"})
+        assert _transformers_logs_unrecognized(config) == (not ignore)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rk.from_config(cfg)
+        assert any(issubclass(w.category, rk.RopeConfigWarning) for w in caught) == (not ignore)
+
+
+def test_a_text_only_family_runs_plain_rope_whatever_mrope_keys_it_carries():
+    """transformers' Llama ignores mrope_section (and logs so): ropekit's spec has no mRoPE either."""
+    keys = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 2}
+    plain = rk.from_config({**keys, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}})
+    with pytest.warns(rk.RopeConfigWarning, match="mrope_section"):
+        spec = rk.from_config(
+            {**keys, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 6, 6]}}
+        )
+    assert spec == plain and spec.mrope_section is None
+    config = transformers.LlamaConfig(**{k: v for k, v in keys.items() if k != "model_type"})
+    config.rope_parameters = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 6, 6]}
+    theirs = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config).inv_freq
+    assert torch.equal(rk.inv_freq(spec, precision="hf")[0], theirs)

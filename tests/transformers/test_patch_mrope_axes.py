@@ -101,7 +101,8 @@ def test_rotary_embedding_from_the_text_config_is_a_drop_in(precision):
 
 def test_the_whole_vision_language_model_gets_its_text_tower_patched():
     """Ernie4_5_VLMoeForConditionalGeneration (a one-block vision tower): the text rotary and attention
-    are patched from the composite config, the vision tower's attention is left alone, logits equal."""
+    are patched from the composite config, the vision tower's attention is left alone (its axial rotary
+    module gets ropekit's tables), logits equal."""
     from transformers import Ernie4_5_VLMoeConfig, Ernie4_5_VLMoeForConditionalGeneration
 
     text = {k: v for k, v in tm.config_for("ernie4_5_vl_moe").to_dict().items() if k != "model_type"}
@@ -119,7 +120,8 @@ def test_the_whole_vision_language_model_gets_its_text_tower_patched():
         report = rk.hf.patch(model)
         patched = model(input_ids=ids, position_ids=pos, use_cache=False).logits
     assert any("vision" in path for path, _ in report.skipped)
-    assert [c.path for c in report.changes if c.what == "rotary module"] == ["model.language_model.rotary_emb"]
+    swapped = [c.path for c in report.changes if c.what == "rotary module"]
+    assert swapped == ["model.language_model.rotary_emb", "model.vision_tower.rotary_pos_emb"]
     assert _rel(patched, reference) <= 1e-5
     rk.hf.unpatch(model)
 

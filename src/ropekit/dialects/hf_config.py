@@ -36,7 +36,7 @@ from typing import Any
 from ..errors import RopeConfigError, RopeConfigWarning, RopeSpecError
 from ..spec import RopeSpec, normalize_layout
 from .hf_families import FAMILIES, TEXT_OF, Family, family_of
-from .hf_scaling import scaling_of, standardize, validate
+from .hf_scaling import MROPE_KEYS, scaling_of, standardize, validate
 from .reading import Source, flag, integer, number, spec_error
 from .releases import NEWEST, release_text, rules_for, target_release
 
@@ -206,8 +206,24 @@ def _layout(cfg, family, fam, layout) -> str:
     return fam.layout
 
 
+def _ignored_keys(cfg: dict[str, Any], source: Source, fam: Family | None, rules) -> frozenset[str]:
+    """RoPE keys the release's validation lets pass for this config: a multimodal family's mRoPE
+    keys (a family outside the table may be one: its sections are read), and in 5.x those the
+    config names in ``ignore_keys_at_rope_validation`` (a class attribute, or a config.json key)."""
+    keys = set(MROPE_KEYS) if fam is None or fam.mrope is not None else set()
+    if rules.reads_rope_parameters:
+        declared = cfg.get("ignore_keys_at_rope_validation")
+        if isinstance(declared, (list, tuple, set, frozenset)):
+            keys.update(k for k in declared if isinstance(k, str))
+        keys.update(source.ignore_keys)
+    return frozenset(keys)
+
+
 def _mrope_fields(params, fam: Family | None, n_pairs: int, rope_type: str, where: str) -> dict[str, Any]:
-    """The RopeSpec's mRoPE fields: the family's own arrangement, or the config's sections."""
+    """The RopeSpec's mRoPE fields: the family's own arrangement, or the config's sections (a
+    family outside the table); a text-only family's module never reads sections."""
+    if fam is not None and fam.mrope is None and rope_type != "mrope":
+        return {}
     if fam is None or fam.mrope is None:
         if params.get("mrope_section") is None:
             return {}
@@ -312,7 +328,8 @@ def _read(source: Source, layer_type, layout, release) -> RopeSpec:
         )
     if rules.reads_rope_parameters:
         params = standardize(cfg, params, rope_type)
-    validate(params, rules, where, rope_type)
+    ignore = _ignored_keys(cfg, source, fam, rules)
+    validate(params, rules, where, rope_type, ignore=ignore, max_position_embeddings=cfg.get("max_position_embeddings"))
     try:
         scaling, attention_factor = scaling_of(cfg, params, rope_type, rotary_dim, partial, where, rules, family)
         mrope = _mrope_fields(params, fam, rotary_dim // 2, rope_type, where)

@@ -7,11 +7,16 @@ as strictly as that release does:
 * required keys missing -> ``RopeConfigError`` (transformers raises ``KeyError``/``ValueError``):
   linear/dynamic need ``factor``; yarn ``factor`` and (5.x) ``original_max_position_embeddings``;
   longrope ``short_factor``, ``long_factor`` and (5.x) ``original_max_position_embeddings``; llama3
-  ``factor``, ``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings``.
+  ``factor``, ``low_freq_factor``, ``high_freq_factor``, ``original_max_position_embeddings``
+  (every release).
   When reading a whole config, ``standardize`` first fills ``original_max_position_embeddings``
   from the top level (or ``max_position_embeddings``), as transformers 5.x does on load.
 * keys of another rope type (``short_factor`` on yarn) -> a ``RopeConfigWarning`` naming them,
-  where transformers logs "Unrecognized keys".
+  where transformers logs "Unrecognized keys"; keys the family keeps there on purpose (``ignore``:
+  mRoPE sections, 5.x ``ignore_keys_at_rope_validation``) pass, as transformers lets them.
+* yarn whose ``factor`` differs from ``max_position_embeddings / original_max_position_embeddings``
+  (4.56 and later) -> a ``RopeConfigWarning``, where transformers logs "implicit factor"; llama3
+  whose ``original_max_position_embeddings`` is not below ``max_position_embeddings`` -> one too.
 * 4.37 / 4.38: ``rope_scaling`` must be exactly ``{"type", "factor"}``, type linear or dynamic,
   factor a float > 1 (those releases raise ``ValueError`` otherwise).
 
@@ -33,7 +38,7 @@ from ..spec import Dynamic, Linear, Llama3, LongRope, Proportional, Yarn
 from .reading import flag, integer, number, numbers
 from .releases import Rules
 
-__all__ = ["scaling_of", "validate", "standardize", "REQUIRED", "OPTIONAL"]
+__all__ = ["scaling_of", "validate", "standardize", "REQUIRED", "OPTIONAL", "MROPE_KEYS"]
 
 _ORIGINAL = "original_max_position_embeddings"
 #: keys each rope type needs (5.x), and the ones it may have besides rope_type / rope_theta /
@@ -48,13 +53,14 @@ REQUIRED = {
     "proportional": (),
 }
 OPTIONAL = {
-    "yarn": ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"),
+    "yarn": ("attention_factor", "beta_fast", "beta_slow"),
     "longrope": ("attention_factor", "factor"),
     "proportional": ("factor",),
 }
 _ALWAYS = ("rope_type", "type", "rope_theta", "partial_rotary_factor")
-#: keys families keep in their scaling dict on purpose (mRoPE sections ...); never "unrecognized"
-_FAMILY_KEYS = ("mrope_section", "mrope_interleaved", "mrope_sections")
+#: the mRoPE keys multimodal families keep in their scaling dict (their configs tell transformers'
+#: validation to ignore them; a text-only family's validation calls them unrecognized)
+MROPE_KEYS = ("mrope_section", "mrope_interleaved", "mrope_sections")
 
 
 def standardize(cfg: dict[str, Any], params: dict[str, Any], rope_type: str) -> dict[str, Any]:
@@ -70,8 +76,17 @@ def standardize(cfg: dict[str, Any], params: dict[str, Any], rope_type: str) -> 
     return params
 
 
-def validate(params: dict[str, Any], rules: Rules, where: str = "rope_parameters", rope_type: str | None = None):
-    """Raise for what the release rejects; warn for keys it ignores (see the module docstring)."""
+def validate(
+    params: dict[str, Any],
+    rules: Rules,
+    where: str = "rope_parameters",
+    rope_type: str | None = None,
+    *,
+    ignore=(),
+    max_position_embeddings: Any = None,
+):
+    """Raise for what the release rejects; warn for keys it ignores and for a yarn factor that
+    contradicts the lengths (see the module docstring).  ``ignore``: keys the family keeps there."""
     rope_type = rope_type or params.get("rope_type") or params.get("type") or "default"
     if rope_type not in rules.scaling_types:
         raise RopeConfigError(
@@ -88,7 +103,7 @@ def validate(params: dict[str, Any], rules: Rules, where: str = "rope_parameters
             raise RopeConfigError(f"{where}.factor={factor!r} must be a float > 1 for this transformers release")
         return
     required = REQUIRED.get(rope_type, ())
-    if not rules.reads_rope_parameters:  # 4.43 - 4.57: the pretraining length was optional
+    if not rules.reads_rope_parameters and rope_type != "llama3":  # 4.x: yarn / longrope need no length
         required = tuple(k for k in required if k != _ORIGINAL)
     missing = [k for k in required if params.get(k) is None and k not in params]
     if missing:
@@ -96,9 +111,13 @@ def validate(params: dict[str, Any], rules: Rules, where: str = "rope_parameters
             f"{where}.{missing[0]} is missing from the config (rope_type={rope_type!r} requires "
             f"{', '.join(required)}; transformers raises here too)"
         )
-    known = set(required) | set(OPTIONAL.get(rope_type, ())) | set(_ALWAYS) | set(_FAMILY_KEYS)
-    if rope_type in ("yarn", "longrope", "llama3"):
+    known = set(required) | set(OPTIONAL.get(rope_type, ())) | set(_ALWAYS) | set(ignore)
+    if rope_type in ("longrope", "llama3"):
         known.add(_ORIGINAL)
+    if rope_type == "yarn":
+        known.update(_yarn_keys(rules))
+    if rope_type == "mrope":
+        known.update(MROPE_KEYS)
     unused = sorted(k for k in params if k not in known)
     if unused:
         warnings.warn(
@@ -106,6 +125,46 @@ def validate(params: dict[str, Any], rules: Rules, where: str = "rope_parameters
             f"them (and logs 'Unrecognized keys'), so does ropekit",
             RopeConfigWarning,
             stacklevel=4,
+        )
+    if rope_type == "yarn" and rules.yarn_warns_implicit_factor:
+        _check_implicit_factor(params, rules, where, max_position_embeddings)
+    original = params.get(_ORIGINAL)
+    if rope_type == "llama3" and _is_number(original) and _is_number(max_position_embeddings):
+        if original >= max_position_embeddings:  # every release with llama3 logs this
+            warnings.warn(
+                f"{where}.original_max_position_embeddings={original!r} is not less than max_position_embeddings="
+                f"{max_position_embeddings!r}: llama3 scaling assumes a context extended beyond the pretraining "
+                f"length (transformers logs a warning and runs it, so does ropekit)",
+                RopeConfigWarning,
+                stacklevel=4,
+            )
+
+
+def _yarn_keys(rules: Rules) -> tuple[str, ...]:
+    """The yarn keys a release reads besides factor, attention_factor and the betas."""
+    keys = (_ORIGINAL, "mscale", "mscale_all_dim") if rules.yarn_reads_mscale else ()
+    return keys + ("truncate",) if rules.yarn_reads_truncate else keys
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_implicit_factor(params: dict[str, Any], rules: Rules, where: str, max_position_embeddings: Any):
+    """Warn where transformers does: yarn's explicit factor is used, though the lengths say otherwise."""
+    factor, original = params.get("factor"), params.get(_ORIGINAL)
+    if not (_is_number(factor) and _is_number(original) and _is_number(max_position_embeddings) and original):
+        return  # nothing to compare (a bad value is refused when the scaling is read)
+    implicit = max_position_embeddings / original
+    # 5.x fills a missing original length with max_position_embeddings: a ratio of 1 says nothing
+    if implicit != factor and not (rules.reads_rope_parameters and implicit == 1):
+        warnings.warn(
+            f"{where}.factor={factor!r} differs from the implicit factor max_position_embeddings / "
+            f"original_max_position_embeddings = {max_position_embeddings} / {original} = {implicit!r}; "
+            f"transformers uses the explicit factor (and logs a warning), so does ropekit: correct "
+            f"original_max_position_embeddings if the model was trained otherwise",
+            RopeConfigWarning,
+            stacklevel=5,
         )
 
 
@@ -170,8 +229,12 @@ def scaling_of(cfg, params, rope_type, rotary_dim, partial, where, rules: Rules,
         ), None
     if rope_type == "yarn":
         # transformers: `beta_fast or 32`, so 0/null mean the default
-        mscale = number(params, "mscale", where=w) if params.get("mscale") is not None else None
-        mscale_all = number(params, "mscale_all_dim", where=w) if params.get("mscale_all_dim") is not None else None
+        # before 4.51 the mscale keys are not read (nor are they known keys: validate warned)
+        reads = rules.yarn_reads_mscale
+        mscale = number(params, "mscale", where=w) if reads and params.get("mscale") is not None else None
+        mscale_all = None
+        if reads and params.get("mscale_all_dim") is not None:
+            mscale_all = number(params, "mscale_all_dim", where=w)
         original = _original(cfg, params, where, rules, "yarn")
         if rules.yarn_factor_from_lengths and params.get(_ORIGINAL) is not None:
             # 4.51-4.55: the dict's original replaces its factor (DeepSeek-V3 style ratio)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RopeConfigError, RopeError
-from .image_rotaries import adapter_of, axes_on_grid, call_on_grid
+from .image_rotaries import adapter_of, call_on_grid, image_spec, refusal_of
 from .measured_axes import axis_positions, measure_axes
 from .rotary_modules import (
     SAMPLE_POSITIONS,
@@ -154,6 +154,10 @@ class Probe:
         if cls is None:
             raise RopeConfigError(f"model_type={family!r}: transformers has no text RotaryEmbedding for this config")
         self.rotary_class = cls
+        if refusal_of(cls) is not None:
+            raise RopeConfigError(
+                f"model_type={family!r}: {cls.__name__}: {refusal_of(cls)}; refusing rather than guessing"
+            )
         #: how to call an image rotary on a grid of patches (None for a token RoPE)
         self.image = adapter_of(cls)
         if layer_type is not None and layer_type in no_rope_layer_types(self.config):
@@ -190,7 +194,7 @@ class Probe:
             raise module_failed(family, cls, self.config, exc, f"calling {cls.__name__}") from None
         self.cos, self.sin, self.form = compact_tables(*self.raw)
         if self.image is not None:
-            self.apply_fn = getattr(modeling, self.image.apply, None)
+            self.apply_fn = next((getattr(modeling, n) for n in self.image.apply if hasattr(modeling, n)), None)
         else:
             self.apply_fn = apply_function_of(modeling, complex_table=self.raw[1] is None, config=self.config)
         if self.apply_fn is None:
@@ -226,19 +230,29 @@ class Probe:
         from ..tables import cos_sin
 
         with one_thread():
-            try:
-                heads_last = self.image is not None and self.image.heads_last
-                q, k, ref = probe_scores(self.apply_fn, *self.raw, 2 * self.n_pairs, spec.mrope_section, heads_last)
-            except Exception as exc:
-                raise RopeConfigError(
-                    f"model_type={self.family!r}: probing {self.apply_fn.__name__} failed: {exc!r}"[:400]
-                ) from None
+            q, k, ref = self._scores(spec)
             cos, sin = cos_sin(spec, self.positions, dtype=torch.float32, precision="hf", seq_len=_SEQ_LEN)
             if spec.rotary_dim != 2 * self.n_pairs:
                 return math.inf
             qr, kr = apply_rope_qk(q, k, cos, sin, layout=spec.layout, format="bhsd", backend="reference")
             mine = qr[0, 0] @ kr[0, 0].T
         return ((mine - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+    def _scores(self, spec):
+        """q, k and the family's own q.k scores, its apply function called as its attention calls it
+        (an image rotary whose convention is not known: [b, h, s, d] first, then [b, s, h, d])."""
+        conventions = [False] if self.image is None else [self.image.heads_last]
+        if conventions == [None]:
+            conventions = [False, True]
+        for i, heads_last in enumerate(conventions):
+            try:
+                return probe_scores(self.apply_fn, *self.raw, 2 * self.n_pairs, spec.mrope_section, heads_last)
+            except Exception as exc:
+                if i == len(conventions) - 1:
+                    raise RopeConfigError(
+                        f"model_type={self.family!r}: probing {self.apply_fn.__name__} failed: {exc!r}"[:400]
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def axes_err(self, spec) -> float:
         """For a module with mRoPE sections: max |cos/sin| difference at distinct temporal / height /
@@ -305,7 +319,7 @@ def _read_layout(probe: Probe, layout: str, layer_type):
     """ropekit's reading of the probed config in ``layout`` (an image rotary: measured on its grid)."""
     family, name = probe.family, probe.rotary_class.__name__
     if probe.image is not None:
-        return _image_spec(probe, layout)
+        return image_spec(probe, layout)
     try:
         return _read_spec(probe.config, layout, layer_type, probe.n_pairs)
     except RopeError as exc:
@@ -317,30 +331,6 @@ def _read_layout(probe: Probe, layout: str, layer_type):
                 f"even) describes; set head_dim (released checkpoints of such families do)"
             )
         raise RopeConfigError(why) from None
-
-
-def _image_spec(probe: Probe, layout: str):
-    """The axial spec of an image rotary: the axis of each pair read from its grid, its base from the
-    config, every axis with a ladder of its own (``RopeSpec.axial``); the tables then judge it."""
-    from ..spec import RopeSpec
-
-    family, name = probe.family, probe.rotary_class.__name__
-    axes = axes_on_grid(probe.positions, probe.sin)
-    if axes is None or axes_on_grid(probe.positions, probe.cos) != axes:
-        raise RopeConfigError(
-            f"model_type={family!r}: on a grid of patches some column of {name}'s tables follows no single axis "
-            f"(or several); refusing rather than guessing"
-        )
-    params = getattr(probe.config, "rope_parameters", None) or {}
-    kind = params.get("rope_type", "default")
-    if kind not in ("default", "axial"):
-        raise RopeConfigError(f"model_type={family!r}: rope_type={kind!r} on an image rotary is not one ropekit reads")
-    try:
-        return RopeSpec(
-            head_dim=2 * probe.n_pairs, base=params.get("rope_theta"), layout=layout, mrope_axes=axes, axial=True
-        )
-    except RopeError as exc:
-        raise RopeConfigError(f"model_type={family!r}: {exc}") from None
 
 
 def measure(config, layer_type: str | None = None) -> Measurement:

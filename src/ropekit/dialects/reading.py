@@ -42,6 +42,8 @@ class Source:
         self.data = data
         self.origin = origin  # "config.json at /path", "dict", "LlamaConfig"
         self.filename = filename  # "config.json" / "params.json" / "model_config.yaml" / None
+        # RoPE keys the config's own class tells transformers' validation to ignore
+        self.ignore_keys: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"Source({self.origin})"
@@ -158,11 +160,19 @@ def load(config: Any) -> Source:
         data = to_dict()
         if not isinstance(data, dict):
             raise RopeConfigError(f"{type(config).__name__}.to_dict() returned {type(data).__name__}, not a dict")
-        return Source(data, type(config).__name__)
+        return _object_source(config, data)
     raise RopeConfigError(
         f"config of type {type(config).__name__} is not supported; pass a transformers PretrainedConfig, "
         f"a dict, or a path to config.json / params.json / model_config.yaml / a model directory"
     )
+
+
+def _object_source(config: Any, data: dict[str, Any]) -> Source:
+    source = Source(data, type(config).__name__)
+    ignore = getattr(config, "ignore_keys_at_rope_validation", None)  # a class attribute: not in to_dict()
+    if isinstance(ignore, (set, frozenset, list, tuple)):
+        source.ignore_keys = frozenset(k for k in ignore if isinstance(k, str))
+    return source
 
 
 # ---------------------------------------------------------------------------------------------

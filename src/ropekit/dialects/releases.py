@@ -23,7 +23,15 @@ every release in between:
     AND replaces the dict's ``factor`` by ``max_position_embeddings / original``;
   - from 4.56 the dict's ``factor`` stays; the range uses the dict's original, else
     ``max_position_embeddings``;
-  - before 4.55 the range is always truncated (a ``truncate`` key is ignored).
+  - before 4.51 ``mscale`` / ``mscale_all_dim`` are not read (the attention factor is
+    ``0.1 ln(factor) + 1``), and validation calls them and ``original_max_position_embeddings``
+    unrecognized keys (read in 4.50.3 and 4.51.0);
+  - before 4.55 the range is always truncated (a ``truncate`` key is ignored, and unrecognized);
+  - from 4.56 validation warns when ``factor`` differs from the implicit factor
+    ``max_position_embeddings / original_max_position_embeddings`` (5.x: unless that ratio is 1,
+    which its standardization produces when the config names no original length).
+* validation ignores RoPE keys the family's config names (Qwen2-VL's ``mrope_section``; 5.x also
+  ``ignore_keys_at_rope_validation`` of the config), and warns about other unknown ones.
 * before 4.51 a llama-style longrope module picks its factors once, at init (long when the
   context is extended); from 4.51 it picks per sequence length, as Phi-3's own module does.
 * before 5.0: longrope reads only the top-level ``original_max_position_embeddings`` (the
@@ -104,6 +112,8 @@ class Rules:
     yarn_reads_truncate: bool = True
     longrope_fixed_at_init: bool = False
     dynamic_per_long_call: bool = False
+    yarn_warns_implicit_factor: bool = False
+    yarn_reads_mscale: bool = True
 
 
 def rules_for(release: tuple[int, int, int]) -> Rules:
@@ -125,4 +135,6 @@ def rules_for(release: tuple[int, int, int]) -> Rules:
         yarn_reads_truncate=release >= (4, 55, 0),
         longrope_fixed_at_init=release < (4, 51, 0),
         dynamic_per_long_call=release < (4, 43, 0),
+        yarn_warns_implicit_factor=release >= (4, 56, 0),
+        yarn_reads_mscale=release >= (4, 51, 0),
     )

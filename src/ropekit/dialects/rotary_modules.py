@@ -24,6 +24,7 @@ import inspect
 from ..errors import RopeConfigError
 
 __all__ = [
+    "OTHER_TOWERS",
     "rotary_classes",
     "pick_rotary",
     "rope_sub_configs",
@@ -44,7 +45,7 @@ SAMPLE_POSITIONS = (*range(32), 100, 257, 1000, 2047)
 
 #: rotary classes of other towers (images, audio, diffusion heads): 2D / other position schemes,
 #: not the language model's
-_OTHER_TOWERS = ("Vision", "Audio", "DiT", "Talker", "Video")
+OTHER_TOWERS = ("Vision", "Audio", "DiT", "Talker", "Video")
 
 
 def _modeling_module_of(config_class: type):
@@ -70,9 +71,10 @@ def _config_class_of(cls) -> type | None:
 
 
 @functools.cache
-def rotary_classes(config_class: type) -> tuple[tuple[type, type | None], ...]:
+def rotary_classes(config_class: type, towers: bool = False) -> tuple[tuple[type, type | None], ...]:
     """The ``(RotaryEmbedding class, config class it takes)`` pairs of the modeling module that
-    goes with ``config_class``, leaving out other towers' (vision, audio ...) rotary classes."""
+    goes with ``config_class``, leaving out other towers' (vision, audio ...) rotary classes
+    unless ``towers``."""
     module = _modeling_module_of(config_class)
     if module is None:
         return ()
@@ -80,7 +82,7 @@ def rotary_classes(config_class: type) -> tuple[tuple[type, type | None], ...]:
     for name, obj in vars(module).items():
         if not (isinstance(obj, type) and name.endswith("RotaryEmbedding") and obj.__module__ == module.__name__):
             continue
-        if not any(tower in name for tower in _OTHER_TOWERS):
+        if towers or not any(tower in name for tower in OTHER_TOWERS):
             found.append((obj, _config_class_of(obj)))
     return tuple(found)
 
@@ -126,6 +128,9 @@ def check_rope_sub_configs(config) -> None:
 def pick_rotary(config):
     """The language model's rotary class for ``config`` and the (sub-)config it is built from
     (``(None, None)`` when its family has none)."""
+    for cls, cfg_cls in rotary_classes(type(config), towers=True):
+        if cfg_cls is type(config) and any(tower in cls.__name__ for tower in OTHER_TOWERS):
+            return cls, config  # a tower's config with sub-configs of its own (DeepSeek-OCR 2's vision)
     names = rope_sub_configs(config)
     if len(names) == 1:  # e.g. an audio encoder's config inside a composite one
         config = getattr(config, names[0])
@@ -134,10 +139,14 @@ def pick_rotary(config):
     for cls, cfg_cls in classes:  # a class that takes exactly this config
         if cfg_cls is type(text):
             return cls, text
+    for cls, cfg_cls in rotary_classes(type(text), towers=True):  # a tower's own config (vision_config ...)
+        if cfg_cls is type(text):
+            return cls, text
     # composite families annotate the rotary class with the composite config, yet build it from
     # the text config (transformers' own models pass config.text_config) or from one of their
-    # sub-configs (BLT, Nemotron 3 diarization)
-    for cls, cfg_cls in classes:
+    # sub-configs (BLT, Nemotron 3 diarization; DeepSeek-OCR 2's vision encoder, a tower's part)
+    towers = tuple(c for c in rotary_classes(type(text), towers=True) if c not in classes)
+    for cls, cfg_cls in classes + towers:
         if cfg_cls is None:
             continue
         parts = getattr(cfg_cls, "sub_configs", None) or {}

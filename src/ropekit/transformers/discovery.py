@@ -96,7 +96,8 @@ def attention_layers(model):
         if "Attention" not in name or not type(mod).__module__.startswith("transformers."):
             continue
         if "Vision" in name or ".visual." in f".{path}.":
-            skipped.append((path, "vision-tower attention: its 2-D rotary is not the text RoPE; left to transformers"))
+            why = "vision-tower attention: its apply function is left to transformers (its rotary module is "
+            skipped.append((path, why + "swapped for ropekit's exact tables where the tower's RoPE is read)"))
             continue
         if type(mod) not in seen:
             seen[type(mod)] = _rope_globals(type(mod))

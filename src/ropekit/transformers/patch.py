@@ -54,6 +54,7 @@ from .forms import family_name, table_form
 from .position_tables import exact_sincos_table
 from .rotary_embedding import RotaryEmbedding
 from .rotators import build_rotator
+from .vision_towers import swap_vision_rotaries
 
 __all__ = ["patch", "unpatch", "is_patched", "PatchReport", "Change"]
 
@@ -354,6 +355,9 @@ def patch(model, layout: str | None = None, *, precision: str = "exact", backend
     try:
         report.specs = _swap_rotary_modules(model, specs, form, precision, undo) or dict(specs)
         _swap_position_tables(attention, specs, precision, undo)
+        towers: list = []
+        swap_vision_rotaries(model, precision, discovery.owner_of, towers, report.skipped, undo.modules)
+        report.changes += [Change(path, "rotary module", detail) for path, detail in towers]
     except Exception:
         _restore(undo)
         raise
