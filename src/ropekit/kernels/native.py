@@ -64,8 +64,12 @@ PARALLEL_MIN_NUMEL = 1 << 19
 
 #: out-of-place calls writing at least this many bytes stream their outputs: stores that bypass the
 #: cache (an output this much bigger than the last-level cache is evicted before anyone reads it,
-#: and a cached store first reads the line it overwrites) and pages populated a chunk at a time
-STREAM_MIN_BYTES = 16 << 20
+#: and a cached store first reads the line it overwrites) and pages populated a chunk at a time.
+#: 64 MiB, not 16: at S=512 fp32, Llama-3-8B heads (20 MiB of q + k), a streamed call took 1.11-1.30x
+#: the time of the code before streaming when the allocator handed its memory out again
+#: (benchmarks/cpu_ab.py, 4 runs), and an unstreamed one 1.04-1.11x; S=4096 (80 / 160 MiB) is streamed
+#: either way
+STREAM_MIN_BYTES = 64 << 20
 
 #: the dtype codes of native_code's rope_run
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
