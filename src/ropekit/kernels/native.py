@@ -134,6 +134,8 @@ def _load(path: str) -> None:
     parallel = lib.rope_run_parallel
     parallel.restype = ctypes.c_int64
     parallel.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64]
+    lib.rope_pool_prestart.argtypes = [ctypes.c_int64]
+    lib.rope_pool_prestart(max(torch.get_num_threads() - 1, 0))  # not on a first call's clock
     _STATE.update(lib=lib, run=run, parallel=parallel, state="ready", reason=None)
 
 

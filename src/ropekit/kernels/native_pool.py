@@ -128,6 +128,14 @@ static void pool_start(i64 helpers) {
     pthread_attr_destroy(&attr);
 }
 
+/* the helpers started ahead of the first split call (when the library is loaded): a first call
+   that started them itself took up to 2x its steady time (benchmarks/first_call.py) */
+void rope_pool_prestart(i64 helpers) {
+    if (pthread_mutex_trylock(&pool_busy) != 0) return;
+    if (pool_helpers >= 0 && pool_helpers < helpers) pool_start(helpers);
+    pthread_mutex_unlock(&pool_busy);
+}
+
 /* rows [0, rows) of every tensor in args over this thread and up to threads - 1 helpers; the
    result of rope_run (positions checked first, before anything is written) */
 i64 rope_run_parallel(const i64 *a, i64 rows, i64 threads) {
