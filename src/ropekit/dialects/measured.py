@@ -52,6 +52,7 @@ __all__ = [
     "axis_positions",
     "family_layer_types",
     "measure",
+    "measure_probe",
     "pick_rotary",
     "rotary_classes",
     "TABLE_TOL",
@@ -335,7 +336,11 @@ def _read_layout(probe: Probe, layout: str, layer_type):
 
 def measure(config, layer_type: str | None = None) -> Measurement:
     """Measure the RoPE of a transformers ``PretrainedConfig`` from its family's modeling code."""
-    probe = Probe(config, layer_type)
+    return measure_probe(Probe(config, layer_type), layer_type)
+
+
+def measure_probe(probe: Probe, layer_type: str | None = None) -> Measurement:
+    """``measure`` of a family whose module and apply function are already probed."""
     family, name = probe.family, probe.rotary_class.__name__
     results = {}
     for layout in ("half", "interleaved"):

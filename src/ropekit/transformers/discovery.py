@@ -24,6 +24,7 @@ import types
 import torch
 
 from ..errors import RopeError
+from .forms import widened
 from .rotators import Convention, build_rotator
 
 __all__ = [
@@ -106,14 +107,15 @@ def attention_layers(model):
     return attention, skipped
 
 
-def rotary_modules(model):
-    """``[(path, module)]`` of every text rotary module, each path it is registered under."""
+def rotary_modules(model, vision: bool = False):
+    """``[(path, module)]`` of every text rotary module (``vision``: every vision-tower rotary
+    module instead), each path it is registered under."""
     found = []
     for path, mod in model.named_modules(remove_duplicate=False):
         name = type(mod).__name__
         if (
             name.endswith("RotaryEmbedding")
-            and "Vision" not in name
+            and ("Vision" in name) == vision
             and type(mod).__module__.startswith("transformers.")
         ):
             found.append((path, mod))
@@ -187,10 +189,7 @@ def _probe_inputs(kind: str, duplicate: str, indexed: bool, mrope_section, takes
     if kind == "complex":
         return (q, k, torch.complex(cos, sin)[None]), (q, k, torch.complex(cos, sin)[None])
 
-    def dup(t):
-        return torch.cat((t, t), -1) if duplicate == "cat" else t.repeat_interleave(2, -1)
-
-    c, s = dup(cos), dup(sin)
+    c, s = widened(cos, duplicate), widened(sin, duplicate)
     if kind == "mrope":
         c, s = c.expand(3, 1, n, 2 * h), s.expand(3, 1, n, 2 * h)
         return (q, k, c, s, [*mrope_section]), (q, k, c, s, [*mrope_section])

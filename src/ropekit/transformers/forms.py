@@ -30,9 +30,18 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-__all__ = ["TableForm", "table_form", "DUPLICATES", "family_name"]
+import torch
+
+__all__ = ["TableForm", "table_form", "DUPLICATES", "family_name", "widened"]
 
 DUPLICATES = ("cat", "repeat", "sin_cos", "complex")
+
+
+def widened(table, duplicate: str):
+    """A compact table (one column per pair) in the two-columns-per-pair form ``duplicate``
+    (``"cat"`` or ``"repeat"``), as the family's rotary module returns it."""
+    return torch.cat((table, table), -1) if duplicate == "cat" else table.repeat_interleave(2, -1)
+
 
 #: families whose rotary module repeats columns (pairs are adjacent: the interleaved layout)
 _REPEAT = frozenset({"cohere", "cohere2", "ernie4_5_vl_moe"})

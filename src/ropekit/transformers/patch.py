@@ -356,7 +356,7 @@ def patch(model, layout: str | None = None, *, precision: str = "exact", backend
         report.specs = _swap_rotary_modules(model, specs, form, precision, undo) or dict(specs)
         _swap_position_tables(attention, specs, precision, undo)
         towers: list = []
-        swap_vision_rotaries(model, precision, discovery.owner_of, towers, report.skipped, undo.modules)
+        swap_vision_rotaries(model, precision, towers, report.skipped, undo.modules)
         report.changes += [Change(path, "rotary module", detail) for path, detail in towers]
     except Exception:
         _restore(undo)

@@ -52,7 +52,7 @@ from ..spec import Dynamic, Linear, LongRope, RopeSpec
 from ..tables import checked_positions, cos_sin, tables_from
 from . import legacy
 from .checkpoint_keys import INV_FREQ_KEY, check_inv_freq
-from .forms import DUPLICATES, TableForm, table_form
+from .forms import DUPLICATES, TableForm, table_form, widened
 
 __all__ = ["RotaryEmbedding", "LinearScalingRotaryEmbedding", "DynamicNTKScalingRotaryEmbedding"]
 
@@ -336,10 +336,8 @@ class RotaryEmbedding(torch.nn.Module):
         if backwards:
             sin = -sin
         dup = self.form.duplicate
-        if dup == "cat":
-            return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((sin, sin), dim=-1).to(dtype)
-        if dup == "repeat":
-            return cos.repeat_interleave(2, dim=-1).to(dtype), sin.repeat_interleave(2, dim=-1).to(dtype)
+        if dup in ("cat", "repeat"):
+            return widened(cos, dup).to(dtype), widened(sin, dup).to(dtype)
         if dup == "sin_cos":
             return sin.to(dtype), cos.to(dtype)
         return torch.complex(cos.float(), sin.float())  # complex64, as transformers' torch.polar gives

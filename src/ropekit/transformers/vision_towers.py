@@ -19,8 +19,10 @@ from ..errors import RopeError, RopeShapeError
 from ..frequencies import inv_freq
 from ..spec import RopeSpec
 from ..tables import checked_positions, tables_from
+from . import discovery
+from .forms import widened
 
-__all__ = ["AxialTables", "swap_vision_rotaries", "vision_rotary_modules"]
+__all__ = ["AxialTables", "swap_vision_rotaries"]
 
 
 class AxialTables(nn.Module):
@@ -48,43 +50,29 @@ class AxialTables(nn.Module):
         inv, factor = self.frequencies
         cos, sin = tables_from(self.spec, pos, inv, factor, dtype=work, device=x.device, precision=self.precision)
         out = x.dtype if self.follows_x else torch.float32
-        return self._form(cos).to(out), self._form(sin).to(out)
-
-    def _form(self, table: torch.Tensor) -> torch.Tensor:
-        return torch.cat((table, table), -1) if self.duplicated == "cat" else table.repeat_interleave(2, -1)
+        return widened(cos, self.duplicated).to(out), widened(sin, self.duplicated).to(out)
 
     def extra_repr(self) -> str:
         return f"exact {self.spec.describe()} precision={self.precision} (was {self.replaces})"
 
 
-def vision_rotary_modules(model):
-    """``[(path, module)]`` of every vision-tower rotary module of a transformers model."""
-    return [
-        (path, mod)
-        for path, mod in model.named_modules(remove_duplicate=False)
-        if type(mod).__name__.endswith("RotaryEmbedding")
-        and ("Vision" in type(mod).__name__ or "Video" in type(mod).__name__)
-        and type(mod).__module__.startswith("transformers.")
-    ]
-
-
 def _stand_in(mod, precision: str):
     """(AxialTables for ``mod``, None) or (None, why it is left to transformers)."""
-    from ..dialects.measured import Probe, measure
+    from ..dialects.measured import Probe, measure_probe
 
     config = getattr(mod, "config", None)
     if not callable(getattr(config, "to_dict", None)):  # releases whose tower module takes (dim, theta)
         return None, f"{type(mod).__name__} holds no config to read its RoPE from"
     try:
         probe = Probe(config)
-        spec = measure(config).spec
+        spec = measure_probe(probe).spec
     except RopeError as exc:
         return None, f"no spec reads it ({str(exc)[:160]})"
     if probe.rotary_class is not type(mod) or probe.image is None or not spec.axial:
         return None, f"{type(mod).__name__} is not an axial tower rotary ropekit reads"
-    duplicated = "cat" if probe.form.endswith("duplicated by cat") else "repeat"
     if not probe.form.endswith(("duplicated by cat", "repeated per column")):
         return None, f"its tables come in a form ropekit does not hand out ({probe.form})"
+    duplicated = "cat" if probe.form.endswith("duplicated by cat") else "repeat"
     with torch.no_grad():
         follows_x = probe.module(torch.zeros(1, dtype=torch.bfloat16), probe.positions.T[:2])[0].dtype == torch.bfloat16
     name = type(mod).__name__
@@ -100,12 +88,12 @@ def _stand_in(mod, precision: str):
     return stand_in, None
 
 
-def swap_vision_rotaries(model, precision: str, owner_of, changes: list, skipped: list, modules: list) -> None:
+def swap_vision_rotaries(model, precision: str, changes: list, skipped: list, modules: list) -> None:
     """Replace every vision-tower rotary module ropekit reads by its ``AxialTables`` (all checked
     before any is swapped); the others go to ``skipped`` with why.  ``modules`` gets ``(parent,
     attr, original)`` for each swap, ``changes`` what was changed."""
     plan, made = [], {}
-    for path, mod in vision_rotary_modules(model):
+    for path, mod in discovery.rotary_modules(model, vision=True):
         if id(mod) not in made:
             made[id(mod)] = _stand_in(mod, precision)
         stand_in, why = made[id(mod)]
@@ -114,7 +102,7 @@ def swap_vision_rotaries(model, precision: str, owner_of, changes: list, skipped
         else:
             plan.append((path, mod, stand_in))
     for path, mod, stand_in in plan:
-        parent, attr = owner_of(model, path)
+        parent, attr = discovery.owner_of(model, path)
         modules.append((parent, attr, mod))
         setattr(parent, attr, stand_in)
         changes.append((path, stand_in.extra_repr()))
