@@ -23,6 +23,19 @@ PATCH_FAMILIES = (
 ).split()
 
 VOCAB = 64
+
+#: the smallest Llama config.json the release tests read: every release builds and validates it
+TINY_LLAMA_JSON = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 64,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 1,
+    "vocab_size": 32,
+    "max_position_embeddings": 2048,
+}
 _COMMON = dict(
     vocab_size=VOCAB,
     hidden_size=64,

@@ -22,20 +22,12 @@ import torch
 import ropekit as rk
 from ropekit.dialects.releases import installed_release, target_release
 
+import tiny_models as tm
+
 transformers = pytest.importorskip("transformers")
 RELEASE = installed_release()
 
-TINY = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": 64,
-    "intermediate_size": 64,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "num_hidden_layers": 1,
-    "vocab_size": 32,
-    "max_position_embeddings": 2048,
-}
+TINY = tm.TINY_LLAMA_JSON
 #: one factor per rotating pair (head_dim 32)
 LONGROPE_FACTORS = {"short_factor": [1.0 + i / 16 for i in range(16)], "long_factor": [2.0 + i / 8 for i in range(16)]}
 #: config.json contents as different releases save them; each names what it exercises

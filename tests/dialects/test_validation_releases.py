@@ -23,19 +23,12 @@ import torch
 import ropekit as rk
 from ropekit.dialects.releases import installed_release
 
+import tiny_models as tm
+
 transformers = pytest.importorskip("transformers")
 RELEASE = installed_release()
 
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 64,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "num_hidden_layers": 1,
-    "vocab_size": 32,
-    "max_position_embeddings": 2048,
-}
+TINY = tm.TINY_LLAMA_JSON
 YARN = {"rope_type": "yarn", "factor": 4.0}
 #: rope_scaling dicts (every release reads that key; 5.x moves it to rope_parameters)
 CASES = {
