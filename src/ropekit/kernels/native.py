@@ -65,10 +65,9 @@ PARALLEL_MIN_NUMEL = 1 << 19
 #: out-of-place calls writing at least this many bytes stream their outputs: stores that bypass the
 #: cache (an output this much bigger than the last-level cache is evicted before anyone reads it,
 #: and a cached store first reads the line it overwrites) and pages populated a chunk at a time.
-#: 64 MiB, not 16: at S=512 fp32, Llama-3-8B heads (20 MiB of q + k), a streamed call took 1.11-1.30x
-#: the time of the code before streaming when the allocator handed its memory out again
-#: (benchmarks/cpu_ab.py, 4 runs), and an unstreamed one 1.04-1.11x; S=4096 (80 / 160 MiB) is streamed
-#: either way
+#: 64 MiB, not 16: at S=512 fp32, Llama-3-8B heads (20 MiB of q + k), the two thresholds timed
+#: against each other in both slots of benchmarks/cpu_ab.py (which reads 1.17x for identical code
+#: at that shape) give 64 MiB ~0.88x the time of 16 MiB; S=4096 (80 / 160 MiB) is streamed either way
 STREAM_MIN_BYTES = 64 << 20
 
 #: the dtype codes of native_code's rope_run

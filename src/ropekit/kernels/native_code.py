@@ -189,45 +189,45 @@ static inline i64 f32_rows_stream(const float *x, float *o, const float *c, cons
 /* one contiguous half-layout row (pairs i, R + i), out of place (restrict: x and o never overlap,
    so the loop vectorizes without alias checks) or in place (one pointer: each iteration reads its
    two elements before it writes them); SIMD does the pairs it can first (0 where there is none) */
-#define DEFINE_ROWS(NAME, T, M, LOAD, STORE, SIMD, PAIRS_SIMD, STREAM, PAIRS_STREAM)                         \
-static inline void NAME##_row(const T *restrict x, T *restrict o, const M *restrict c,              \
-                              const M *restrict sn, i64 R) {                                       \
-    for (i64 i = SIMD(x, o, c, sn, R); i < R; ++i) {                                            \
-        const M a = LOAD(x + i), b = LOAD(x + R + i);                                           \
-        STORE(o + i, a * c[i] - b * sn[i]);                                                     \
-        STORE(o + R + i, b * c[i] + a * sn[i]);                                                 \
-    }                                                                                           \
-}                                                                                               \
-static inline void NAME##_row_inplace(T *y, const M *restrict c, const M *restrict sn, i64 R) {    \
-    for (i64 i = SIMD(y, y, c, sn, R); i < R; ++i) {                                            \
-        const M a = LOAD(y + i), b = LOAD(y + R + i);                                           \
-        STORE(y + i, a * c[i] - b * sn[i]);                                                     \
-        STORE(y + R + i, b * c[i] + a * sn[i]);                                                 \
-    }                                                                                           \
-}                                                                                               \
-/* one contiguous interleaved row (pairs 2i, 2i + 1), in place or not (each pair read first) */    \
-static inline void NAME##_pairs(const T *x, T *o, const M *restrict c, const M *restrict sn, i64 R) { \
-    for (i64 i = PAIRS_SIMD(x, o, c, sn, R); i < R; ++i) {                                      \
-        const M a = LOAD(x + 2 * i), b = LOAD(x + 2 * i + 1);                                   \
-        STORE(o + 2 * i, a * c[i] - b * sn[i]);                                                 \
-        STORE(o + 2 * i + 1, b * c[i] + a * sn[i]);                                             \
-    }                                                                                           \
-}                                                                                               \
-/* the same two out of place, with streaming stores where there are SIMD steps for them */       \
-static inline void NAME##_row_stream(const T *restrict x, T *restrict o, const M *restrict c,       \
-                                     const M *restrict sn, i64 R) {                                \
-    for (i64 i = STREAM(x, o, c, sn, R); i < R; ++i) {                                          \
-        const M a = LOAD(x + i), b = LOAD(x + R + i);                                           \
-        STORE(o + i, a * c[i] - b * sn[i]);                                                     \
-        STORE(o + R + i, b * c[i] + a * sn[i]);                                                 \
-    }                                                                                           \
-}                                                                                               \
-static inline void NAME##_pairs_stream(const T *x, T *o, const M *restrict c, const M *restrict sn, i64 R) { \
-    for (i64 i = PAIRS_STREAM(x, o, c, sn, R); i < R; ++i) {                                    \
-        const M a = LOAD(x + 2 * i), b = LOAD(x + 2 * i + 1);                                   \
-        STORE(o + 2 * i, a * c[i] - b * sn[i]);                                                 \
-        STORE(o + 2 * i + 1, b * c[i] + a * sn[i]);                                             \
-    }                                                                                           \
+#define DEFINE_ROWS(NAME, T, M, LOAD, STORE, SIMD, PAIRS_SIMD, STREAM, PAIRS_STREAM)                              \
+/* pairs i..R-1 of an out-of-place half-layout row, one at a time (after the SIMD steps) */                       \
+static inline void NAME##_row_from(const T *restrict x, T *restrict o, const M *restrict c,                       \
+                                   const M *restrict sn, i64 i, i64 R) {                                          \
+    for (; i < R; ++i) {                                                                                          \
+        const M a = LOAD(x + i), b = LOAD(x + R + i);                                                             \
+        STORE(o + i, a * c[i] - b * sn[i]);                                                                       \
+        STORE(o + R + i, b * c[i] + a * sn[i]);                                                                   \
+    }                                                                                                             \
+}                                                                                                                 \
+static inline void NAME##_row(const T *restrict x, T *restrict o, const M *restrict c,                            \
+                              const M *restrict sn, i64 R) {                                                      \
+    NAME##_row_from(x, o, c, sn, SIMD(x, o, c, sn, R), R);                                                        \
+}                                                                                                                 \
+static inline void NAME##_row_inplace(T *y, const M *restrict c, const M *restrict sn, i64 R) {                   \
+    for (i64 i = SIMD(y, y, c, sn, R); i < R; ++i) {                                                              \
+        const M a = LOAD(y + i), b = LOAD(y + R + i);                                                             \
+        STORE(y + i, a * c[i] - b * sn[i]);                                                                       \
+        STORE(y + R + i, b * c[i] + a * sn[i]);                                                                   \
+    }                                                                                                             \
+}                                                                                                                 \
+/* one contiguous interleaved row (pairs 2i, 2i + 1), in place or not (each pair read first) */                   \
+static inline void NAME##_pairs_from(const T *x, T *o, const M *restrict c, const M *restrict sn, i64 i, i64 R) { \
+    for (; i < R; ++i) {                                                                                          \
+        const M a = LOAD(x + 2 * i), b = LOAD(x + 2 * i + 1);                                                     \
+        STORE(o + 2 * i, a * c[i] - b * sn[i]);                                                                   \
+        STORE(o + 2 * i + 1, b * c[i] + a * sn[i]);                                                               \
+    }                                                                                                             \
+}                                                                                                                 \
+static inline void NAME##_pairs(const T *x, T *o, const M *restrict c, const M *restrict sn, i64 R) {             \
+    NAME##_pairs_from(x, o, c, sn, PAIRS_SIMD(x, o, c, sn, R), R);                                                \
+}                                                                                                                 \
+/* the same two out of place, with streaming stores where there are SIMD steps for them */                        \
+static inline void NAME##_row_stream(const T *restrict x, T *restrict o, const M *restrict c,                     \
+                                     const M *restrict sn, i64 R) {                                               \
+    NAME##_row_from(x, o, c, sn, STREAM(x, o, c, sn, R), R);                                                      \
+}                                                                                                                 \
+static inline void NAME##_pairs_stream(const T *x, T *o, const M *restrict c, const M *restrict sn, i64 R) {      \
+    NAME##_pairs_from(x, o, c, sn, PAIRS_STREAM(x, o, c, sn, R), R);                                              \
 }
 
 /* rows [row0, row1) of the B*S token rows; returns 0, or 1 + the row whose position is outside
