@@ -3,7 +3,7 @@
 The test file is transformers' (Apache-2.0), not ropekit's: it is never part of this project.
 Pass its path; run it under the transformers release the file was written for, e.g.
 
-    PYTHONPATH=/work/deps/transformers-4.45.2 .venv/bin/python scripts/rope_utils_shim.py \\
+    PYTHONPATH=.deps/transformers-4.45.2 .venv/bin/python scripts/rope_utils_shim.py \\
         /path/to/test_modeling_rope_utils.py [--oracle]
 
 The shim replaces, in this process only, ``transformers.ROPE_INIT_FUNCTIONS`` (rope type ->

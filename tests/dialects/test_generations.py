@@ -20,12 +20,12 @@ import pytest
 import torch
 
 import ropekit as rk
+from releases import release_dir
 from ropekit.cli import main
 from ropekit.dialects.generations import releases_that_differ, with_generation_keys
 
 transformers = pytest.importorskip("transformers")
 SRC = Path(__file__).resolve().parents[2] / "src"
-RELEASE_438 = Path(os.environ.get("ROPEKIT_TRANSFORMERS_4_38", "/work/deps/transformers-4.38.1"))
 
 TINY = {
     "architectures": ["LlamaForCausalLM"],
@@ -110,7 +110,7 @@ _OLD_SIDE = textwrap.dedent(
 
 
 def _old_logits(config_path, weights, out):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(RELEASE_438), str(SRC)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(release_dir("4.38.1")), str(SRC)])}
     run = subprocess.run(
         [sys.executable, "-c", _OLD_SIDE, str(config_path), str(weights), str(out)],
         capture_output=True,
@@ -122,8 +122,8 @@ def _old_logits(config_path, weights, out):
     return json.loads(run.stdout.strip().splitlines()[-1]), torch.load(out)
 
 
-@pytest.mark.skipif(not RELEASE_438.is_dir(), reason=f"transformers 4.38.1 is not installed at {RELEASE_438}")
 def test_rewritten_config_gives_438_and_5x_the_same_logits(tmp_path):
+    release_dir("4.38.1")
     from safetensors.torch import save_file
 
     both = with_generation_keys(V5, "both")

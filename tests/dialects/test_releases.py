@@ -4,7 +4,7 @@ Each ``release_matrix`` test compares ropekit against the installed release's ow
 module, built from the same config.json contents by that release's own LlamaConfig.  Run them
 under every release of the matrix:
 
-    PYTHONPATH=/work/deps/transformers-4.38.1 python -m pytest -m release_matrix tests/dialects/test_releases.py
+    PYTHONPATH=.deps/transformers-4.38.1 python -m pytest -m release_matrix tests/dialects/test_releases.py
 
 The other tests check the release rules against each other with an explicit
 ``transformers_version=`` (no other release needed).

@@ -7,7 +7,7 @@ contradicts the lengths, 4.56 and later) and "Unrecognized keys" (keys of anothe
 mRoPE keys on a text-only family, 4.43 and later), ropekit warns ``RopeConfigWarning``.  Run under
 every release of the matrix:
 
-    PYTHONPATH=/work/deps/transformers-4.57.6 python -m pytest -m release_matrix tests/dialects
+    PYTHONPATH=.deps/transformers-4.57.6 python -m pytest -m release_matrix tests/dialects
 """
 
 from __future__ import annotations

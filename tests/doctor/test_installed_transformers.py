@@ -1,6 +1,6 @@
 """The installed transformers' RoPE measured through its own modeling code, across releases: each
 release runs in a subprocess with its own transformers first on PYTHONPATH (scripts/setup.sh puts
-them in .deps/, the development machines in /work/deps/)."""
+them in .deps/)."""
 
 import os
 import subprocess
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from releases import release_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
@@ -19,19 +21,12 @@ print(version, rk.fingerprint(fn, head_dim, max_position=4096).spec.describe())
 """
 
 
-def _release_dir(version):
-    for base in (ROOT / ".deps", Path("/work/deps")):
-        if (base / f"transformers-{version}" / "transformers" / "__init__.py").is_file():
-            return base / f"transformers-{version}"
-    pytest.skip(f"transformers {version} is not installed (scripts/setup.sh puts it in .deps/)")
-
-
 @pytest.mark.parametrize("version", ["4.37.2", "4.45.2", "4.57.6"])
 def test_partial_rotary_is_measured_as_each_release_runs_it(version):
     """gpt_neox rotary_pct 0.25 of head_dim 16: 4 rotating dims.  Releases before 4.48 slice the
     rotary dims in the attention module, not in the apply function: a measurement that hands the
     apply function the whole head (a deliberately wrong one) raises a shape error there."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(_release_dir(version)), str(ROOT / "src"))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(release_dir(version)), str(ROOT / "src"))))
     res = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == [version, "half", "r=4/16", "base=10000"], res.stdout
