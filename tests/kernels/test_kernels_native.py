@@ -237,8 +237,9 @@ def test_native_bf16_matches_reference_on_every_bf16_bit_pattern(inplace, layout
     """Every one of the 65536 bf16 patterns (NaNs, infinities, subnormals, -0) as either pair member,
     compared as bits (a NaN is not equal to itself): the SIMD steps (8 pairs half, 4 interleaved)
     and the scalar tail (70 pairs = 8 steps + 6, or 17 steps + 2) round exactly like torch's
-    float32 -> bfloat16; 64 pairs out of place is a 16-byte aligned row, written by the streaming
-    steps."""
+    float32 -> bfloat16.  Out of place, 64 pairs is an aligned row: into memory already mapped
+    (the output written once before) it is written by the streaming steps, into fresh pages by the
+    ordinary ones (fresh pages are zeroed into the cache, and written through it)."""
     _streaming(monkeypatch, True)
     patterns = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16)
     g = torch.Generator().manual_seed(3)
@@ -259,6 +260,10 @@ def test_native_bf16_matches_reference_on_every_bf16_bit_pattern(inplace, layout
     assert (got is y) == inplace
     assert torch.equal(got.view(torch.int16), want.view(torch.int16))
     assert want.isnan().any() and want.isinf().any()
+    if not inplace:  # an output whose pages are all mapped already: the streaming steps
+        mapped = torch.zeros_like(x)
+        native.rotate_native([(x, mapped)], cos.float(), sin.float(), pos, **kw)
+        assert torch.equal(mapped.view(torch.int16), want.view(torch.int16))
 
 
 def test_the_built_library_has_no_fused_multiply_add():

@@ -56,11 +56,12 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-share
 #: the library's source: the rotation, then the thread split
 C_SOURCE = ROTATION_SOURCE + POOL_SOURCE
 
-#: below this many elements one thread does the whole call.  Measured on 2 cores: splitting a
-#: decode step (32 x 40 heads x 128 = 164K elements) over both made it 0.87-0.95x the time on a
-#: quiet machine but 1.2-1.4x with another process on one core (the helper wakes late, on a busy
-#: core); a call of 512K elements and more is long enough for the split to pay either way
-PARALLEL_MIN_NUMEL = 1 << 19
+#: below this many elements one thread does the whole call (torch's own elementwise ops split from
+#: 32K).  A Llama-3-8B decode step (32 sequences x 40 heads x 128 = 164K elements) is split: on 2
+#: cores of a Xeon, fp32 out of place 38.6 -> 28.8 us (Meta's complex form 30 us) on a quiet
+#: machine; with another process spinning on one core 38.6 -> 51.9 us (a helper that claimed a
+#: chunk and lost its core is waited for), where Meta's form, on torch's threads, takes 420-510 us
+PARALLEL_MIN_NUMEL = 1 << 17
 
 #: out-of-place calls writing at least this many bytes stream their outputs: stores that bypass the
 #: cache (an output this much bigger than the last-level cache is evicted before anyone reads it,
@@ -199,20 +200,18 @@ class PositionOutOfTable(RopePositionError):
 def _pack(pairs, cos, sin, pos, start: int, flags: tuple, B: int, S: int) -> bytes:
     """The int64 argument array of ``rope_run`` (layout: native_code.ARGS, then PER_TENSOR each;
     ``flags``: interleaved, inverse, stream).  Each tensor attribute is read once, and the array
-    is one ``struct.pack`` (half the time of an ``array.array``): on a decode step this packing is
-    a good part of the call."""
+    is one ``struct.pack`` of one flat tuple (half the time of an ``array.array``): on a decode
+    step the Python around the kernel is as long as the kernel itself."""
     P, R = cos.shape
     if pos is None:  # rows start, start + 1, ... for every sequence: no position tensor at all
-        vals = [_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), 0, P, B, S, R, start, 0, *flags]
+        vals = (_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), 0, P, B, S, R, start, 0, *flags)
     else:  # [B, S] or [1, S] (one row of positions for every sequence: batch stride 0)
         pb, ps = pos.stride()
-        pb = pb if pos.shape[0] != 1 else 0
-        vals = [_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), pos.data_ptr(), P, B, S, R]
-        vals += (pb, ps, *flags)
+        head = (_DTYPES[pairs[0][0].dtype], len(pairs), cos.data_ptr(), sin.data_ptr(), pos.data_ptr(), P, B, S, R)
+        vals = (*head, pb if pos.shape[0] != 1 else 0, ps, *flags)
     for x4, o4 in pairs:
-        shape = x4.shape
-        tail = o4 is not x4 and 2 * R < shape[3]
-        vals += (x4.data_ptr(), o4.data_ptr(), shape[2], shape[3], *x4.stride(), *o4.stride(), tail)
+        _, _, H, D = x4.shape
+        vals += (x4.data_ptr(), o4.data_ptr(), H, D, *x4.stride(), *o4.stride(), o4 is not x4 and 2 * R < D)
     packer = _PACKERS.get(len(vals))
     if packer is None:
         packer = _PACKERS[len(vals)] = struct.Struct(f"={len(vals)}q")

@@ -20,12 +20,16 @@ Each (token, head) row is first read into two local arrays of the math dtype (de
 for the interleaved layout): the rotation then reads nothing it writes, so in place is one pass
 with no scratch buffer, and any stride of x is handled by the same loop.
 
-Big out-of-place calls (``stream`` set by ``kernels.native``) write their contiguous rows with
-streaming stores (``movntps``/``movntdq``: the same values, written around the cache, so no line
-is read just to be overwritten) and populate fresh output pages a chunk at a time (one
-``madvise`` per 256 KiB instead of a page fault per 4 KiB).  Measured on 2 cores (znver1,
-Llama-3-8B heads at S=4096, fresh outputs): fp32 26.4 -> 21.0 ms, bf16 18.1 -> 11.9 ms.
+Big out-of-place calls (``stream`` set by ``kernels.native``) populate fresh output pages a chunk
+at a time (one ``madvise`` per 256 KiB instead of a page fault per 4 KiB) and write those chunks
+through the cache, where the zeroed lines now are; chunks of memory already mapped (handed out
+again by the allocator, not in cache) are written with streaming stores (``movntps``/``movntdq``:
+the same values, written around the cache, so no line is read just to be overwritten).
+
+The SIMD steps (AVX-512 or SSE4.1, whichever the build machine has) live in ``native_simd``.
 """
+
+from .native_simd import SIMD_SOURCE
 
 #: the most rotary pairs of one row (the kernel stages a row in arrays of this size on its stack)
 MAX_PAIRS = 4096
@@ -60,22 +64,27 @@ typedef int64_t i64;
    written (so the zeroed pages are still in cache); it changes no byte.  Only whole pages inside
    [start, start + bytes) are asked for, and only when the first of them is not mapped yet
    (mincore): memory the allocator hands out again is mapped already, and asking for it costs a
-   walk of its pages for nothing.  An older kernel (EINVAL) is not asked again. */
+   walk of its pages for nothing.  An older kernel (EINVAL) is not asked again.  Returns whether
+   the chunk was fresh: its lines were then just zeroed into the cache (by the populate or by the
+   faults), and the caller writes them through the cache, not around it (a streaming store to a
+   cached line first evicts it: measured on a Xeon, S=4096 fp32 out of place 20 ms streamed
+   against 14 ms cached, clone() 15.5 ms). */
 #if defined(__linux__)
 static long page_size = 0;
 static int populate_ok = 1;
-static void populate(void *start, i64 bytes) {
-    if (!populate_ok) return;
+static int populate(void *start, i64 bytes) {
     if (page_size <= 0) page_size = sysconf(_SC_PAGESIZE);
-    if (page_size <= 0) { populate_ok = 0; return; }
+    if (page_size <= 0) return 0;
     const uintptr_t mask = (uintptr_t)page_size - 1;
     const uintptr_t first = ((uintptr_t)start + mask) & ~mask, end = ((uintptr_t)start + (uintptr_t)bytes) & ~mask;
     unsigned char mapped = 0;
-    if (end <= first || (mincore((void *)first, (size_t)page_size, &mapped) == 0 && (mapped & 1))) return;
-    if (madvise((void *)first, end - first, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) populate_ok = 0;
+    if (end <= first || mincore((void *)first, (size_t)page_size, &mapped) != 0 || (mapped & 1)) return 0;
+    if (populate_ok && madvise((void *)first, end - first, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
+        populate_ok = 0;
+    return 1;
 }
 #else
-static void populate(void *start, i64 bytes) { (void)start; (void)bytes; }
+static int populate(void *start, i64 bytes) { (void)start; (void)bytes; return 0; }
 #endif
 
 static inline float bf16_load(const uint16_t *p) {
@@ -93,97 +102,7 @@ static inline void f32_store(float *p, float f) { *p = f; }
 static inline double f64_load(const double *p) { return *p; }
 static inline void f64_store(double *p, double f) { *p = f; }
 
-/* bf16 half-layout rows, 8 pairs per step, for x86 with SSE4.1: bit for bit bf16_load /
-   bf16_store (tested on every bf16 input pattern, NaN included), in about two thirds of the
-   instructions the compiler makes of them: one unpack per 4 loads (not a widen + shift), an
-   unordered compare + blend for NaN (not an integer range test), no re-masking before the pack.
-   bf16 rows are compute-bound on a CPU, so this is ~25% of a bf16 call.  Returns the pairs done;
-   loads come before stores in each step, so o == x (in place) is fine. */
-#if defined(__SSE4_1__)
-#include <immintrin.h>
-static inline __m128i bf16_round4(__m128 f) {
-    const __m128i u = _mm_castps_si128(f);
-    const __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
-    const __m128i r = _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(u, _mm_set1_epi32(0x7fff)), lsb), 16);
-    return _mm_blendv_epi8(r, _mm_set1_epi32(0xffff), _mm_castps_si128(_mm_cmpunord_ps(f, f)));
-}
-#define BF16_ROWS_SIMD(NAME, STORE128)                                                                       \
-static inline i64 NAME(const uint16_t *x, uint16_t *o, const float *c, const float *sn, i64 R) {              \
-    const __m128i z = _mm_setzero_si128();                                                                    \
-    i64 i = 0;                                                                                                \
-    for (; i + 8 <= R; i += 8) {                                                                              \
-        const __m128i xa = _mm_loadu_si128((const __m128i *)(x + i));                                        \
-        const __m128i xb = _mm_loadu_si128((const __m128i *)(x + R + i));                                    \
-        const __m128 a0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xa));                                        \
-        const __m128 a1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xa));                                        \
-        const __m128 b0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xb));                                        \
-        const __m128 b1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xb));                                        \
-        const __m128 c0 = _mm_loadu_ps(c + i), c1 = _mm_loadu_ps(c + i + 4);                                 \
-        const __m128 s0 = _mm_loadu_ps(sn + i), s1 = _mm_loadu_ps(sn + i + 4);                               \
-        const __m128 p0 = _mm_sub_ps(_mm_mul_ps(a0, c0), _mm_mul_ps(b0, s0));                                \
-        const __m128 p1 = _mm_sub_ps(_mm_mul_ps(a1, c1), _mm_mul_ps(b1, s1));                                \
-        const __m128 q0 = _mm_add_ps(_mm_mul_ps(b0, c0), _mm_mul_ps(a0, s0));                                \
-        const __m128 q1 = _mm_add_ps(_mm_mul_ps(b1, c1), _mm_mul_ps(a1, s1));                                \
-        STORE128((__m128i *)(o + i), _mm_packus_epi32(bf16_round4(p0), bf16_round4(p1)));                    \
-        STORE128((__m128i *)(o + R + i), _mm_packus_epi32(bf16_round4(q0), bf16_round4(q1)));                \
-    }                                                                                                         \
-    return i;                                                                                                 \
-}
-BF16_ROWS_SIMD(bf16_rows_simd, _mm_storeu_si128)
-BF16_ROWS_SIMD(bf16_rows_stream, _mm_stream_si128)
-/* the same for an interleaved row (pairs 2i, 2i + 1), 4 pairs per 8 loaded values: each table
-   entry is duplicated onto its pair, and x * (c, c) + swap(x) * (-s, s) gives a * c - b * s and
-   b * c + a * s with the same two roundings (adding -(b * s) is subtracting b * s exactly) */
-#define BF16_PAIRS_SIMD_FN(NAME, STORE128)                                                                   \
-static inline i64 NAME(const uint16_t *x, uint16_t *o, const float *c, const float *sn, i64 R) {              \
-    const __m128i z = _mm_setzero_si128();                                                                    \
-    const __m128 flip = _mm_castsi128_ps(_mm_set_epi32(0, (int)0x80000000u, 0, (int)0x80000000u));           \
-    i64 i = 0;                                                                                                \
-    for (; i + 4 <= R; i += 4) {                                                                              \
-        const __m128i xv = _mm_loadu_si128((const __m128i *)(x + 2 * i));                                    \
-        const __m128 v0 = _mm_castsi128_ps(_mm_unpacklo_epi16(z, xv));                                        \
-        const __m128 v1 = _mm_castsi128_ps(_mm_unpackhi_epi16(z, xv));                                        \
-        const __m128 cv = _mm_loadu_ps(c + i), sv = _mm_loadu_ps(sn + i);                                    \
-        const __m128 c0 = _mm_unpacklo_ps(cv, cv), c1 = _mm_unpackhi_ps(cv, cv);                             \
-        const __m128 s0 = _mm_xor_ps(_mm_unpacklo_ps(sv, sv), flip), s1 = _mm_xor_ps(_mm_unpackhi_ps(sv, sv), flip); \
-        const __m128 w0 = _mm_shuffle_ps(v0, v0, _MM_SHUFFLE(2, 3, 0, 1)); /* (b, a) of each pair */         \
-        const __m128 w1 = _mm_shuffle_ps(v1, v1, _MM_SHUFFLE(2, 3, 0, 1));                                   \
-        const __m128 y0 = _mm_add_ps(_mm_mul_ps(v0, c0), _mm_mul_ps(w0, s0));                                \
-        const __m128 y1 = _mm_add_ps(_mm_mul_ps(v1, c1), _mm_mul_ps(w1, s1));                                \
-        STORE128((__m128i *)(o + 2 * i), _mm_packus_epi32(bf16_round4(y0), bf16_round4(y1)));                \
-    }                                                                                                         \
-    return i;                                                                                                 \
-}
-BF16_PAIRS_SIMD_FN(bf16_pairs_simd, _mm_storeu_si128)
-BF16_PAIRS_SIMD_FN(bf16_pairs_stream, _mm_stream_si128)
-/* fp32 half-layout rows with streaming stores, 4 pairs per step (the same two roundings as the
-   scalar loop; the compiler vectorizes that loop itself for ordinary stores) */
-static inline i64 f32_rows_stream(const float *x, float *o, const float *c, const float *sn, i64 R) {
-    i64 i = 0;
-    for (; i + 4 <= R; i += 4) {
-        const __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + R + i);
-        const __m128 cv = _mm_loadu_ps(c + i), sv = _mm_loadu_ps(sn + i);
-        _mm_stream_ps(o + i, _mm_sub_ps(_mm_mul_ps(a, cv), _mm_mul_ps(b, sv)));
-        _mm_stream_ps(o + R + i, _mm_add_ps(_mm_mul_ps(b, cv), _mm_mul_ps(a, sv)));
-    }
-    return i;
-}
-#define BF16_SIMD(x, o, c, sn, R) bf16_rows_simd(x, o, c, sn, R)
-#define BF16_STREAM(x, o, c, sn, R) bf16_rows_stream(x, o, c, sn, R)
-#define BF16_PAIRS_SIMD(x, o, c, sn, R) bf16_pairs_simd(x, o, c, sn, R)
-#define BF16_PAIRS_STREAM(x, o, c, sn, R) bf16_pairs_stream(x, o, c, sn, R)
-#define F32_STREAM(x, o, c, sn, R) f32_rows_stream(x, o, c, sn, R)
-#define BF16_PAIRS 1
-#define STREAM_FENCE() _mm_sfence()
-#else
-#define BF16_SIMD(x, o, c, sn, R) 0
-#define BF16_STREAM(x, o, c, sn, R) 0
-#define BF16_PAIRS_SIMD(x, o, c, sn, R) 0
-#define BF16_PAIRS_STREAM(x, o, c, sn, R) 0
-#define F32_STREAM(x, o, c, sn, R) 0
-#define BF16_PAIRS 0
-#define STREAM_FENCE() ((void)0)
-#endif
+@SIMD@
 #define NO_SIMD(x, o, c, sn, R) 0
 
 /* one contiguous half-layout row (pairs i, R + i), out of place (restrict: x and o never overlap,
@@ -242,12 +161,14 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
     const M sign = inverse ? (M)-1 : (M)1;                                                      \
     const i64 e1 = interleaved ? 2 : 1, e2 = interleaved ? 1 : R; /* pair i: e1*i, e1*i + e2 */ \
     /* streaming into one contiguous block of rows: its pages are populated a chunk at a time */ \
+    /* (fresh chunks are written through the cache: see populate) */                            \
     const int fill = stream && od == 1 && oh == D && os == H * D && ob == S * os;               \
     const i64 chunk = fill ? POPULATE_BYTES / (os * (i64)sizeof(T)) + 1 : 1;                    \
+    int nt = stream; /* this chunk's rows are written around the cache */                       \
     for (i64 row = row0; row < row1; ++row) {                                                   \
         const i64 b = row / S, s = row % S;                                                     \
         if (fill && (row - row0) % chunk == 0)                                                  \
-            populate(o + row * os, (row1 - row < chunk ? row1 - row : chunk) * os * (i64)sizeof(T)); \
+            nt = !populate(o + row * os, (row1 - row < chunk ? row1 - row : chunk) * os * (i64)sizeof(T)); \
         const i64 p = pos ? pos[b * pb + s * ps] : pb + s; /* no pos: a run of rows from pb */  \
         if (p < 0 || p >= P) return 1 + row;                                                    \
         const M *c = cos + p * R;                                                               \
@@ -258,7 +179,7 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
             if (xd == 1 && od == 1 && !interleaved) { /* the common case: no staging arrays */      \
                 if (orow == xr) NAME##_row_inplace(orow, c, sn, R);                                 \
                 else {                                                                          \
-                    if (stream && (((uintptr_t)orow | (uintptr_t)(R * sizeof(T))) & 15) == 0)  \
+                    if (nt && (((uintptr_t)orow | (uintptr_t)(R * sizeof(T))) & (STREAM_ALIGN - 1)) == 0) \
                         NAME##_row_stream(xr, orow, c, sn, R);                                  \
                     else NAME##_row(xr, orow, c, sn, R);                                        \
                     if (copy_tail) memcpy(orow + 2 * R, xr + 2 * R, (D - 2 * R) * sizeof(T));   \
@@ -268,7 +189,8 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
             /* interleaved and contiguous, where SIMD steps exist: elsewhere gcc 12 vectorizes this loop's \
                a * c - b * s / b * c + a * s into fused vfmaddsub despite -ffp-contract=off */     \
             if (PAIRS && xd == 1 && od == 1) {                                                  \
-                if (stream && orow != xr && ((uintptr_t)orow & 15) == 0) NAME##_pairs_stream(xr, orow, c, sn, R); \
+                const int aligned = ((uintptr_t)orow & (STREAM_ALIGN - 1)) == 0;                \
+                if (nt && orow != xr && aligned) NAME##_pairs_stream(xr, orow, c, sn, R);       \
                 else NAME##_pairs(xr, orow, c, sn, R);                                          \
                 if (copy_tail && orow != xr) memcpy(orow + 2 * R, xr + 2 * R, (D - 2 * R) * sizeof(T)); \
                 continue;                                                                       \
@@ -305,7 +227,7 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
     return 0;                                                                                   \
 }
 
-DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store, NO_SIMD, NO_SIMD, F32_STREAM, NO_SIMD)
+DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store, F32_SIMD, NO_SIMD, F32_STREAM, NO_SIMD)
 DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store, BF16_SIMD, BF16_PAIRS_SIMD, BF16_STREAM,
             BF16_PAIRS_STREAM)
 DEFINE_ROWS(rope_f16, _Float16, float, f16_load, f16_store, NO_SIMD, NO_SIMD, NO_SIMD, NO_SIMD)
@@ -351,3 +273,4 @@ i64 rope_run(const i64 *a, i64 row0, i64 row1, i64 check) {
 }
 """
 C_SOURCE = C_SOURCE.replace("@MAX_PAIRS@", str(MAX_PAIRS)).replace("@POPULATE_BYTES@", str(POPULATE_BYTES))
+C_SOURCE = C_SOURCE.replace("@SIMD@", SIMD_SOURCE)
