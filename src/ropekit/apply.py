@@ -49,11 +49,19 @@ def _check_flags(inplace, inverse, tensors, names) -> None:
         check_inplace_targets(tensors, names)
 
 
-def _rotate(tensors, names, cos, sin, *, inplace, inverse, **where):
+def _fast(tensors, cos, sin, inplace, inverse, layout, format, positions, offsets, cu_seqlens, backend, spec):
+    """The lean path's results, or None (then the general path takes the call)."""
+    if backend is not None or spec is not None or cu_seqlens is not None:
+        return None
+    return rotate_fast(tensors, cos, sin, layout, format, positions, offsets, inplace, inverse)
+
+
+def _rotate(tensors, names, cos, sin, *, inplace, inverse, fast_tried=False, **where):
     """Rotate one or more tensors (q and k) by the same positions; returns the results."""
-    fast = rotate_fast(tensors, cos, sin, inplace=inplace, inverse=inverse, **where)
-    if fast is not None:
-        return fast
+    if not fast_tried:
+        fast = _fast(tensors, cos, sin, inplace, inverse, **where)
+        if fast is not None:
+            return fast
     # imported here, after the lean path: registering the custom ops costs ~50 ms once per process,
     # which a first call that never reaches them (no grad, no torch.compile) should not pay
     from .kernels import ops
@@ -126,8 +134,13 @@ def apply_rope(
     """
     check_tensor(x, "x")
     _check_flags(inplace, inverse, [x], ["x"])
+    fast = _fast((x,), cos, sin, inplace, inverse, layout, format, positions, offsets, cu_seqlens, backend, spec)
+    if fast is not None:
+        return fast[0]
     where = dict(layout=layout, format=format, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens)
-    return _rotate([x], ["x"], cos, sin, inplace=inplace, inverse=inverse, backend=backend, spec=spec, **where)[0]
+    return _rotate(
+        [x], ["x"], cos, sin, inplace=inplace, inverse=inverse, fast_tried=True, backend=backend, spec=spec, **where
+    )[0]
 
 
 def apply_rope_qk(
@@ -157,9 +170,21 @@ def apply_rope_qk(
     """
     check_qk(q, k, format)
     _check_flags(inplace, inverse, [q, k], ["q", "k"])
+    fast = _fast((q, k), cos, sin, inplace, inverse, layout, format, positions, offsets, cu_seqlens, backend, spec)
+    if fast is not None:
+        return fast[0], fast[1]
     where = dict(layout=layout, format=format, positions=positions, offsets=offsets, cu_seqlens=cu_seqlens)
     yq, yk = _rotate(
-        [q, k], ["q", "k"], cos, sin, inplace=inplace, inverse=inverse, backend=backend, spec=spec, **where
+        [q, k],
+        ["q", "k"],
+        cos,
+        sin,
+        inplace=inplace,
+        inverse=inverse,
+        fast_tried=True,
+        backend=backend,
+        spec=spec,
+        **where,
     )
     return yq, yk
 

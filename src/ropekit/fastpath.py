@@ -17,24 +17,11 @@ from .kernels import cpu, native
 from .kernels.eager import rotate_lean
 from .kernels.huge_pages import new_output
 from .kernels.reference import compute_dtype
-from .layouts import LAYOUTS, is_interleaved
+from .layouts import LAYOUTS
 
 __all__ = ["rotate_fast"]
 
-
-def _plain_tables(cos, sin) -> bool:
-    return (
-        type(cos) is torch.Tensor
-        and type(sin) is torch.Tensor
-        and cos.dim() == 2
-        and cos.shape == sin.shape
-        and cos.dtype in ROTATABLE_DTYPES
-        and sin.dtype in ROTATABLE_DTYPES
-        and cos.is_cpu
-        and sin.is_cpu
-        and cos.layout == torch.strided
-        and sin.layout == torch.strided
-    )
+_TENSOR, _STRIDED = torch.Tensor, torch.strided
 
 
 def _rows(positions, offsets, B: int, S: int, n_rows: int):
@@ -61,32 +48,43 @@ def _rows(positions, offsets, B: int, S: int, n_rows: int):
     return 0, positions if positions.dtype == torch.int64 else positions.long()
 
 
-def rotate_fast(tensors, cos, sin, *, layout, format, positions, offsets, cu_seqlens, inplace, inverse, backend, spec):
-    """The rotated tensors (in the caller's format), or None when this call needs the general path."""
-    if backend is not None or spec is not None or cu_seqlens is not None or torch.compiler.is_compiling():
+def rotate_fast(tensors, cos, sin, layout, format, positions, offsets, inplace: bool, inverse: bool):
+    """The rotated tensors (in the caller's format), or None when this call needs the general path.
+    The caller has checked the tensors (``check_tensor``, ``check_qk``) and the flags, and has no
+    backend, spec or cu_seqlens.  Each attribute is read once: on a decode step this Python is as
+    long as the kernel."""
+    if type(cos) is not _TENSOR or type(sin) is not _TENSOR or torch.compiler.is_compiling():
         return None
-    if not _plain_tables(cos, sin) or not (layout is None or (type(layout) is str and layout in LAYOUTS)):
+    table = cos.shape
+    if len(table) != 2 or sin.shape != table or not (cos.is_cpu and sin.is_cpu):
+        return None
+    if cos.dtype not in ROTATABLE_DTYPES or sin.dtype not in ROTATABLE_DTYPES:
+        return None
+    if cos.layout != _STRIDED or sin.layout != _STRIDED:
+        return None
+    if not (layout is None or (type(layout) is str and layout in LAYOUTS)):
         return None
     x = tensors[0]
-    want = 3 if format == "thd" else 4 if format in FORMATS else -1
-    grad = torch.is_grad_enabled() and (cos.requires_grad or sin.requires_grad)
-    for t in tensors:
-        if not (type(t) is torch.Tensor and t.dim() == want and t.dtype == x.dtype and t.is_cpu):
-            return None
-        grad = grad or (t.requires_grad and torch.is_grad_enabled())
-    n_rows, n = cos.shape
-    D = x.shape[-1]
-    if grad or x.dtype not in ROTATABLE_DTYPES or x.layout != torch.strided or n == 0 or 2 * n > D:
+    dtype, want = x.dtype, 3 if format == "thd" else 4 if format in FORMATS else -1
+    # (one tensor or q and k: the first and the last are all of them)
+    grad = torch.is_grad_enabled() and (
+        cos.requires_grad or sin.requires_grad or x.requires_grad or tensors[-1].requires_grad
+    )
+    n_rows, n = table
+    if grad or n == 0:
         return None
+    for t in tensors:  # (check_tensor has seen each: a dense tensor of a rotatable dtype)
+        if not (type(t) is _TENSOR and t.dim() == want and t.dtype == dtype and t.is_cpu):
+            return None
     views = tensors if format == "bshd" else [t.unsqueeze(0) if format == "thd" else t.transpose(1, 2) for t in tensors]
-    B, S = views[0].shape[:2]
-    if len(views) == 2 and (views[1].shape[:2] != (B, S) or views[1].shape[3] != D):
+    B, S, _, D = views[0].shape
+    if 2 * n > D or (len(views) == 2 and ((shape := views[1].shape)[0] != B or shape[1] != S or shape[3] != D)):
         return None
     rows = _rows(positions, offsets, B, S, n_rows)
     if rows is None:
         return None
     start, idx = rows
-    interleaved = layout is not None and is_interleaved(layout)
+    interleaved = layout is not None and LAYOUTS[layout] == "interleaved"
     if cpu.ready():  # the native kernel is loaded (until then, and without it: lean eager)
         if n > native.MAX_PAIRS:
             return None
