@@ -58,6 +58,11 @@ C_SOURCE = r"""
 typedef int64_t i64;
 #define MAX_PAIRS @MAX_PAIRS@
 #define POPULATE_BYTES @POPULATE_BYTES@
+/* each contiguous row asks for the bytes this far ahead of it: the hardware prefetcher alone left
+   the rotation ~1.6x a copy's time in place (it works on a row's two halves and the tables at
+   once); measured on a Xeon, 2 threads, Llama-3-8B heads at S=4096: in place bf16 2.4 -> 2.1 ms,
+   fp32 4.7 -> 2.4-3.4 ms, out of place 0.91 -> 0.89x (fp32) and 1.24 -> 1.15x (bf16) clone() */
+#define PREFETCH_BYTES 4096
 
 /* Fresh output memory: the first write to each page is a fault in which the OS zeroes it.
    MADV_POPULATE_WRITE (Linux 5.14) takes a chunk's faults in one call, just before the chunk is
@@ -175,6 +180,9 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
         for (i64 i = 0; i < R; ++i) sn[i] = sign * sin[p * R + i]; /* exact: a sign flip */     \
         for (i64 h = 0; h < H; ++h) {                                                           \
             const T *xr = x + b * xb + s * xs + h * xh;                                         \
+            if (xd == 1) /* the bytes PREFETCH_BYTES ahead, as many as a row */                 \
+                for (i64 l = PREFETCH_BYTES; l < PREFETCH_BYTES + D * (i64)sizeof(T); l += 64)  \
+                    __builtin_prefetch((const char *)xr + l);                                   \
             T *orow = o + b * ob + s * os + h * oh;                                             \
             if (xd == 1 && od == 1 && !interleaved) { /* the common case: no staging arrays */      \
                 if (orow == xr) NAME##_row_inplace(orow, c, sn, R);                                 \
