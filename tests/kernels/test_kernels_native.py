@@ -30,6 +30,20 @@ def _streaming(monkeypatch, on: bool) -> None:
     monkeypatch.setattr(native, "STREAM_MIN_BYTES", 0 if on else 1 << 62)
 
 
+@pytest.fixture(params=[native.TORCH_TEAM, native.HELPERS])
+def split(request, monkeypatch):
+    """Each way of splitting a call over threads that this machine has (torch's OpenMP team only
+    where torch runs on GNU OpenMP), forced on small tensors."""
+    assert native.ensure(wait=True)
+    if request.param not in native._STATE["splits"]:
+        pytest.skip(f"{request.param}: torch here does not run on GNU OpenMP")
+    before = native.status()["threads"]
+    native.use_threads(request.param)
+    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 1)
+    yield request.param
+    native.use_threads(before)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
 @pytest.mark.parametrize("rotary_dim", [80, 32])
@@ -56,8 +70,7 @@ def test_native_is_bit_identical_to_reference(dtype, layout, rotary_dim, stream,
             assert torch.equal(y, want)
 
 
-def test_native_q_and_k_split_over_threads_match_reference(monkeypatch):
-    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 1)  # force the thread split on small tensors
+def test_native_q_and_k_split_over_threads_match_reference(split):
     cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=64), 40)
     q, k = torch.randn(3, 11, 4, 64).bfloat16(), torch.randn(3, 11, 2, 64).bfloat16()
     pos = torch.randint(0, 40, (3, 11))
@@ -74,12 +87,11 @@ def test_native_q_and_k_split_over_threads_match_reference(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["half", "interleaved"])
-def test_streamed_outputs_over_many_chunks_and_threads_match_reference(dtype, layout, monkeypatch):
+def test_streamed_outputs_over_many_chunks_and_threads_match_reference(dtype, layout, split, monkeypatch):
     """Outputs of several MiB, streamed and populated chunk by chunk, split over two threads;
     rotary_dim 96 of 128 (the tail copied), and a head dim whose rows are not 16-byte aligned
     (the ordinary stores)."""
     _streaming(monkeypatch, True)
-    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 1)
     g = torch.Generator().manual_seed(5)
     for head_dim, rotary_dim in ((128, 128), (128, 96), (74, 70)):
         spec = rk.RopeSpec(head_dim=head_dim, rotary_dim=rotary_dim, layout=layout)
@@ -93,12 +105,11 @@ def test_streamed_outputs_over_many_chunks_and_threads_match_reference(dtype, la
         assert torch.equal(gk, rotate_reference(k, cos, sin, pos, **kw))
 
 
-def test_calls_from_many_threads_at_once_match_reference(monkeypatch):
+def test_calls_from_many_threads_at_once_match_reference(split):
     """Python threads calling at the same time (ctypes releases the GIL): one call has the helper
     threads, the others rotate alone; every result is the reference's."""
     import threading
 
-    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 1)
     cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=128), 64)
     g = torch.Generator().manual_seed(7)  # big enough that the calls' C parts (GIL released) overlap
     cases = [(torch.randn(4, 64, 8, 128, generator=g), torch.randint(0, 64, (4, 64), generator=g)) for _ in range(4)]
@@ -120,21 +131,26 @@ def test_calls_from_many_threads_at_once_match_reference(monkeypatch):
     assert failures == []
 
 
-def test_a_forked_child_rotates_alone(tmp_path):
-    """The helper threads do not survive a fork: a child's calls rotate on its one thread (and
-    finish) instead of waiting for helpers that are not there."""
+@pytest.mark.parametrize("threads", [native.TORCH_TEAM, native.HELPERS])
+def test_a_forked_child_rotates_alone(threads):
+    """Neither the helper threads nor torch's OpenMP team survive a fork: a child's calls rotate
+    on its one thread (and finish) instead of waiting for threads that are not there."""
+    assert native.ensure(wait=True)
+    if threads not in native._STATE["splits"]:
+        pytest.skip(f"{threads}: torch here does not run on GNU OpenMP")
     script = (
         "import os, sys, torch, ropekit as rk\n"
         "from ropekit.kernels import cpu, native\n"
         "from ropekit.kernels.reference import rotate_reference\n"
         "assert native.ensure(wait=True)\n"
+        f"native.use_threads({threads!r})\n"
         "native.PARALLEL_MIN_NUMEL = 1\n"
         "torch.set_num_threads(2)\n"
         "cos, sin = rk.cos_sin(rk.RopeSpec(head_dim=64), 64)\n"
         "x, pos = torch.randn(4, 16, 6, 64), torch.randint(0, 64, (4, 16))\n"
         "kw = dict(interleaved=False, inverse=False, inplace=False)\n"
         "want = rotate_reference(x, cos, sin, pos, **kw)\n"
-        "assert torch.equal(cpu.rotate_cpu(x, cos, sin, pos, **kw), want)  # the helpers start here\n"
+        "assert torch.equal(cpu.rotate_cpu(x, cos, sin, pos, **kw), want)  # the threads start here\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
         "    ok = all(torch.equal(cpu.rotate_cpu(x, cos, sin, pos, **kw), want) for _ in range(5))\n"
@@ -174,7 +190,8 @@ def test_out_of_table_position_is_refused_by_the_kernel():
 
 def _fresh_state(monkeypatch, tmp_path):
     monkeypatch.setenv("ROPEKIT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(native, "_STATE", {"state": "not built", "reason": None, "cache": None, "thread": None})
+    fresh = {"state": "not built", "reason": None, "cache": None, "thread": None, "threads": None}
+    monkeypatch.setattr(native, "_STATE", fresh)
 
 
 def test_first_build_runs_in_the_background_and_calls_go_on(monkeypatch, tmp_path, caplog):

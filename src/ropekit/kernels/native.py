@@ -18,13 +18,14 @@ The cache lives in ``$ROPEKIT_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ropekit`` o
 ``~/.cache/ropekit``), one file per (source, compiler, CPU features), written atomically.
 
 Threads: ctypes releases the GIL during the call, so calls of more than ``PARALLEL_MIN_NUMEL``
-elements are split by token rows over ``torch.get_num_threads()`` threads: the calling one and
-the library's own helpers (``native_pool``: chunks claimed, no waiting for a thread the OS has
-not scheduled).
+elements are split by token rows over ``torch.get_num_threads()`` threads: torch's own OpenMP
+team where torch runs on GNU OpenMP (``_flags`` says why), else the calling thread and the
+library's own helpers (``native_pool``: chunks claimed, no waiting for a thread the OS has not
+scheduled).
 
 >>> from ropekit.kernels import native
 >>> sorted(native.status())
-['cache', 'reason', 'state']
+['cache', 'reason', 'state', 'threads']
 """
 
 from __future__ import annotations
@@ -58,9 +59,8 @@ C_SOURCE = ROTATION_SOURCE + POOL_SOURCE
 
 #: below this many elements one thread does the whole call (torch's own elementwise ops split from
 #: 32K).  A Llama-3-8B decode step (32 sequences x 40 heads x 128 = 164K elements) is split: on 2
-#: cores of a Xeon, fp32 out of place 38.6 -> 28.8 us (Meta's complex form 30 us) on a quiet
-#: machine; with another process spinning on one core 38.6 -> 51.9 us (a helper that claimed a
-#: chunk and lost its core is waited for), where Meta's form, on torch's threads, takes 420-510 us
+#: cores of a Xeon, fp32 out of place 38.6 -> 28.8 us on ropekit's helper threads (Meta's complex
+#: form 30 us) on a quiet machine, 27 us on torch's team (see _flags for the loaded machine)
 PARALLEL_MIN_NUMEL = 1 << 17
 
 #: out-of-place calls writing at least this many bytes stream their outputs: stores that bypass the
@@ -74,7 +74,7 @@ STREAM_MIN_BYTES = 64 << 20
 #: the dtype codes of native_code's rope_run
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
 _STATE: dict = {"state": "not built", "reason": None, "cache": None, "lib": None, "thread": None, "run": None}
-_STATE["parallel"] = None
+_STATE.update(parallel=None, threads=None)
 _LOCK = threading.Lock()
 
 
@@ -101,7 +101,7 @@ def _cpu_features() -> str:
 
 def _library_path(cc: str) -> str:
     st = os.stat(cc)
-    key = "\n".join([C_SOURCE, " ".join(FLAGS), os.path.realpath(cc), str(st.st_size), str(st.st_mtime_ns)])
+    key = "\n".join([C_SOURCE, " ".join(_flags()), os.path.realpath(cc), str(st.st_size), str(st.st_mtime_ns)])
     key += platform.machine() + _cpu_features()
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return os.path.join(_cache_dir(), f"rope_native_{digest}.so")
@@ -116,7 +116,10 @@ def _build(path: str, cc: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(C_SOURCE)
-        proc = subprocess.run([cc, *FLAGS, src, "-o", tmp], capture_output=True, text=True, timeout=120)
+        flags = _flags()
+        proc = subprocess.run([cc, *flags, src, "-o", tmp], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0 and flags != FLAGS:  # no OpenMP in this toolchain: the helper threads
+            proc = subprocess.run([cc, *FLAGS, src, "-o", tmp], capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise OSError(f"{os.path.basename(cc)} failed: {(proc.stderr or proc.stdout).strip().splitlines()[:1]}")
         os.replace(tmp, path)
@@ -126,17 +129,58 @@ def _build(path: str, cc: str) -> None:
                 os.remove(leftover)
 
 
+#: the two ways big calls are split (``status()["threads"]``)
+TORCH_TEAM, HELPERS = "torch's OpenMP threads", "ropekit's helper threads"
+
+
+def use_threads(threads: str) -> None:
+    """Split big calls over ``TORCH_TEAM`` or ``HELPERS`` from now on (the tests run both; the
+    choice made at load is the measured one)."""
+    if threads not in _STATE.get("splits", {}):
+        raise RopeArgumentError(f"threads={threads!r} is not available here: {sorted(_STATE.get('splits', {}))}")
+    _STATE.update(parallel=_STATE["splits"][threads], threads=threads)
+
+
+def _openmp_runtimes() -> set[str]:
+    """The GNU OpenMP runtimes mapped into this process (torch's own, once torch is imported)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return {line.split()[-1] for line in f if "libgomp" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        return set()
+
+
+def _flags() -> tuple[str, ...]:
+    """FLAGS, plus -fopenmp where torch runs its CPU ops on GNU OpenMP: the library then shares
+    torch's runtime (libgomp.so.1 is already loaded, so the loader binds ours to it) and splits its
+    calls over torch's own team.  Why: on 2 cores torch's threads keep spinning for a while after
+    each of its ops; ropekit's own helper then waits for a core (measured on a Xeon, Llama-3-8B
+    heads, a round of peers between calls: S=4096 bf16 out of place 5.4 ms on the helpers against
+    4.0-4.1 on torch's team, clone() 3.4 ms; a decode step 33 -> 27 us).  The cost is torch's: with
+    another process spinning on one core, a decode step took 0.49 ms on the team against 0.05 ms on
+    the helpers (and 0.44 ms for Meta's complex form, on torch's threads)."""
+    return FLAGS + ("-fopenmp",) if torch._C.has_openmp and len(_openmp_runtimes()) == 1 else FLAGS
+
+
 def _load(path: str) -> None:
+    before = _openmp_runtimes()
     lib = ctypes.CDLL(path)
     run = lib.rope_run
     run.restype = ctypes.c_int64
     run.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]  # args: _pack's bytes
-    parallel = lib.rope_run_parallel
-    parallel.restype = ctypes.c_int64
-    parallel.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64]
-    lib.rope_pool_prestart.argtypes = [ctypes.c_int64]
-    lib.rope_pool_prestart(max(torch.get_num_threads() - 1, 0))  # not on a first call's clock
-    _STATE.update(lib=lib, run=run, parallel=parallel, state="ready", reason=None)
+    splits = {HELPERS: lib.rope_run_parallel}
+    # torch's team only when loading added no second OpenMP runtime (two would each start threads)
+    if hasattr(lib, "rope_run_openmp") and len(before) == 1 and _openmp_runtimes() == before:
+        splits[TORCH_TEAM] = lib.rope_run_openmp
+    for fn in splits.values():
+        fn.restype = ctypes.c_int64
+        fn.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64]
+    threads = TORCH_TEAM if TORCH_TEAM in splits else HELPERS
+    if threads == HELPERS:
+        lib.rope_pool_prestart.argtypes = [ctypes.c_int64]
+        lib.rope_pool_prestart(max(torch.get_num_threads() - 1, 0))  # not on a first call's clock
+    parallel = splits[threads]
+    _STATE.update(lib=lib, run=run, parallel=parallel, threads=threads, splits=splits, state="ready", reason=None)
 
 
 def _build_and_load(path: str, cc: str) -> None:
@@ -179,8 +223,9 @@ def ensure(wait: bool = False) -> bool:
 
 def status() -> dict:
     """``state``: "not built", "building", "ready" or "unavailable" (``reason`` says why); ``cache``:
-    the library's path."""
-    return {k: _STATE[k] for k in ("state", "reason", "cache")}
+    the library's path; ``threads``: what splits big calls (torch's OpenMP threads or ropekit's
+    helper threads; None until loaded)."""
+    return {k: _STATE[k] for k in ("state", "reason", "cache", "threads")}
 
 
 def supports(x: torch.Tensor, cos: torch.Tensor) -> bool:

@@ -179,4 +179,31 @@ i64 rope_run_parallel(const i64 *a, i64 rows, i64 threads) {
     pthread_mutex_unlock(&pool_busy);
     return bad;
 }
+
+/* the same split on torch's own OpenMP team (built with -fopenmp only where torch runs on GNU
+   OpenMP, whose runtime this library then shares: see kernels.native).  One contiguous run of
+   chunks per thread (static), as the helpers above take theirs. */
+#ifdef _OPENMP
+#include <omp.h>
+/* GNU OpenMP is not fork-safe: a forked child that enters a parallel region waits forever for the
+   parent's team (test_a_forked_child_rotates_alone).  A child rotates on its one thread. */
+static volatile int openmp_forked = 0;
+static void openmp_after_fork(void) { openmp_forked = 1; }
+__attribute__((constructor)) static void openmp_watch_forks(void) {
+    if (pthread_atfork(NULL, NULL, openmp_after_fork) != 0) openmp_forked = 1; /* unwatched: never split */
+}
+i64 rope_run_openmp(const i64 *a, i64 rows, i64 threads) {
+    const i64 bad = rope_run(a, 0, 0, 1);
+    if (bad || threads < 2 || rows < 2 || openmp_forked) return bad ? bad : rope_run(a, 0, rows, 0);
+    const i64 chunks = threads * POOL_CHUNKS_PER_THREAD < rows ? threads * POOL_CHUNKS_PER_THREAD : rows;
+    const i64 chunk = (rows + chunks - 1) / chunks;
+    _Atomic i64 failed = 0;
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (i64 c = 0; c < chunks; ++c) {
+        const i64 r0 = c * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+        if (r0 < r1 && rope_run(a, r0, r1, 0)) atomic_store_explicit(&failed, 1, memory_order_relaxed);
+    }
+    return atomic_load_explicit(&failed, memory_order_relaxed) ? -1 : 0;
+}
+#endif
 """
