@@ -1,4 +1,6 @@
-"""The C source of the native kernel's thread split (appended to ``native_code.C_SOURCE``).
+"""The C source of the native kernel's thread split (appended to ``native_code.C_SOURCE``): on
+torch's own OpenMP team (``rope_run_openmp``, where torch runs on GNU OpenMP: ``native._flags``
+says why and what it costs), else on the library's own helper threads, described here.
 
 ``rope_run_parallel(args, rows, threads)`` rotates ``rows`` token rows with the calling thread and
 up to ``threads - 1`` helper threads started once per process.  The rows are cut into chunks that
