@@ -235,9 +235,9 @@ static i64 NAME(const T *x, T *o, const M *cos, const M *sin, const i64 *pos, i6
     return 0;                                                                                   \
 }
 
-DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store, F32_SIMD, NO_SIMD, F32_STREAM, NO_SIMD)
-DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store, BF16_SIMD, BF16_PAIRS_SIMD, BF16_STREAM,
-            BF16_PAIRS_STREAM)
+DEFINE_ROWS(rope_f32, float, float, f32_load, f32_store, f32_rows_simd, NO_SIMD, f32_rows_stream, NO_SIMD)
+DEFINE_ROWS(rope_bf16, uint16_t, float, bf16_load, bf16_store, bf16_rows_simd, bf16_pairs_simd, bf16_rows_stream,
+            bf16_pairs_stream)
 DEFINE_ROWS(rope_f16, _Float16, float, f16_load, f16_store, NO_SIMD, NO_SIMD, NO_SIMD, NO_SIMD)
 DEFINE_ROWS(rope_f64, double, double, f64_load, f64_store, NO_SIMD, NO_SIMD, NO_SIMD, NO_SIMD)
 DEFINE_ROPE(rope_f32, float, float, f32_load, f32_store, 0)

@@ -17,12 +17,21 @@ Two sets, chosen when the library is built with ``-march=native``:
 * **SSE4.1**: 8 pairs per step (half layout), 4 (interleaved), the remainder left to the scalar
   loop; what a CPU without AVX-512 (the znver1 machines this was first measured on) runs.
 
-The ``*_stream`` variants write with non-temporal stores (around the cache) and do only whole,
-aligned steps (``STREAM_ALIGN`` bytes: ``native_code`` streams a row only when its address and
-length are multiples of it).
+Every set defines the same six step functions (``bf16_rows_simd``, ``bf16_rows_stream``,
+``bf16_pairs_simd``, ``bf16_pairs_stream``, ``f32_rows_simd``, ``f32_rows_stream``; a machine
+with neither set gets steps that do nothing), ``STREAM_ALIGN``, ``BF16_PAIRS`` and
+``STREAM_FENCE``.  The ``*_stream`` variants write with non-temporal stores (around the cache)
+and do only whole, aligned steps (``STREAM_ALIGN`` bytes: ``native_code`` streams a row only
+when its address and length are multiples of it).
 """
 
 SIMD_SOURCE = r"""
+/* a step function that does no pair (for a row kind this machine has no SIMD steps for) */
+#define NO_STEPS(NAME, T)                                                                                   \
+static inline i64 NAME(const T *x, T *o, const float *c, const float *sn, i64 R) {                           \
+    (void)x; (void)o; (void)c; (void)sn; (void)R;                                                            \
+    return 0;                                                                                                \
+}
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 /* pairs i .. i + n of a step: all 16 (or 8) lanes but in the last step */
@@ -119,7 +128,8 @@ static inline i64 f32_rows_stream(const float *x, float *o, const float *c, cons
     return i;
 }
 #define STREAM_ALIGN 64
-#define HAVE_SIMD 1
+#define BF16_PAIRS 1
+#define STREAM_FENCE() _mm_sfence()
 #elif defined(__SSE4_1__)
 #include <immintrin.h>
 static inline __m128i bf16_round4(__m128 f) {
@@ -179,9 +189,7 @@ static inline i64 NAME(const uint16_t *x, uint16_t *o, const float *c, const flo
 BF16_PAIRS_SIMD_FN(bf16_pairs_simd, _mm_storeu_si128)
 BF16_PAIRS_SIMD_FN(bf16_pairs_stream, _mm_stream_si128)
 /* fp32: gcc vectorizes the scalar loop itself for ordinary stores; streaming, 4 pairs per step */
-static inline i64 f32_rows_simd(const float *x, float *o, const float *c, const float *sn, i64 R) {
-    (void)x; (void)o; (void)c; (void)sn; (void)R; return 0;
-}
+NO_STEPS(f32_rows_simd, float)
 static inline i64 f32_rows_stream(const float *x, float *o, const float *c, const float *sn, i64 R) {
     i64 i = 0;
     for (; i + 4 <= R; i += 4) {
@@ -193,28 +201,18 @@ static inline i64 f32_rows_stream(const float *x, float *o, const float *c, cons
     return i;
 }
 #define STREAM_ALIGN 16
-#define HAVE_SIMD 1
-#else
-#define HAVE_SIMD 0
-#define STREAM_ALIGN 16
-#endif
-
-#if HAVE_SIMD
-#define BF16_SIMD(x, o, c, sn, R) bf16_rows_simd(x, o, c, sn, R)
-#define BF16_STREAM(x, o, c, sn, R) bf16_rows_stream(x, o, c, sn, R)
-#define BF16_PAIRS_SIMD(x, o, c, sn, R) bf16_pairs_simd(x, o, c, sn, R)
-#define BF16_PAIRS_STREAM(x, o, c, sn, R) bf16_pairs_stream(x, o, c, sn, R)
-#define F32_SIMD(x, o, c, sn, R) f32_rows_simd(x, o, c, sn, R)
-#define F32_STREAM(x, o, c, sn, R) f32_rows_stream(x, o, c, sn, R)
 #define BF16_PAIRS 1
 #define STREAM_FENCE() _mm_sfence()
 #else
-#define BF16_SIMD(x, o, c, sn, R) 0
-#define BF16_STREAM(x, o, c, sn, R) 0
-#define BF16_PAIRS_SIMD(x, o, c, sn, R) 0
-#define BF16_PAIRS_STREAM(x, o, c, sn, R) 0
-#define F32_SIMD(x, o, c, sn, R) 0
-#define F32_STREAM(x, o, c, sn, R) 0
+/* no SIMD: every step does nothing (the scalar loops do the whole row) and interleaved bf16 rows
+   take the staging arrays */
+NO_STEPS(bf16_rows_simd, uint16_t)
+NO_STEPS(bf16_rows_stream, uint16_t)
+NO_STEPS(bf16_pairs_simd, uint16_t)
+NO_STEPS(bf16_pairs_stream, uint16_t)
+NO_STEPS(f32_rows_simd, float)
+NO_STEPS(f32_rows_stream, float)
+#define STREAM_ALIGN 16
 #define BF16_PAIRS 0
 #define STREAM_FENCE() ((void)0)
 #endif
