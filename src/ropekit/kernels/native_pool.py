@@ -106,18 +106,23 @@ static void *pool_helper(void *unused) {
     return NULL;
 }
 
-static void pool_after_fork(void) { /* the child has none of the helpers: it rotates alone */
+/* A forked child has neither the helpers nor torch's OpenMP team (GNU OpenMP is not fork-safe: a
+   child entering a parallel region waits forever for the parent's team): it rotates alone.  One
+   handler, registered when the library is loaded; where it cannot be, no call is ever split. */
+static volatile int pool_single = 0; /* in a forked child, or forks unwatched: rotate alone */
+static void pool_after_fork(void) {
     pthread_mutex_init(&pool_busy, NULL);
     pthread_mutex_init(&pool_mu, NULL);
     pthread_cond_init(&pool_cv, NULL);
     pthread_cond_init(&pool_done_cv, NULL);
     pool_helpers = -1;
+    pool_single = 1;
+}
+__attribute__((constructor)) static void pool_watch_forks(void) {
+    if (pthread_atfork(NULL, NULL, pool_after_fork) != 0) pool_helpers = -1, pool_single = 1;
 }
 
 static void pool_start(i64 helpers) {
-    static int forks_handled = 0;
-    if (!forks_handled) forks_handled = pthread_atfork(NULL, NULL, pool_after_fork) == 0 ? 1 : -1;
-    if (forks_handled < 0) return; /* no fork handler: no helpers either */
     pthread_attr_t attr;
     if (pthread_attr_init(&attr) != 0) return;
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -187,16 +192,9 @@ i64 rope_run_parallel(const i64 *a, i64 rows, i64 threads) {
    chunks per thread (static), as the helpers above take theirs. */
 #ifdef _OPENMP
 #include <omp.h>
-/* GNU OpenMP is not fork-safe: a forked child that enters a parallel region waits forever for the
-   parent's team (test_a_forked_child_rotates_alone).  A child rotates on its one thread. */
-static volatile int openmp_forked = 0;
-static void openmp_after_fork(void) { openmp_forked = 1; }
-__attribute__((constructor)) static void openmp_watch_forks(void) {
-    if (pthread_atfork(NULL, NULL, openmp_after_fork) != 0) openmp_forked = 1; /* unwatched: never split */
-}
 i64 rope_run_openmp(const i64 *a, i64 rows, i64 threads) {
     const i64 bad = rope_run(a, 0, 0, 1);
-    if (bad || threads < 2 || rows < 2 || openmp_forked) return bad ? bad : rope_run(a, 0, rows, 0);
+    if (bad || threads < 2 || rows < 2 || pool_single) return bad ? bad : rope_run(a, 0, rows, 0);
     const i64 chunks = threads * POOL_CHUNKS_PER_THREAD < rows ? threads * POOL_CHUNKS_PER_THREAD : rows;
     const i64 chunk = (rows + chunks - 1) / chunks;
     _Atomic i64 failed = 0;
