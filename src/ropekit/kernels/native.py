@@ -31,6 +31,7 @@ scheduled).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -141,13 +142,20 @@ def use_threads(threads: str) -> None:
     _STATE.update(parallel=_STATE["splits"][threads], threads=threads)
 
 
-def _openmp_runtimes() -> set[str]:
-    """The GNU OpenMP runtimes mapped into this process (torch's own, once torch is imported)."""
+def _openmp_runtimes() -> frozenset[str]:
+    """The GNU OpenMP runtimes mapped into this process now."""
     try:
         with open("/proc/self/maps") as f:
-            return {line.split()[-1] for line in f if "libgomp" in line.rsplit("/", 1)[-1]}
+            return frozenset(line.split()[-1] for line in f if "libgomp" in line.rsplit("/", 1)[-1])
     except OSError:
-        return set()
+        return frozenset()
+
+
+@functools.cache
+def _torch_openmp() -> frozenset[str]:
+    """The GNU OpenMP runtimes mapped before the library is loaded (``ensure`` asks for the library's
+    path, and so for this, first): torch's own, imported above."""
+    return _openmp_runtimes()
 
 
 def _flags() -> tuple[str, ...]:
@@ -159,11 +167,11 @@ def _flags() -> tuple[str, ...]:
     4.0-4.1 on torch's team, clone() 3.4 ms; a decode step 33 -> 27 us).  The cost is torch's: with
     another process spinning on one core, a decode step took 0.49 ms on the team against 0.05 ms on
     the helpers (and 0.44 ms for Meta's complex form, on torch's threads)."""
-    return FLAGS + ("-fopenmp",) if torch._C.has_openmp and len(_openmp_runtimes()) == 1 else FLAGS
+    return FLAGS + ("-fopenmp",) if torch._C.has_openmp and len(_torch_openmp()) == 1 else FLAGS
 
 
 def _load(path: str) -> None:
-    before = _openmp_runtimes()
+    before = _torch_openmp()
     lib = ctypes.CDLL(path)
     run = lib.rope_run
     run.restype = ctypes.c_int64
