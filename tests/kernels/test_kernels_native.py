@@ -30,13 +30,18 @@ def _streaming(monkeypatch, on: bool) -> None:
     monkeypatch.setattr(native, "STREAM_MIN_BYTES", 0 if on else 1 << 62)
 
 
+def _needs_split(threads: str) -> None:
+    """Skip where this way of splitting calls is not built (torch's OpenMP team only where torch
+    runs on GNU OpenMP)."""
+    assert native.ensure(wait=True)
+    if threads not in native._STATE["splits"]:
+        pytest.skip(f"{threads}: torch here does not run on GNU OpenMP")
+
+
 @pytest.fixture(params=[native.TORCH_TEAM, native.HELPERS])
 def split(request, monkeypatch):
-    """Each way of splitting a call over threads that this machine has (torch's OpenMP team only
-    where torch runs on GNU OpenMP), forced on small tensors."""
-    assert native.ensure(wait=True)
-    if request.param not in native._STATE["splits"]:
-        pytest.skip(f"{request.param}: torch here does not run on GNU OpenMP")
+    """Each way of splitting a call over threads that this machine has, forced on small tensors."""
+    _needs_split(request.param)
     before = native.status()["threads"]
     native.use_threads(request.param)
     monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 1)
@@ -135,9 +140,7 @@ def test_calls_from_many_threads_at_once_match_reference(split):
 def test_a_forked_child_rotates_alone(threads):
     """Neither the helper threads nor torch's OpenMP team survive a fork: a child's calls rotate
     on its one thread (and finish) instead of waiting for threads that are not there."""
-    assert native.ensure(wait=True)
-    if threads not in native._STATE["splits"]:
-        pytest.skip(f"{threads}: torch here does not run on GNU OpenMP")
+    _needs_split(threads)
     script = (
         "import os, sys, torch, ropekit as rk\n"
         "from ropekit.kernels import cpu, native\n"
